@@ -1,0 +1,262 @@
+"""DenseNet configurations as plain data: one frozen dataclass and the named presets.
+
+DenseNet, DenseNet-B (bottleneck), DenseNet-C (compression) and DenseNet-BC are all one
+``DenseNetConfig``: ``bn_size=0`` means no bottleneck, ``compression=1.0`` means no compression.
+Paper: Huang et al., "Densely Connected Convolutional Networks", https://arxiv.org/abs/1608.06993
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+__all__ = [
+    "DenseNetConfig",
+    "PRESETS",
+    "PRESET_SUMMARIES",
+    "IMAGENET_PRESETS",
+    "STEMS",
+    "get_preset",
+    "default_image_size",
+    "min_image_size",
+    "spatial_size_after_stem",
+]
+
+STEMS = ("imagenet", "cifar")
+
+# Bounds keep a typo ("k=3200", "10**6 layers") from allocating a model that cannot fit in memory;
+# they are far above every published DenseNet (DenseNet-BC L=250 has 41 layers per block).
+MAX_GROWTH_RATE = 256
+MAX_LAYERS_PER_BLOCK = 128
+MAX_BLOCKS = 8
+MAX_INIT_FEATURES = 1024
+MAX_BN_SIZE = 16
+MAX_NUM_CLASSES = 100_000
+
+
+@dataclass(frozen=True)
+class DenseNetConfig:
+    """Everything that defines a DenseNet.
+
+    Args:
+        growth_rate: k, channels each dense layer adds (paper: 12-48).
+        block_config: number of dense layers in each dense block.
+        num_init_features: channels produced by the stem (k0 of the first block).
+        bn_size: bottleneck width factor; the 1x1 conv outputs ``bn_size * k`` channels.
+            0 means no bottleneck (plain H_l = BN-ReLU-Conv3x3); 4 in the paper and torchvision.
+        compression: θ, a transition keeps ``floor(θ * m)`` of its m input channels; 1.0 = none.
+        drop_rate: dropout after each dense layer's new features (paper: 0.2 without augmentation).
+        stem: ``imagenet`` (7x7/2 conv + BN-ReLU + 3x3/2 max-pool) or ``cifar`` (one 3x3 conv).
+        in_channels: 3 for RGB, 1 for grayscale.
+        num_classes: outputs of the classifier.
+        memory_efficient: recompute concatenation + first BN-ReLU-conv in backward
+            (Pleiss et al., https://arxiv.org/abs/1707.06990): linear instead of quadratic memory.
+    """
+
+    growth_rate: int = 32
+    block_config: tuple[int, ...] = (6, 12, 24, 16)
+    num_init_features: int = 64
+    bn_size: int = 4
+    compression: float = 0.5
+    drop_rate: float = 0.0
+    stem: str = "imagenet"
+    in_channels: int = 3
+    num_classes: int = 1000
+    memory_efficient: bool = False
+
+    def __post_init__(self) -> None:
+        # JSON gives lists; the config must stay hashable (it keys the predictor cache).
+        if isinstance(self.block_config, list):
+            object.__setattr__(self, "block_config", tuple(self.block_config))
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field and its allowed range."""
+        _check_int("growth_rate", self.growth_rate, 1, MAX_GROWTH_RATE)
+        if not isinstance(self.block_config, tuple) or not 1 <= len(self.block_config) <= MAX_BLOCKS:
+            raise ValueError(
+                f"block_config must be a list of 1 to {MAX_BLOCKS} layer counts, got {self.block_config!r}"
+            )
+        for i, n in enumerate(self.block_config):
+            _check_int(f"block_config[{i}]", n, 1, MAX_LAYERS_PER_BLOCK)
+        _check_int("num_init_features", self.num_init_features, 1, MAX_INIT_FEATURES)
+        _check_int("bn_size", self.bn_size, 0, MAX_BN_SIZE)
+        _check_float("compression", self.compression, 0.0, 1.0, low_open=True)
+        _check_float("drop_rate", self.drop_rate, 0.0, 1.0, high_open=True)
+        if self.stem not in STEMS:
+            raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {self.in_channels!r}")
+        _check_int("num_classes", self.num_classes, 1, MAX_NUM_CLASSES)
+        if not isinstance(self.memory_efficient, bool):
+            raise ValueError(f"memory_efficient must be true or false, got {self.memory_efficient!r}")
+        # A transition must keep at least one channel, or the next block has no input.
+        channels = self.num_init_features
+        for i, n in enumerate(self.block_config[:-1]):
+            channels = int(math.floor(self.compression * (channels + n * self.growth_rate)))
+            if channels < 1:
+                raise ValueError(
+                    f"compression {self.compression} leaves no channels after transition {i + 1}; "
+                    "use a larger compression (0 < θ <= 1)"
+                )
+
+    @property
+    def bottleneck(self) -> bool:
+        return self.bn_size > 0
+
+    @property
+    def variant(self) -> str:
+        """'DenseNet', 'DenseNet-B', 'DenseNet-C' or 'DenseNet-BC', as the paper names them."""
+        suffix = ("B" if self.bottleneck else "") + ("C" if self.compression < 1.0 else "")
+        return "DenseNet" + (f"-{suffix}" if suffix else "")
+
+    @property
+    def depth(self) -> int:
+        """L as the paper counts it: convolutions and the classifier, transitions included."""
+        convs_per_layer = 2 if self.bottleneck else 1
+        return 1 + convs_per_layer * sum(self.block_config) + (len(self.block_config) - 1) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["block_config"] = list(self.block_config)
+        return d
+
+    def to_json(self, **kwargs: Any) -> str:
+        return json.dumps(self.to_dict(), **kwargs)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DenseNetConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"a config must be a JSON object, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config field(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text: str) -> DenseNetConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"config is not valid JSON: {e}") from None
+        return cls.from_dict(data)
+
+    def replace(self, **changes: Any) -> DenseNetConfig:
+        return replace(self, **changes)
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+
+
+def _check_float(
+    name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False
+) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo = f"{low} <" if low_open else f"{low} <="
+        hi = f"< {high}" if high_open else f"<= {high}"
+        raise ValueError(f"{name} must be a number with {lo} {name} {hi}, got {value!r}")
+
+
+def _imagenet(growth_rate: int, blocks: tuple[int, ...], init: int) -> DenseNetConfig:
+    return DenseNetConfig(growth_rate=growth_rate, block_config=blocks, num_init_features=init)
+
+
+def _cifar_plain(depth: int, k: int) -> DenseNetConfig:
+    # Paper, CIFAR: 3 blocks of (L-4)/3 BN-ReLU-Conv3x3 layers, a 16-channel 3x3 stem, no compression.
+    n = (depth - 4) // 3
+    return DenseNetConfig(
+        growth_rate=k, block_config=(n, n, n), num_init_features=16, bn_size=0, compression=1.0,
+        stem="cifar", num_classes=10,
+    )
+
+
+def _cifar_bc(depth: int, k: int) -> DenseNetConfig:
+    # Paper, CIFAR DenseNet-BC: (L-4)/6 bottleneck layers per block (two convs each), 2k-channel stem, θ=0.5.
+    n = (depth - 4) // 6
+    return DenseNetConfig(
+        growth_rate=k, block_config=(n, n, n), num_init_features=2 * k, bn_size=4, compression=0.5,
+        stem="cifar", num_classes=10,
+    )
+
+
+IMAGENET_PRESETS = ("densenet121", "densenet161", "densenet169", "densenet201")
+
+PRESETS: dict[str, DenseNetConfig] = {
+    # Exactly torchvision's builders (models/densenet.py).
+    "densenet121": _imagenet(32, (6, 12, 24, 16), 64),
+    "densenet161": _imagenet(48, (6, 12, 36, 24), 96),
+    "densenet169": _imagenet(32, (6, 12, 32, 32), 64),
+    "densenet201": _imagenet(32, (6, 12, 48, 32), 64),
+    "densenet40_k12": _cifar_plain(40, 12),
+    "densenet100_k12": _cifar_plain(100, 12),
+    "densenet100_k24": _cifar_plain(100, 24),
+    "densenet_bc100_k12": _cifar_bc(100, 12),
+    "densenet_bc250_k24": _cifar_bc(250, 24),
+    "densenet_bc190_k40": _cifar_bc(190, 40),
+    # Small plain DenseNet for 1-channel images (e.g. Fashion-MNIST): 4 blocks of 4 BN-ReLU-3x3 layers.
+    "densenet_fashion": DenseNetConfig(
+        growth_rate=32, block_config=(4, 4, 4, 4), num_init_features=64, bn_size=0, compression=0.5,
+        stem="imagenet", in_channels=1, num_classes=10,
+    ),
+}
+
+PRESET_SUMMARIES: dict[str, str] = {
+    "densenet121": "DenseNet-121 (ImageNet, torchvision-compatible)",
+    "densenet161": "DenseNet-161 (ImageNet, torchvision-compatible)",
+    "densenet169": "DenseNet-169 (ImageNet, torchvision-compatible)",
+    "densenet201": "DenseNet-201 (ImageNet, torchvision-compatible)",
+    "densenet40_k12": "DenseNet L=40, k=12 (CIFAR, plain)",
+    "densenet100_k12": "DenseNet L=100, k=12 (CIFAR, plain)",
+    "densenet100_k24": "DenseNet L=100, k=24 (CIFAR, plain)",
+    "densenet_bc100_k12": "DenseNet-BC L=100, k=12 (CIFAR)",
+    "densenet_bc250_k24": "DenseNet-BC L=250, k=24 (CIFAR)",
+    "densenet_bc190_k40": "DenseNet-BC L=190, k=40 (CIFAR)",
+    "densenet_fashion": "Small plain DenseNet for 1-channel images (4x4 layers, k=32)",
+}
+
+
+def get_preset(name: str) -> DenseNetConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
+
+
+def spatial_size_after_stem(cfg: DenseNetConfig, image_size: int) -> int:
+    if cfg.stem == "cifar":
+        return image_size
+    conv = (image_size + 2 * 3 - 7) // 2 + 1
+    return (conv + 2 * 1 - 3) // 2 + 1
+
+
+def min_image_size(cfg: DenseNetConfig) -> int:
+    """Smallest square input for which the last block still sees at least 1x1 features."""
+    size = 1
+    while True:
+        s = spatial_size_after_stem(cfg, size)
+        for _ in cfg.block_config[:-1]:
+            s //= 2
+        if s >= 1:
+            return size
+        size += 1
+
+
+def default_image_size(cfg: DenseNetConfig) -> int:
+    """The input size a config is meant for: 224 for ImageNet stems, 32 for CIFAR stems.
+
+    Grayscale models with an ImageNet stem (``densenet_fashion``) take small images such as
+    Fashion-MNIST's 28x28, upscaled to 64 so that three transitions still leave 2x2 features.
+    """
+    if cfg.stem == "cifar":
+        return max(32, min_image_size(cfg))
+    if cfg.in_channels == 1:
+        return max(64, min_image_size(cfg))
+    return max(224, min_image_size(cfg))
