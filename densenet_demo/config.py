@@ -173,8 +173,13 @@ def _cifar_plain(depth: int, k: int) -> DenseNetConfig:
     # Paper, CIFAR: 3 blocks of (L-4)/3 BN-ReLU-Conv3x3 layers, a 16-channel 3x3 stem, no compression.
     n = (depth - 4) // 3
     return DenseNetConfig(
-        growth_rate=k, block_config=(n, n, n), num_init_features=16, bn_size=0, compression=1.0,
-        stem="cifar", num_classes=10,
+        growth_rate=k,
+        block_config=(n, n, n),
+        num_init_features=16,
+        bn_size=0,
+        compression=1.0,
+        stem="cifar",
+        num_classes=10,
     )
 
 
@@ -182,8 +187,13 @@ def _cifar_bc(depth: int, k: int) -> DenseNetConfig:
     # Paper, CIFAR DenseNet-BC: (L-4)/6 bottleneck layers per block (two convs each), 2k-channel stem, θ=0.5.
     n = (depth - 4) // 6
     return DenseNetConfig(
-        growth_rate=k, block_config=(n, n, n), num_init_features=2 * k, bn_size=4, compression=0.5,
-        stem="cifar", num_classes=10,
+        growth_rate=k,
+        block_config=(n, n, n),
+        num_init_features=2 * k,
+        bn_size=4,
+        compression=0.5,
+        stem="cifar",
+        num_classes=10,
     )
 
 
@@ -203,8 +213,14 @@ PRESETS: dict[str, DenseNetConfig] = {
     "densenet_bc190_k40": _cifar_bc(190, 40),
     # Small plain DenseNet for 1-channel images (e.g. Fashion-MNIST): 4 blocks of 4 BN-ReLU-3x3 layers.
     "densenet_fashion": DenseNetConfig(
-        growth_rate=32, block_config=(4, 4, 4, 4), num_init_features=64, bn_size=0, compression=0.5,
-        stem="imagenet", in_channels=1, num_classes=10,
+        growth_rate=32,
+        block_config=(4, 4, 4, 4),
+        num_init_features=64,
+        bn_size=0,
+        compression=0.5,
+        stem="imagenet",
+        in_channels=1,
+        num_classes=10,
     ),
 }
 

@@ -132,7 +132,10 @@ class DenseNet(nn.Module):
         self.cfg = cfg
         if cfg.stem == "imagenet":
             stem = [
-                ("conv0", nn.Conv2d(cfg.in_channels, cfg.num_init_features, kernel_size=7, stride=2, padding=3, bias=False)),
+                (
+                    "conv0",
+                    nn.Conv2d(cfg.in_channels, cfg.num_init_features, kernel_size=7, stride=2, padding=3, bias=False),
+                ),
                 ("norm0", nn.BatchNorm2d(cfg.num_init_features)),
                 ("relu0", nn.ReLU(inplace=True)),
                 ("pool0", nn.MaxPool2d(kernel_size=3, stride=2, padding=1)),

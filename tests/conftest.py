@@ -26,6 +26,11 @@ def _deterministic_torch():
 def tiny_config() -> DenseNetConfig:
     """A DenseNet-BC small enough to train in a second on a CPU."""
     return DenseNetConfig(
-        growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, compression=0.5,
-        stem="cifar", num_classes=3,
+        growth_rate=4,
+        block_config=(2, 2),
+        num_init_features=8,
+        bn_size=2,
+        compression=0.5,
+        stem="cifar",
+        num_classes=3,
     )
