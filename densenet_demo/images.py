@@ -17,16 +17,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .config import DenseNetConfig, default_image_size
+
+if tuple(int(p) for p in PIL.__version__.split(".")[:2]) < (12, 3):
+    raise ImportError(f"densenet_demo needs Pillow >= 12.3 (image decoder security fixes); found {PIL.__version__}")
 
 __all__ = [
     "ALLOWED_FORMATS",
     "IMAGE_EXTENSIONS",
     "MAX_PIXELS",
     "ImageError",
+    "ImageSource",
     "Preprocessing",
     "decode_image",
     "default_preprocessing",
@@ -40,6 +45,8 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jfif", ".gif", ".bmp", ".webp", "
 MAX_PIXELS = 64_000_000
 # Pillow's own bomb check warns at MAX_IMAGE_PIXELS; make it agree with ours and treat it as an error.
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# A truncated file is an error to report, not an image to pad with grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,11 +81,15 @@ def decode_image(
         raise ValueError(f"mode must be 'RGB' or 'L', got {mode!r}")
     label = name or _describe(source)
     if isinstance(source, np.ndarray):
-        image = _from_array(source, label)
-    elif isinstance(source, Image.Image):
-        image = source
-    else:
-        image = _open(source, label)
+        return _decode(_from_array(source, label), mode, label, draft_size, max_pixels)
+    if isinstance(source, Image.Image):
+        return _decode(source, mode, label, draft_size, max_pixels)
+    # Leaving the with-block closes the file even for animated images, whose file Pillow keeps open.
+    with _open(source, label) as image:
+        return _decode(image, mode, label, draft_size, max_pixels)
+
+
+def _decode(image: Image.Image, mode: str, label: str, draft_size: int | None, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -87,7 +98,7 @@ def decode_image(
                     f"{label}: {image.width}x{image.height} pixels is over the limit of {max_pixels:,}; "
                     "resize it before uploading"
                 )
-            if getattr(image, "n_frames", 1) > 1:
+            if getattr(image, "is_animated", False):
                 image.seek(0)  # animated GIF/WebP/APNG: the first frame
             if draft_size and image.format in ("JPEG", "MPO"):
                 image.draft("RGB" if mode == "RGB" else "L", (draft_size, draft_size))
@@ -226,15 +237,20 @@ class Preprocessing:
         ratio = self.resize_size / self.image_size
         return Preprocessing(image_size, round(image_size * ratio), self.mean, self.std, self.in_channels)
 
-    def to_tensor(self, image: Image.Image) -> torch.Tensor:
-        """Eval transform of one decoded image: resize shorter side, centre crop, normalise -> (C, H, W)."""
+    def view(self, image: Image.Image) -> Image.Image:
+        """What the model sees of a decoded image: shorter side resized, then the centre crop."""
         from torchvision.transforms.v2 import functional as TF
 
         if image.mode != self.mode:
             image = image.convert(self.mode)
         image = TF.resize(image, [self.resize_size], antialias=True)
-        image = TF.center_crop(image, [self.image_size, self.image_size])
-        t = TF.pil_to_tensor(image).float().div_(255.0)
+        return TF.center_crop(image, [self.image_size, self.image_size])
+
+    def to_tensor(self, image: Image.Image) -> torch.Tensor:
+        """Eval transform of one decoded image: resize shorter side, centre crop, normalise -> (C, H, W)."""
+        from torchvision.transforms.v2 import functional as TF
+
+        t = TF.pil_to_tensor(self.view(image)).float().div_(255.0)
         return TF.normalize(t, list(self.mean), list(self.std))
 
     def train_transform(self, augment: bool = True):

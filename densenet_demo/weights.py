@@ -1,4 +1,10 @@
-"""Where weights come from and go to: the cache folder, this project's checkpoints, atomic saves.
+"""Where weights come from and go to: torchvision's ImageNet weights, local files, this project's checkpoints.
+
+- ImageNet weights for the four ImageNet presets come from torchvision's weight enums, downloaded once
+  into ``weights_dir()``; offline, ``WeightsUnavailable`` names the file to place there by hand.
+- Local files: ``.safetensors``, or ``.pth``/``.pt`` read with ``torch.load(weights_only=True)`` (tensors
+  only; a pickle that would run code is refused). Legacy torchvision keys and ``module.`` prefixes are
+  renamed, and a mismatch is reported key by key with both shapes.
 
 A checkpoint of this project is a folder holding ``model.safetensors`` (tensors, plus the metadata
 in the safetensors header) and ``model.json`` (the same metadata, for people and tools to read).
@@ -11,10 +17,11 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
+import pickle
 import re
 import secrets
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,15 +30,30 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import DenseNetConfig
-from .images import Preprocessing
+from .config import IMAGENET_PRESETS, PRESETS, DenseNetConfig, get_preset
+from .images import Preprocessing, default_preprocessing
 from .model import DenseNet
+
+if tuple(int(p) for p in re.findall(r"\d+", torch.__version__)[:2]) < (2, 10):
+    # torch.load(weights_only=True) is the only thing standing between a .pth upload and arbitrary code.
+    raise ImportError(f"densenet_demo needs torch >= 2.10 (weights_only unpickler fixes); found {torch.__version__}")
 
 __all__ = [
     "CHECKPOINT_WEIGHTS",
     "CHECKPOINT_META",
     "CheckpointError",
     "CheckpointInfo",
+    "WeightsUnavailable",
+    "LoadedModel",
+    "load_model",
+    "imagenet_weights",
+    "imagenet_file",
+    "imagenet_categories",
+    "imagenet_preprocessing",
+    "load_imagenet_state_dict",
+    "load_state_dict_file",
+    "remap_legacy_keys",
+    "load_weights_into",
     "weights_dir",
     "runs_dir",
     "new_run_id",
@@ -52,7 +74,14 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be written or read; the message says which and why."""
+    """A checkpoint or weights file that cannot be written or read; the message says which and why."""
+
+
+class WeightsUnavailable(CheckpointError):
+    """Pretrained weights that cannot be had (offline, failed download, broken cached file).
+
+    The message names the file to place in ``weights_dir()`` and the URL it comes from.
+    """
 
 
 @dataclass(frozen=True)
@@ -274,3 +303,280 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist") and callable(value.tolist):
         return value.tolist()
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights from elsewhere: torchvision's ImageNet files and any local state dict
+
+WEIGHT_FILE_SUFFIXES = (".safetensors", ".pth", ".pt")
+# Old torchvision checkpoints (the ImageNet files among them) name dense-layer modules 'norm.1', 'conv.2';
+# '.' is no longer allowed in module names, so today they are 'norm1', 'conv2' (torchvision _load_state_dict).
+_LEGACY_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
+)
+
+
+def imagenet_weights(model_name: str):
+    """torchvision's weight enum value (``DenseNet121_Weights.IMAGENET1K_V1``, ...) for an ImageNet preset."""
+    if model_name not in IMAGENET_PRESETS:
+        raise ValueError(
+            f"ImageNet weights exist only for {', '.join(IMAGENET_PRESETS)}, not {model_name!r}; "
+            "use random weights or a weights file"
+        )
+    from torchvision.models import get_model_weights
+
+    return get_model_weights(model_name).IMAGENET1K_V1
+
+
+def imagenet_file(model_name: str) -> Path:
+    """Where the ImageNet weights of a preset are cached, e.g. ``weights/densenet121-a639ec97.pth``."""
+    return weights_dir() / Path(imagenet_weights(model_name).url).name
+
+
+def imagenet_categories(model_name: str) -> list[str]:
+    """The 1000 ImageNet class names; part of the torchvision package, so available offline."""
+    return list(imagenet_weights(model_name).meta["categories"])
+
+
+def imagenet_preprocessing(model_name: str) -> Preprocessing:
+    """The pretrained weights' own eval transform (resize 256, centre crop 224, ImageNet mean/std) as data."""
+    t = imagenet_weights(model_name).transforms()
+    return Preprocessing(t.crop_size[0], t.resize_size[0], tuple(t.mean), tuple(t.std), 3)
+
+
+def load_imagenet_state_dict(model_name: str) -> dict[str, torch.Tensor]:
+    """The ImageNet state dict of a preset, downloaded into ``weights_dir()`` on first use.
+
+    A file already in the cache (downloaded earlier or placed there by hand) is used as is: its keys and
+    shapes are checked when it is loaded into the model. Raises ``WeightsUnavailable`` naming the file.
+    """
+    from torch.hub import HASH_REGEX, download_url_to_file
+
+    url = imagenet_weights(model_name).url
+    path = imagenet_file(model_name)
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        match = HASH_REGEX.search(path.name)
+        try:
+            # Writes to a temporary file and renames it only when the SHA-256 prefix in the name matches.
+            download_url_to_file(url, str(path), match.group(1) if match else None, progress=False)
+        except (OSError, RuntimeError) as e:  # URLError, timeouts, HTTP errors, a wrong checksum
+            raise WeightsUnavailable(
+                f"could not download the ImageNet weights for {model_name} ({e}). {_how_to_place(model_name)}"
+            ) from None
+    try:
+        return load_state_dict_file(path)
+    except CheckpointError as e:
+        raise WeightsUnavailable(
+            f"the cached ImageNet weights are unreadable ({e}). {_how_to_place(model_name)}"
+        ) from None
+
+
+def _how_to_place(model_name: str) -> str:
+    path = imagenet_file(model_name)
+    return f"To use them, place {path.name} from {imagenet_weights(model_name).url} in {path.parent}"
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors from a ``.safetensors`` or ``.pth``/``.pt`` file, never unpickling arbitrary objects.
+
+    Accepts a bare state dict or one nested under ``state_dict`` or ``model``.
+    """
+    path = Path(path)
+    name = path.name
+    if path.suffix.lower() not in WEIGHT_FILE_SUFFIXES:
+        raise CheckpointError(f"{name}: weights must be a {', '.join(WEIGHT_FILE_SUFFIXES)} file")
+    if not path.is_file():
+        raise CheckpointError(f"{name}: no such file")
+    try:
+        if path.suffix.lower() == ".safetensors":
+            data: Any = load_file(str(path), device="cpu")
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = _unpickler_reason(e)
+        if "global" in reason.lower():  # a class or function to import and call: what a code payload needs
+            raise CheckpointError(
+                f"{name}: refused, it holds Python objects other than tensors and loading them could run code "
+                f"({reason}); save model.state_dict() or use .safetensors"
+            ) from None
+        raise CheckpointError(f"{name}: not a readable weights file ({reason})") from None
+    except Exception as e:  # a parser fed arbitrary bytes fails in many ways (KeyError, struct.error, ...)
+        raise CheckpointError(f"{name}: not a readable weights file ({type(e).__name__}: {e})") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(data, Mapping) and isinstance(data.get(wrapper), Mapping):
+            data = data[wrapper]
+    if not isinstance(data, Mapping) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise CheckpointError(f"{name}: not a state dict (a mapping of parameter names to tensors)")
+    return dict(data)
+
+
+def _unpickler_reason(error: pickle.UnpicklingError) -> str:
+    """The line that says why torch's weights-only unpickler stopped, without its advice to turn it off."""
+    text = str(error)
+    tail = text.split("WeightsUnpickler error:", 1)[-1]
+    return next((line.strip() for line in tail.splitlines() if line.strip()), text.splitlines()[0])
+
+
+def remap_legacy_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Today's key names for a state dict: legacy ``denselayerN.norm.1`` -> ``norm1``, no ``module.`` prefix.
+
+    ``module.`` is what ``nn.DataParallel`` adds in front of every key of the model it wraps.
+    """
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        out[_LEGACY_KEY.sub(r"\1\2", key)] = value
+    return out
+
+
+def load_weights_into(
+    model: DenseNet, state_dict: Mapping[str, torch.Tensor], *, replace_head: bool = False
+) -> list[str]:
+    """Load ``state_dict`` into ``model`` strictly, after ``remap_legacy_keys``.
+
+    With ``replace_head``, a classifier of another size is left as initialised in ``model`` (fine-tuning
+    to new classes); the names of the tensors left so are returned. Any other mismatch raises a
+    ``CheckpointError`` listing the first differing keys, with both shapes.
+    """
+    state = remap_legacy_keys(state_dict)
+    expected = model.state_dict()
+    kept = []
+    if replace_head:
+        for key in ("classifier.weight", "classifier.bias"):
+            if key in state and key in expected and state[key].shape != expected[key].shape:
+                state[key] = expected[key]
+                kept.append(key)
+    shapes = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    # Files saved before BatchNorm counted batches (torchvision's ImageNet files) lack num_batches_tracked;
+    # BatchNorm fills it in on load, as it does for torchvision.
+    missing = [k for k in expected if k not in state and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    problems = []
+    if shapes:
+        problems.append(f"{len(shapes)} shape mismatch(es): {_first(shapes)}")
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_first(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected key(s): {_first(unexpected)}")
+    if problems:
+        hint = "" if replace_head or not _only_head(shapes) else "; to train new classes, replace the head"
+        raise CheckpointError(f"the weights do not fit this {model.cfg.variant} ({'; '.join(problems)}){hint}")
+    model.load_state_dict(state, strict=True)
+    return kept
+
+
+def _first(items: list[str], n: int = 4) -> str:
+    return ", ".join(items[:n]) + (f", ... ({len(items) - n} more)" if len(items) > n else "")
+
+
+def _only_head(shape_problems: list[str]) -> bool:
+    return bool(shape_problems) and all(p.startswith("classifier.") for p in shape_problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# One entry point: a model name and a weights choice -> a model ready to use
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model (eval mode) and what goes with its weights."""
+
+    model: DenseNet
+    class_names: tuple[str, ...]
+    preprocessing: Preprocessing
+    label: str  # 'ImageNet (torchvision IMAGENET1K_V1)', 'random init', 'fine-tuned run <id>', 'file <name>'
+    notice: str | None = None  # set when the weights asked for could not be had
+
+
+def resolve_model(model: str) -> tuple[str | None, Path | None]:
+    """A preset name, ``run:<run_id>`` or a checkpoint folder -> ``(preset, None)`` or ``(None, folder)``."""
+    if not isinstance(model, str) or not model:
+        raise ValueError("no model given: use a preset name, run:<run-id> or a checkpoint folder")
+    if model.startswith("run:"):
+        return None, run_path(model.removeprefix("run:"))
+    if model not in PRESETS and (os.sep in model or "/" in model or Path(model).is_dir()):
+        return None, Path(model).resolve()
+    get_preset(model)  # a ValueError listing the presets, for a typo
+    return model, None
+
+
+def resolve_weights(preset: str, weights: str | os.PathLike | None) -> str | Path:
+    """``'imagenet'``, ``'random'`` or the Path of a weights file; ``None`` -> the preset's default."""
+    if weights is None or weights == "":
+        return "imagenet" if preset in IMAGENET_PRESETS else "random"
+    if isinstance(weights, str) and weights.lower() in ("imagenet", "random"):
+        return weights.lower()
+    return Path(weights)
+
+
+def load_model(
+    model: str,
+    weights: str | os.PathLike | None = None,
+    *,
+    num_classes: int | None = None,
+    fallback_to_random: bool = True,
+) -> LoadedModel:
+    """Build a preset with ``imagenet``/``random``/file weights, or load a checkpoint folder (``weights`` ignored).
+
+    ``num_classes`` replaces a head of another size (fine-tuning). ImageNet weights that cannot be had give
+    random weights and a ``notice`` saying so, or ``WeightsUnavailable`` without ``fallback_to_random``.
+    """
+    preset, folder = resolve_model(model)
+    notice = None
+    if folder is not None:
+        net, info = load_checkpoint(folder)
+        in_runs = folder.parent == runs_dir().resolve()
+        label = f"fine-tuned run {info.run_id}" if in_runs else f"checkpoint {folder.name}"
+        names, preprocessing = info.class_names, info.preprocessing
+    else:
+        cfg = get_preset(preset)
+        choice = resolve_weights(preset, weights)
+        if choice == "imagenet":
+            net = DenseNet(cfg.replace(num_classes=len(imagenet_categories(preset))))
+            try:
+                _load_imagenet_into(net, preset)
+                label = "ImageNet (torchvision IMAGENET1K_V1)"
+            except WeightsUnavailable as e:
+                if not fallback_to_random:
+                    raise
+                label = "random init"
+                notice = f"{preset} is running with RANDOM weights, so its predictions mean nothing: {e}"
+        elif choice == "random":
+            net = DenseNet(cfg)
+            label = "random init"
+        else:
+            state = load_state_dict_file(choice)
+            head = state.get("classifier.weight")
+            net = DenseNet(cfg.replace(num_classes=head.shape[0] if head is not None and head.dim() == 2 else 1))
+            try:
+                load_weights_into(net, state)
+            except CheckpointError as e:
+                raise CheckpointError(f"{choice.name}: {e}") from None
+            label = f"file {choice.name}"
+        n = net.cfg.num_classes
+        imagenet_head = preset in IMAGENET_PRESETS and n == 1000
+        names = imagenet_categories(preset) if imagenet_head else _generic_names(n)
+        preprocessing = imagenet_preprocessing(preset) if imagenet_head else default_preprocessing(net.cfg)
+    if num_classes is not None and num_classes != net.cfg.num_classes:
+        net.reset_classifier(num_classes)
+        names = _generic_names(num_classes)
+    return LoadedModel(net.eval(), tuple(names), preprocessing, label, notice)
+
+
+def _load_imagenet_into(model: DenseNet, preset: str) -> None:
+    try:
+        load_weights_into(model, load_imagenet_state_dict(preset))
+    except WeightsUnavailable:
+        raise
+    except CheckpointError as e:
+        name = imagenet_file(preset).name
+        raise WeightsUnavailable(f"{name} is not {preset}'s ImageNet file ({e}). {_how_to_place(preset)}") from None
+
+
+def _generic_names(n: int) -> tuple[str, ...]:
+    return tuple(f"class {i}" for i in range(n))

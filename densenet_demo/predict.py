@@ -1,0 +1,273 @@
+"""Predictor: a model built once per (model, weights), top-k for batches of images, Grad-CAM.
+
+``get_predictor(model, weights)`` returns a cached ``Predictor`` (a small, locked LRU cache), so a request
+never rebuilds a model. A predictor is read-only after construction and safe to share between threads:
+inference runs through ``InferenceDenseNet`` (BN folded, channels_last, no repeated concatenation) under
+``torch.inference_mode()``, and Grad-CAM differentiates the head on a detached feature map instead of
+registering hooks on the shared model.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from . import weights as W
+from .images import ImageError, ImageSource, Preprocessing, decode_image
+from .inference import InferenceDenseNet
+from .model import DenseNet
+
+__all__ = ["CACHE_SIZE", "GradCam", "Prediction", "Predictor", "build_predictor", "clear_cache", "get_predictor"]
+
+CACHE_SIZE = 4  # models kept in memory; with its inference copy a DenseNet-121 takes ~65 MB, a 161 ~230 MB
+MAX_BATCH = 32  # images per forward pass; more are split, so a large upload cannot exhaust memory
+
+
+@dataclass
+class Prediction:
+    """Top-k of one image: ``labels`` is [(class name, probability)], most probable first."""
+
+    name: str
+    labels: list[tuple[str, float]]
+    latency_ms: float  # this image's decode + preprocessing, plus its share of the batch's forward pass
+
+
+@dataclass
+class GradCam:
+    """Where the model looked for one class (Selvaraju et al., https://arxiv.org/abs/1610.02391)."""
+
+    heatmap: np.ndarray  # (H, W) float32 in [0, 1], over the model's input crop
+    overlay: Image.Image  # the input crop with the heatmap on top, RGB, same size
+    class_index: int
+    class_name: str
+
+
+class Predictor:
+    """A model ready for inference: decode -> preprocess -> forward -> top-k, and Grad-CAM.
+
+    Args:
+        model: the network; kept in eval mode and never modified afterwards (it is shared).
+        class_names: one name per output.
+        preprocessing: how an image becomes an input (the weights' or the checkpoint's own).
+        model_key: what the model was asked for as (preset name, ``run:<id>``, folder).
+        weights_label: where the weights came from, for people ("ImageNet (...)", "random init", ...).
+        notice: set when the weights asked for were unavailable; says what happened and what to do.
+        device: defaults to CUDA when available, else the CPU.
+    """
+
+    def __init__(
+        self,
+        model: DenseNet,
+        *,
+        class_names: Sequence[str],
+        preprocessing: Preprocessing,
+        model_key: str = "custom",
+        weights_label: str = "",
+        notice: str | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if len(class_names) != model.cfg.num_classes:
+            raise ValueError(f"{len(class_names)} class names for a model with {model.cfg.num_classes} outputs")
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.eval().to(self.device)
+        self.cfg = model.cfg
+        self.class_names = tuple(class_names)
+        self.preprocessing = preprocessing
+        self.model_key = model_key
+        self.weights_label = weights_label
+        self.notice = notice
+        self._net = InferenceDenseNet(self.model, self.device)
+        # The first call pays for imports and oneDNN kernel creation: pay it here, not in a user's request.
+        self.predict_images([Image.new(preprocessing.mode, (preprocessing.image_size,) * 2)], top_k=1)
+
+    def __repr__(self) -> str:
+        return f"Predictor({self.model_key!r}, {self.weights_label!r}, device={self.device.type})"
+
+    def decode(self, image: ImageSource, name: str | None = None) -> Image.Image:
+        """Decode an upload in the model's colour mode; JPEGs decode directly at about the size needed."""
+        p = self.preprocessing
+        return decode_image(image, mode=p.mode, name=name, draft_size=p.resize_size)
+
+    def preprocess(self, image: ImageSource, name: str | None = None) -> torch.Tensor:
+        """Decode + eval transform: one (C, H, W) input tensor. Raises ``ImageError``."""
+        return self.preprocessing.to_tensor(self.decode(image, name))
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw outputs for a (N, C, H, W) batch of preprocessed inputs."""
+        with torch.inference_mode():
+            return self._net(batch.to(self.device)).float().cpu()
+
+    def classify(self, batch: torch.Tensor, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k (class name, probability) per row of a preprocessed batch."""
+        k = self._check_top_k(top_k)
+        probs = torch.softmax(self.logits(batch), dim=1)
+        values, indices = probs.topk(k, dim=1)
+        return [
+            [(self.class_names[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist(), strict=True)]
+            for row_p, row_i in zip(values, indices, strict=True)
+        ]
+
+    def predict_images(
+        self, images: Sequence[ImageSource], top_k: int = 5, names: Sequence[str] | None = None
+    ) -> list[Prediction | ImageError]:
+        """Per image, a ``Prediction`` or the ``ImageError`` that stopped it; good images share forward passes."""
+        self._check_top_k(top_k)
+        names = list(names) if names is not None else [_name_of(img, i) for i, img in enumerate(images)]
+        if len(names) != len(images):
+            raise ValueError(f"{len(names)} names for {len(images)} images")
+        results: list[Prediction | ImageError | None] = [None] * len(images)
+        inputs: list[tuple[int, torch.Tensor, float]] = []  # (position, tensor, decode seconds)
+        for i, (image, name) in enumerate(zip(images, names, strict=True)):
+            start = time.perf_counter()
+            try:
+                inputs.append((i, self.preprocess(image, name), time.perf_counter() - start))
+            except ImageError as e:
+                results[i] = e
+        for chunk_start in range(0, len(inputs), MAX_BATCH):
+            chunk = inputs[chunk_start : chunk_start + MAX_BATCH]
+            start = time.perf_counter()
+            top = self.classify(torch.stack([t for _, t, _ in chunk]), top_k)
+            share = (time.perf_counter() - start) / len(chunk)
+            for (i, _, decode_s), labels in zip(chunk, top, strict=True):
+                results[i] = Prediction(names[i], labels, (decode_s + share) * 1000.0)
+        return results  # type: ignore[return-value]  # every position is filled by now
+
+    def predict(
+        self, images: Sequence[ImageSource], top_k: int = 5, names: Sequence[str] | None = None
+    ) -> list[Prediction]:
+        """Like ``predict_images``, but raises the first ``ImageError``."""
+        results = self.predict_images(images, top_k, names)
+        for r in results:
+            if isinstance(r, ImageError):
+                raise r
+        return results  # type: ignore[return-value]
+
+    def gradcam(self, image: ImageSource, class_index: int | None = None, name: str | None = None) -> GradCam:
+        """Grad-CAM from the last dense block for ``class_index`` (default: the top-1 class)."""
+        decoded = self.decode(image, name)
+        x = self.preprocessing.to_tensor(decoded)[None]
+        with torch.no_grad():
+            features = self._net.block_output(x)
+        # Differentiate only the head (norm5-ReLU-pool-linear) with respect to this request's own tensor.
+        features = features.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self._net.head(features)[0]
+            if class_index is None:
+                class_index = int(logits.argmax())
+            if not 0 <= class_index < len(self.class_names):
+                raise ValueError(f"class index {class_index} is out of range 0..{len(self.class_names) - 1}")
+            (grads,) = torch.autograd.grad(logits[class_index], features)
+        with torch.no_grad():
+            channel_weights = grads.mean(dim=(2, 3), keepdim=True)  # α_k: the class's use of channel k
+            cam = F.relu((channel_weights * features).sum(dim=1, keepdim=True))
+            size = (self.preprocessing.image_size, self.preprocessing.image_size)
+            cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[0, 0].float().cpu()
+            low, high = float(cam.min()), float(cam.max())
+            cam = (cam - low) / (high - low) if high > low else torch.zeros_like(cam)
+        heatmap = cam.numpy().astype(np.float32)
+        return GradCam(
+            heatmap, _overlay(self.preprocessing.view(decoded), heatmap), class_index, self.class_names[class_index]
+        )
+
+    def _check_top_k(self, top_k: int) -> int:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top-k must be a whole number of at least 1, got {top_k!r}")
+        return min(top_k, len(self.class_names))
+
+
+def _name_of(image: ImageSource, index: int) -> str:
+    if isinstance(image, (str, os.PathLike)):
+        return Path(image).name
+    return getattr(image, "name", None) or f"image {index + 1}"
+
+
+def _overlay(view: Image.Image, heatmap: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """The heatmap as blue (cold) - yellow - red (hot), blended onto the model's view of the image."""
+    heat = Image.fromarray((heatmap * 255.0).round().astype(np.uint8), "L")
+    colored = ImageOps.colorize(heat, black=(0, 0, 160), mid=(255, 220, 0), white=(220, 0, 0))
+    return Image.blend(view.convert("RGB"), colored, alpha)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cache: one predictor per (model, weights, file version)
+
+_cache: OrderedDict[tuple, Predictor] = OrderedDict()
+_cache_lock = threading.Lock()
+_building: dict[tuple, threading.Lock] = {}  # one lock per key being built: others wait, nobody builds twice
+
+
+def build_predictor(model: str, weights: str | os.PathLike | None = None) -> Predictor:
+    """A new predictor, uncached: see ``get_predictor`` for the arguments."""
+    loaded = W.load_model(model, weights)
+    return Predictor(
+        loaded.model,
+        class_names=loaded.class_names,
+        preprocessing=loaded.preprocessing,
+        model_key=model,
+        weights_label=loaded.label,
+        notice=loaded.notice,
+    )
+
+
+def get_predictor(model: str, weights: str | os.PathLike | None = None) -> Predictor:
+    """The cached predictor for ``model`` (preset, ``run:<id>`` or checkpoint folder) and ``weights``.
+
+    ``weights``: ``"imagenet"``, ``"random"`` or a ``.safetensors``/``.pth`` path; ``None`` is ImageNet for
+    the ImageNet presets and random otherwise; ignored for checkpoints. A file changed on disk (a re-saved
+    run, ImageNet weights placed after a failed download) gives a new predictor.
+    """
+    key = _cache_key(model, weights)
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+            return _cache[key]
+        build_lock = _building.setdefault(key, threading.Lock())
+    with build_lock:
+        with _cache_lock:
+            if key in _cache:  # built by another thread while this one waited
+                return _cache[key]
+        try:
+            predictor = build_predictor(model, weights)
+            with _cache_lock:
+                _cache[key] = predictor
+                while len(_cache) > CACHE_SIZE:
+                    _cache.popitem(last=False)
+        finally:
+            with _cache_lock:
+                _building.pop(key, None)
+    return predictor
+
+
+def clear_cache() -> None:
+    with _cache_lock:
+        _cache.clear()
+
+
+def _cache_key(model: str, weights: str | os.PathLike | None) -> tuple:
+    preset, folder = W.resolve_model(model)
+    if folder is not None:
+        return ("checkpoint", str(folder), _file_version(folder / W.CHECKPOINT_WEIGHTS))
+    choice = W.resolve_weights(preset, weights)
+    if choice == "imagenet":
+        return (preset, "imagenet", _file_version(W.imagenet_file(preset)))
+    if choice == "random":
+        return (preset, "random")
+    return (preset, str(Path(choice).resolve()), _file_version(Path(choice)))
+
+
+def _file_version(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size)
