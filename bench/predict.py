@@ -55,15 +55,18 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _median_ms(functions: dict, rounds: int, warmup: int) -> dict[str, float]:
+def _median_ms(functions: dict, rounds: int, warmup: int, device: torch.device) -> dict[str, float]:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for fn in functions.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(rounds):
         for name, fn in functions.items():
+            sync()
             start = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) * 1000.0 for name, t in times.items()}
 
@@ -72,7 +75,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu (the goal's machine), cuda, or auto")
     args = parser.parse_args()
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
 
     torch.manual_seed(0)
     plain = torchvision.models.densenet121().eval()
@@ -81,16 +87,17 @@ def main() -> None:
         os.environ["DENSENET_DEMO_WEIGHTS"] = tmp
         weights_file = Path(tmp) / "densenet121-torchvision.pth"
         torch.save(plain.state_dict(), weights_file)
-        predictor = build_predictor("densenet121", weights_file)
+        predictor = build_predictor("densenet121", weights_file, device=device)
+    plain = plain.to(device)
 
     jpeg = _photo_jpeg()
-    x1 = predictor.preprocess(jpeg)[None]
+    x1 = predictor.preprocess(jpeg)[None].to(device)
     x16 = x1.repeat(16, 1, 1, 1)
 
     # Only channels_last + inference_mode, for comparison: what the simplest speed-up gives on its own.
     channels_last = DenseNet(PRESETS["densenet121"]).eval()
     channels_last.load_state_dict(plain.state_dict())
-    channels_last = channels_last.to(memory_format=torch.channels_last)
+    channels_last = channels_last.to(device, memory_format=torch.channels_last)
 
     def plain_forward(x):
         with torch.no_grad():
@@ -101,7 +108,7 @@ def main() -> None:
             return channels_last(x.contiguous(memory_format=torch.channels_last))
 
     def bf16_forward(x):
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16):
             return channels_last(x.contiguous(memory_format=torch.channels_last)).float()
 
     reference = plain_forward(x1)
@@ -115,11 +122,13 @@ def main() -> None:
         },
         args.rounds,
         args.warmup,
+        device,
     )
     batch16 = _median_ms(
         {"plain": lambda: plain_forward(x16), "predictor": lambda: predictor.classify(x16, top_k=5)},
         max(3, args.rounds // 6),
         2,
+        device,
     )
     base = batch1["plain_torchvision_no_grad"]
     ratio = batch1["predictor_decode_excluded"] / base
@@ -128,6 +137,7 @@ def main() -> None:
         "model": "densenet121 (torchvision random init, same weights in both paths)",
         "input": "1x3x224x224 from a 640x480 JPEG",
         "machine": {
+            "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
             "cpu": _cpu_name(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
@@ -141,7 +151,7 @@ def main() -> None:
         "goal_met": ratio <= GOAL,
         "batch16_images_per_s": {k: round(16_000.0 / v, 1) for k, v in batch16.items()},
         "max_abs_logit_diff": {
-            "predictor": float((predictor.logits(x1) - reference).abs().max()),
+            "predictor": float((predictor.logits(x1) - reference.cpu()).abs().max()),
             "bf16_autocast_not_used": float((bf16_forward(x1) - reference).abs().max()),
         },
         "notes": [

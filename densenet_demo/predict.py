@@ -56,7 +56,7 @@ class Predictor:
     """A model ready for inference: decode -> preprocess -> forward -> top-k, and Grad-CAM.
 
     Args:
-        model: the network; kept in eval mode and never modified afterwards (it is shared).
+        model: the network; moved to ``device``, kept in eval mode, never modified afterwards (it is shared).
         class_names: one name per output.
         preprocessing: how an image becomes an input (the weights' or the checkpoint's own).
         model_key: what the model was asked for as (preset name, ``run:<id>``, folder).
@@ -206,7 +206,9 @@ _cache_lock = threading.Lock()
 _building: dict[tuple, threading.Lock] = {}  # one lock per key being built: others wait, nobody builds twice
 
 
-def build_predictor(model: str, weights: str | os.PathLike | None = None) -> Predictor:
+def build_predictor(
+    model: str, weights: str | os.PathLike | None = None, *, device: torch.device | str | None = None
+) -> Predictor:
     """A new predictor, uncached: see ``get_predictor`` for the arguments."""
     loaded = W.load_model(model, weights)
     return Predictor(
@@ -216,6 +218,7 @@ def build_predictor(model: str, weights: str | os.PathLike | None = None) -> Pre
         model_key=model,
         weights_label=loaded.label,
         notice=loaded.notice,
+        device=device,
     )
 
 
