@@ -59,16 +59,195 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _count(n: float) -> str:
+    """7978856 -> '7.98M', 1234 -> '1.23K': parameter counts at a glance."""
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}"
+    return str(n)
+
+
+def _mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:.2f}"
+
+
+def _render(headers: list[str], groups: list[tuple[str, list[list[str]]]], fmt: str, left: set[int]) -> str:
+    """Rows grouped under titles, as fixed-width text or one markdown table; ``left``: text columns."""
+    titled = any(title for title, _ in groups)
+    if fmt == "markdown":
+        stage = ["stage"] if titled else []
+        lines = ["| " + " | ".join([*stage, *headers]) + " |", "|" + "---|" * (len(stage) + len(headers))]
+        lines += ["| " + " | ".join([title, *row][1 - titled :]) + " |" for title, rows in groups for row in rows]
+        return "\n".join(lines)
+    all_rows = [headers] + [row for _, rows in groups for row in rows]
+    widths = [max(len(row[i]) for row in all_rows) for i in range(len(headers))]
+    indent = "  " if titled else ""
+
+    def line(row: list[str]) -> str:
+        cells = [c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))]
+        return indent + "  ".join(cells).rstrip()
+
+    out = [line(headers)]
+    for title, rows in groups:
+        out += [title] if title else []
+        out += [line(row) for row in rows]
+    return "\n".join(out)
+
+
 def _cmd_presets(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    import json
+
+    from .architecture import totals
+    from .config import PRESET_SUMMARIES, PRESETS
+
+    records = []
+    for name, cfg in PRESETS.items():
+        t = totals(cfg)
+        records.append(
+            {
+                "name": name,
+                "variant": cfg.variant,
+                "depth": cfg.depth,
+                "params": t["params"],
+                "macs": t["macs"],
+                "image_size": t["image_size"],
+                "summary": PRESET_SUMMARIES[name],
+                "config": cfg.to_dict(),
+            }
+        )
+    if args.format == "json":
+        print(json.dumps(records, indent=2))
+        return EXIT_OK
+    headers = ["name", "variant", "depth", "params", "GMACs", "size", "summary"]
+    rows = [
+        [r["name"], r["variant"], str(r["depth"]), _count(r["params"]), f"{r['macs'] / 1e9:.3f}"]
+        + [str(r["image_size"]), r["summary"]]
+        for r in records
+    ]
+    print(_render(headers, [("", rows)], args.format, left={0, 1, 6}))
+    return EXIT_OK
+
+
+def _load_config(spec: str):
+    """A preset by name, or a ``DenseNetConfig`` JSON file by path; ``UsageError`` otherwise."""
+    from pathlib import Path
+
+    from .config import PRESETS, DenseNetConfig
+
+    if spec in PRESETS:
+        return PRESETS[spec]
+    path = Path(spec)
+    if not (spec.endswith(".json") or path.exists()):
+        raise UsageError(f"unknown preset {spec!r}; choose one of {', '.join(PRESETS)}, or give a config .json file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read config file {spec}: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        return DenseNetConfig.from_json(text)
+    except ValueError as e:
+        raise UsageError(f"{spec}: {e}") from None
+
+
+def _arch_text(cfg, rows: list[dict], t: dict, fmt: str) -> str:
+    headers = ["layer", "op", "in", "out", "HxW", "params", "MMACs", "naive MiB", "mem-eff MiB"]
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["stage"], []).append(r)
+
+    def cells(r: dict) -> list[str]:
+        out = f"+{r['new_channels']}={r['out_channels']}" if r["kind"] == "dense_layer" else str(r["out_channels"])
+        numbers = [r["macs"] / 1e6, r["activation_bytes"] / 2**20, r["activation_bytes_memory_efficient"] / 2**20]
+        short = r["name"].rsplit(".", 1)[-1]
+        return [short, r["op"], str(r["in_channels"]), out, r["out_hw"], _count(r["params"])] + [
+            f"{x:.2f}" if x else "-" for x in numbers
+        ]
+
+    def title(stage: str, members: list[dict]) -> str:
+        first, last = members[0], members[-1]
+        if first["kind"] != "dense_layer":
+            return stage
+        return f"{stage}: {len(members)} layers, {first['in_channels']} -> {last['out_channels']} channels"
+
+    titled = [(title(s, m) if fmt == "table" else s, [cells(r) for r in m]) for s, m in groups.items()]
+    table = _render(headers, titled, fmt, left={0, 1})
+    size, naive, efficient = t["image_size"], t["activation_bytes_naive"], t["activation_bytes_memory_efficient"]
+    heading = (
+        f"{cfg.variant}, depth {cfg.depth}, {size}x{size}x{cfg.in_channels} input, k={cfg.growth_rate}, "
+        f"bn_size {cfg.bn_size or 'none'}, compression {cfg.compression}, {cfg.num_classes} classes"
+    )
+    summary = [
+        f"total: {_count(t['params'])} params ({t['params']:,}), {t['macs'] / 1e9:.3f} GMACs",
+        f"training activations per image (fp32): naive {_mib(naive)} MiB, "
+        f"memory-efficient {_mib(efficient)} MiB ({efficient / naive:.0%} of naive)",
+    ]
+    if fmt == "markdown":
+        return f"**{heading}**\n\n{table}\n\n" + "\n".join(f"- {line}" for line in summary)
+    return f"{heading}\n\n{table}\n\n" + "\n".join(summary)
 
 
 def _cmd_arch(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    import json
+
+    from .architecture import channel_growth_table, totals
+
+    cfg = _load_config(args.model)
+    try:
+        if args.num_classes is not None:
+            cfg = cfg.replace(num_classes=args.num_classes)
+        rows = channel_growth_table(cfg, args.image_size)
+        t = totals(cfg, args.image_size)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.format == "json":
+        print(json.dumps({"config": cfg.to_dict(), "rows": rows, "totals": t}, indent=2))
+    else:
+        print(_arch_text(cfg, rows, t, args.format))
+    return EXIT_OK
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    import json
+
+    from .images import ImageError
+    from .predict import get_predictor
+    from .weights import CheckpointError
+
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+    try:
+        predictor = get_predictor(args.model, args.weights)
+    except (ValueError, CheckpointError, OSError) as e:
+        raise UsageError(str(e)) from None
+    if predictor.notice:
+        print(f"warning: {predictor.notice}", file=sys.stderr)
+    results = predictor.predict_images(args.images, top_k=args.top_k, names=args.images)
+    classified = []
+    for path, result in zip(args.images, results, strict=True):
+        if isinstance(result, ImageError):
+            print(f"error: {result}", file=sys.stderr)
+            if args.json:
+                print(json.dumps({"image": path, "error": str(result)}))
+            continue
+        classified.append(path)
+        if args.json:
+            top = [{"label": label, "probability": round(p, 6)} for label, p in result.labels]
+            record = {"image": path, "model": args.model, "weights": predictor.weights_label, "top_k": top}
+            print(json.dumps({**record, "latency_ms": round(result.latency_ms, 2)}))
+        else:
+            print(f"{path}  ({result.latency_ms:.1f} ms, {args.model}, {predictor.weights_label})")
+            for label, p in result.labels:
+                print(f"  {p:7.2%}  {label}")
+    cam_failed = False
+    if args.cam and classified:
+        try:
+            cam = predictor.gradcam(classified[0])
+            cam.overlay.save(args.cam, format="PNG")
+            print(f"Grad-CAM of {classified[0]} for '{cam.class_name}' written to {args.cam}", file=sys.stderr)
+        except (OSError, ValueError) as e:
+            print(f"error: cannot write the Grad-CAM overlay to {args.cam} ({e})", file=sys.stderr)
+            cam_failed = True
+    return EXIT_PARTIAL if len(classified) < len(args.images) or cam_failed else EXIT_OK
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
