@@ -34,3 +34,89 @@ def tiny_config() -> DenseNetConfig:
         stem="cifar",
         num_classes=3,
     )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class AppServer:
+    """`python app.py` running in a subprocess on a free loopback port, with its own weights folder."""
+
+    def __init__(self, root, weights_dir, port: int) -> None:
+        import os
+        import subprocess
+        import sys
+
+        self.url = f"http://127.0.0.1:{port}/"
+        self.weights_dir = weights_dir
+        self.log_path = root / "app.log"
+        env = {
+            **os.environ,
+            "GRADIO_SERVER_NAME": "127.0.0.1",
+            "GRADIO_SERVER_PORT": str(port),
+            "GRADIO_ANALYTICS_ENABLED": "False",
+            "DENSENET_DEMO_WEIGHTS": str(weights_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
+        self._log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [sys.executable, "app.py"],
+            cwd=_repo_root(),
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> float:
+        import time
+        import urllib.request
+
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"app.py exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                with urllib.request.urlopen(self.url, timeout=2) as r:
+                    if r.status == 200:
+                        return time.monotonic() - start
+            except OSError:
+                time.sleep(0.25)
+        raise RuntimeError(f"app.py did not answer within {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        import subprocess
+
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+def _repo_root():
+    from pathlib import Path
+
+    return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """The real app, started once for the API and browser tests."""
+    root = tmp_path_factory.mktemp("app")
+    server = AppServer(root, root / "weights", _free_port())
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,102 @@
+"""The real app through gradio_client: /predict, /architecture, /train, and bad input."""
+
+from __future__ import annotations
+
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    return Client(app_server.url, verbose=False)
+
+
+@pytest.fixture
+def photo(tmp_path):
+    path = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(path)
+    return path
+
+
+def test_predict_returns_labels_with_probabilities(client, photo):
+    label, gallery, table, info = client.predict(
+        [handle_file(str(photo))], "densenet_bc100_k12", "Random init", None, 3, True, api_name="/predict"
+    )
+    confidences = label["confidences"]
+    assert len(confidences) == 3
+    assert sum(c["confidence"] for c in confidences) <= 1.0 + 1e-6
+    assert all(0.0 <= c["confidence"] <= 1.0 for c in confidences)
+    assert len(gallery) == 1  # one Grad-CAM overlay
+    assert "photo.png" in str(table)
+    assert "random init" in info.lower()
+
+
+def test_architecture_for_preset_and_custom_config(client):
+    summary, table, plot, _ = client.predict(
+        "densenet121", 12, "16,16,16", 24, 4, 0.5, 0.0, "cifar", "3", None, "none", api_name="/architecture"
+    )
+    assert "7,978,856" in summary
+    assert len(table["data"]) > 58  # stem + 58 dense layers + 3 transitions + head
+    summary, table, plot, _ = client.predict(
+        "custom", 6, "2,3", 12, 0, 1.0, 0.0, "cifar", "1", 16, "none", api_name="/architecture"
+    )
+    assert "**DenseNet**," in summary and "16×16×1" in summary
+    assert len(table["data"]) >= 2 + 3
+
+
+def test_invalid_custom_config_gives_a_message_and_the_app_keeps_serving(client, photo):
+    with pytest.raises(Exception, match=r"block_config\[1\] must be an integer from 1"):
+        client.predict("custom", 12, "2,0", 12, 0, 1.0, 0.0, "cifar", "3", None, "none", api_name="/architecture")
+    with pytest.raises(Exception, match="Layers per block"):
+        client.predict("custom", 12, "two,three", 12, 0, 1.0, 0.0, "cifar", "3", None, "none", api_name="/architecture")
+    label, *_ = client.predict(
+        [handle_file(str(photo))], "densenet_bc100_k12", "Random init", None, 1, False, api_name="/predict"
+    )
+    assert len(label["confidences"]) == 1
+
+
+def test_non_image_upload_gives_a_message(client, tmp_path):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("this is not a picture")
+    with pytest.raises(Exception, match="notes.jpg"):
+        client.predict(
+            [handle_file(str(fake))], "densenet_bc100_k12", "Random init", None, 3, False, api_name="/predict"
+        )
+
+
+def test_corrupt_zip_gives_a_message(client, tmp_path):
+    bad = tmp_path / "data.zip"
+    bad.write_bytes(b"PK\x03\x04 definitely not a zip")
+    with pytest.raises(Exception, match="(?i)zip"):
+        client.predict("Zip file", handle_file(str(bad)), None, "", api_name="/load_dataset")
+
+
+def test_train_streams_events_and_the_run_becomes_a_model(client, app_server):
+    report = client.predict("Example dataset", None, None, "", api_name="/load_dataset")
+    assert "classes" in report.lower()
+    job = client.submit(
+        "densenet_bc100_k12",
+        "Random init",
+        "linear",
+        1,
+        None,
+        32,
+        None,
+        False,
+        "Auto",
+        "default",
+        "default",
+        api_name="/train",
+    )
+    outputs = list(job)
+    assert outputs, "no updates streamed"
+    final = job.outputs()[-1]
+    log = final[3]
+    assert log.index("Started") < log.index("Epoch 1") < log.index("Finished")
+    runs = list((app_server.weights_dir / "runs").iterdir())
+    assert len(runs) == 1 and (runs[0] / "model.safetensors").is_file()
+    predict_choices = final[7]
+    assert f"run:{runs[0].name}" in str(predict_choices)

@@ -1,0 +1,114 @@
+"""The page in headless Chromium (Debian's package), driven by Playwright: every tab as a person uses it.
+
+Screenshots go to $DENSENET_DEMO_SCREENSHOTS when set (the README's come from here), else to tmp.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from playwright.sync_api import expect, sync_playwright
+
+pytestmark = pytest.mark.timeout(420)
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture(scope="module")
+def page(app_server):
+    executable = shutil.which("chromium")
+    assert executable, "Debian's chromium is required for the browser tests (bash .ci/run installs it)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(app_server.url)
+        yield page
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    target = os.environ.get("DENSENET_DEMO_SCREENSHOTS")
+    path = Path(target) if target else tmp_path_factory.mktemp("screenshots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _pick(page, elem_id: str, value: str) -> None:
+    """Choose a value in a Gradio dropdown by typing it and taking the matching option."""
+    box = page.locator(f"#{elem_id} input")
+    box.click()
+    box.fill(value)
+    page.get_by_role("option", name=value).first.click()
+
+
+def test_predict_tab_shows_labels_for_an_uploaded_image(page, shots, tmp_path):
+    image = tmp_path / "red.png"
+    Image.new("RGB", (96, 96), (220, 40, 40)).save(image)
+    page.get_by_role("tab", name="Predict").click()
+    _pick(page, "predict-model", "densenet_bc100_k12")
+    page.locator("#predict-images input[type=file]").set_input_files(str(image))
+    page.locator("#predict-button").click()
+    label = page.locator("#predict-label")
+    expect(label).to_contain_text("%", timeout=90_000)
+    expect(page.locator("#predict-info")).to_contain_text("classified")
+    page.screenshot(path=str(shots / "predict.png"), full_page=True)
+
+
+def test_finetune_tab_trains_live_and_stop_keeps_a_checkpoint(page, shots, app_server):
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.locator("#train-load").click()
+    expect(page.locator("#train-report")).to_contain_text("classes", timeout=120_000)
+    # The example dataset comes with quick settings (a small CIFAR DenseNet from scratch at 32x32).
+    expect(page.locator("#train-model input")).to_have_value(re.compile("densenet40_k12"))
+    page.locator("#train-start").click()
+    # The curve updates once an epoch ends; then Stop keeps the best checkpoint so far.
+    expect(page.locator("#train-log textarea")).to_have_value(re.compile("Epoch 1/"), timeout=240_000)
+    expect(page.locator("#train-loss canvas, #train-loss svg").first).to_be_visible()
+    page.locator("#train-stop").click()
+    expect(page.locator("#train-status")).to_contain_text("Stopped", timeout=120_000)
+    expect(page.locator("#train-download")).to_contain_text(".zip")
+    runs = list((app_server.weights_dir / "runs").iterdir())
+    assert any((r / "model.safetensors").is_file() for r in runs)
+    page.screenshot(path=str(shots / "finetune.png"), full_page=True)
+
+
+def test_architecture_tab_shows_table_and_plot(page, shots):
+    page.get_by_role("tab", name="Architecture").click()
+    _pick(page, "arch-preset", "densenet40_k12")
+    page.locator("#arch-button").click()
+    expect(page.locator("#arch-summary")).to_contain_text("1,019,722", timeout=60_000)
+    expect(page.locator("#arch-table")).to_contain_text("denselayer12")
+    expect(page.locator("#arch-plot canvas, #arch-plot svg").first).to_be_visible()
+    page.screenshot(path=str(shots / "architecture.png"), full_page=True)
+
+
+def test_folder_upload_keeps_class_folders(page, tmp_path):
+    root = tmp_path / "pets"
+    for cls, colour in (("cats", (200, 0, 0)), ("dogs", (0, 0, 200))):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (40, 40), colour).save(root / cls / f"{i}.png")  # same names in both folders
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.get_by_label("Folder").first.check()
+    page.locator("#train-folder input[type=file]").set_input_files(str(root))
+    page.wait_for_timeout(1500)
+    page.locator("#train-load").click()
+    report = page.locator("#train-report")
+    expect(report).to_contain_text("cats", timeout=60_000)
+    expect(report).to_contain_text("dogs")
