@@ -91,6 +91,20 @@ def _weights_arg(model: str, choice: str, file: str | None) -> str | None:
     return "imagenet" if choice == "ImageNet" and model in IMAGENET_PRESETS else "random"
 
 
+def _example_images() -> list[Path]:
+    """One generated picture per class of the example dataset (made once, a few KB each)."""
+    folder = Path(tempfile.gettempdir()) / "densenet_demo_examples"
+    if not folder.is_dir():
+        # Made aside and renamed into place, so two app processes starting together never see half of it.
+        scratch = Path(tempfile.mkdtemp(prefix=".densenet_demo_examples_", dir=folder.parent))
+        data.make_example_dataset(scratch, n_per_class=1, image_size=160, seed=7)
+        try:
+            scratch.rename(folder)
+        except OSError:  # another process got there first; its copy is the same
+            shutil.rmtree(scratch, ignore_errors=True)
+    return sorted(folder.glob("*/*.png"))
+
+
 def _weights_for_model(model: str, choice: str):
     if model in PRESETS and model not in IMAGENET_PRESETS and choice == "ImageNet":
         gr.Info(f"{model} has no ImageNet weights: it starts from random init (fine-tune it first).")
@@ -612,6 +626,11 @@ def build_app() -> gr.Blocks:
                         p_top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k")
                         p_cam = gr.Checkbox(value=True, label="Grad-CAM")
                     p_button = gr.Button("Classify", variant="primary", elem_id="predict-button")
+                    gr.Examples(
+                        [[[str(path)]] for path in _example_images()],
+                        inputs=p_images,
+                        label="Generated examples (shapes and stripes, as in the example dataset)",
+                    )
                 with gr.Column():
                     p_label = gr.Label(label="Top classes (first image)", elem_id="predict-label")
                     p_info = gr.Markdown(elem_id="predict-info")

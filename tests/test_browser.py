@@ -70,6 +70,15 @@ def test_predict_tab_shows_labels_for_an_uploaded_image(page, shots, tmp_path):
     page.screenshot(path=str(shots / "predict.png"), full_page=True)
 
 
+def test_a_generated_example_can_be_classified(page):
+    page.get_by_role("tab", name="Predict").click()
+    page.locator("#predict-images").get_by_role("button", name="Clear").first.click()
+    page.get_by_role("button", name="circle_000.png").click()
+    expect(page.locator("#predict-images")).to_contain_text("circle_000")
+    page.locator("#predict-button").click()
+    expect(page.locator("#predict-info")).to_contain_text("1 image(s)", timeout=90_000)
+
+
 def test_finetune_tab_trains_live_and_stop_keeps_a_checkpoint(page, shots, app_server):
     page.get_by_role("tab", name="Fine-tune").click()
     page.locator("#train-load").click()
