@@ -166,3 +166,18 @@ def test_arch_error_from_a_real_process():
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.startswith("error: unknown preset") and result.stderr.count("\n") == 1
+
+
+def test_arch_piped_into_a_reader_that_stops_early_exits_quietly():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        f"{sys.executable} -m densenet_demo arch densenet201 | head -n 2",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout.count("\n") == 2
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
