@@ -1,0 +1,133 @@
+"""The app as a user meets it: cold start of `python app.py`, and /predict through the API vs in process.
+
+    python bench/app.py [--starts 3] [--requests 30] [--model densenet121]
+
+Prints one JSON object: seconds from launching `python app.py` to its first HTTP 200 (each start a fresh
+process, median of --starts); then the median latency of one image through `gradio_client` /predict
+against calling the same Predictor directly in this process (same model, weights and image), and the ratio.
+Grad-CAM is off in both, so both measure classification alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(weights_dir: str) -> tuple[subprocess.Popen, str, float]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "GRADIO_SERVER_PORT": str(port),
+        "GRADIO_SERVER_NAME": "127.0.0.1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "DENSENET_DEMO_WEIGHTS": weights_dir,
+    }
+    url = f"http://127.0.0.1:{port}/"
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"app.py exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return proc, url, time.perf_counter() - start
+        except OSError:
+            time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--starts", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=30)
+    parser.add_argument("--model", default="densenet121")
+    args = parser.parse_args()
+    weights_dir = tempfile.mkdtemp(prefix="bench_app_weights_")
+    image = Path(weights_dir) / "photo.jpg"
+    Image.new("RGB", (640, 480), (120, 160, 90)).save(image, quality=90)
+
+    cold = []
+    for _ in range(args.starts):
+        proc, _url, seconds = _start(weights_dir)
+        cold.append(seconds)
+        _stop(proc)
+
+    from gradio_client import Client, handle_file
+
+    from densenet_demo.predict import get_predictor
+
+    proc, url, _ = _start(weights_dir)
+    try:
+        client = Client(url, verbose=False)
+        call = lambda: client.predict(  # noqa: E731
+            [handle_file(str(image))], args.model, "Random init", None, 5, False, api_name="/predict"
+        )
+        call()  # the server builds and caches the predictor on the first request
+        api_ms = []
+        for _ in range(args.requests):
+            t = time.perf_counter()
+            call()
+            api_ms.append((time.perf_counter() - t) * 1000)
+    finally:
+        _stop(proc)
+
+    os.environ["DENSENET_DEMO_WEIGHTS"] = weights_dir
+    predictor = get_predictor(args.model, "random")
+    direct_ms = []
+    for _ in range(args.requests):
+        t = time.perf_counter()
+        predictor.predict_images([str(image)], top_k=5)
+        direct_ms.append((time.perf_counter() - t) * 1000)
+
+    api, direct = statistics.median(api_ms), statistics.median(direct_ms)
+    print(
+        json.dumps(
+            {
+                "benchmark": "app",
+                "cold_start_s": {"runs": [round(s, 2) for s in cold], "median": round(statistics.median(cold), 2)},
+                "predict_latency_ms": {
+                    "model": args.model,
+                    "image": "640x480 JPEG",
+                    "requests": args.requests,
+                    "api_median": round(api, 1),
+                    "direct_median": round(direct, 1),
+                    "api_over_direct": round(api / direct, 2),
+                    "api_overhead_ms": round(api - direct, 1),
+                },
+                "cpu_threads": os.cpu_count(),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
