@@ -91,18 +91,23 @@ def _weights_arg(model: str, choice: str, file: str | None) -> str | None:
     return "imagenet" if choice == "ImageNet" and model in IMAGENET_PRESETS else "random"
 
 
-def _example_images() -> list[Path]:
-    """One generated picture per class of the example dataset (made once, a few KB each)."""
-    folder = Path(tempfile.gettempdir()) / "densenet_demo_examples"
+def _generated_once(name: str, **kwargs: Any) -> Path:
+    """A deterministic example dataset, generated once per machine and shared read-only by all sessions."""
+    folder = Path(tempfile.gettempdir()) / name
     if not folder.is_dir():
         # Made aside and renamed into place, so two app processes starting together never see half of it.
-        scratch = Path(tempfile.mkdtemp(prefix=".densenet_demo_examples_", dir=folder.parent))
-        data.make_example_dataset(scratch, n_per_class=1, image_size=160, seed=7)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{name}_", dir=folder.parent))
+        data.make_example_dataset(scratch, **kwargs)
         try:
             scratch.rename(folder)
         except OSError:  # another process got there first; its copy is the same
             shutil.rmtree(scratch, ignore_errors=True)
-    return sorted(folder.glob("*/*.png"))
+    return folder
+
+
+def _example_images() -> list[Path]:
+    """One generated picture per class of the example dataset, for the Predict tab."""
+    return sorted(_generated_once("densenet_demo_examples", n_per_class=1, image_size=160, seed=7).glob("*/*.png"))
 
 
 def _weights_for_model(model: str, choice: str):
@@ -219,8 +224,7 @@ def load_dataset(
     workdir = _session_dir(state)
     try:
         if source == "Example dataset":
-            root = data.make_example_dataset(workdir / "example")
-            dataset, report = data.load_image_folder(root)
+            dataset, report = data.load_image_folder(_generated_once("densenet_demo_example_dataset"))
         elif source == "Zip file":
             if not zip_file:
                 raise gr.Error("Choose a .zip of class subfolders first.")
