@@ -29,7 +29,9 @@ __all__ = ["build_app", "launch", "LAUNCH_SETTINGS"]
 # Server settings that Gradio's defaults leave open (see the README's reliability section).
 MAX_FILE_SIZE = "200mb"  # one upload; a zip of a few thousand photos fits
 QUEUE_MAX_SIZE = 64  # a flood gets "queue full" instead of growing memory without bound
-PREDICT_CONCURRENCY = 4  # prediction requests served at once (the model cache is shared, read-only)
+# Prediction requests served at once (the model cache is shared, read-only). bench/serve.py on 2 CPU cores:
+# 2 serves 24% more requests/s than 1, and 4 no more than 2 while holding twice the activations in memory.
+PREDICT_CONCURRENCY = 2
 STATE_TTL_S = 3 * 3600  # a session's dataset and run handles are dropped after this
 DELETE_CACHE = (3600, 6 * 3600)  # every hour, delete uploads older than six hours
 
@@ -120,6 +122,10 @@ def _weights_for_model(model: str, choice: str):
 def _get_predictor(model: str, weights_choice: str, weights_file: str | None) -> predict.Predictor:
     if not model:
         raise gr.Error("Pick a model first.")
+    # The engine also takes checkpoint folders by path (for the CLI); a web request may only name a preset or a
+    # run in weights/runs/, so it can neither load nor probe folders elsewhere on the server.
+    if model not in PRESETS and not model.startswith("run:"):
+        raise gr.Error(f"Unknown model {model[:100]!r}: choose a preset or a fine-tuned run (run:<run-id>).")
     try:
         return predict.get_predictor(model, _weights_arg(model, weights_choice, weights_file))
     except (ValueError, weights.CheckpointError, OSError) as e:
@@ -184,8 +190,8 @@ def _pair_folder_upload(files: list[str], relpaths_json: str) -> list[tuple[str,
         entries = []
     pool: dict[tuple[str, int], list[str]] = {}
     for entry in entries if isinstance(entries, list) else []:
-        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
-            key = (Path(entry["path"]).name, int(entry.get("size", -1)))
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("size", -1), int):
+            key = (Path(entry["path"]).name, entry.get("size", -1))
             pool.setdefault(key, []).append(entry["path"])
     pairs = []
     for file in files:
@@ -229,7 +235,11 @@ def load_dataset(
             if not zip_file:
                 raise gr.Error("Choose a .zip of class subfolders first.")
             target = Path(tempfile.mkdtemp(prefix="zip_", dir=workdir))
-            dataset, report = data.load_image_folder(zip_file, extract_to=target)
+            try:
+                dataset, report = data.load_image_folder(zip_file, extract_to=target)
+            except BaseException:
+                shutil.rmtree(target, ignore_errors=True)  # a refused zip leaves nothing behind
+                raise
         elif source == "Folder":
             if not folder_files:
                 raise gr.Error("Choose a folder of class subfolders first.")
@@ -238,6 +248,13 @@ def load_dataset(
             dataset, report = data.from_class_lists(by_hand or {})
     except (data.DatasetError, zipfile.BadZipFile, OSError) as e:
         raise gr.Error(str(e)) from None
+    # One extracted zip per session, so that loading again and again cannot fill the disk; a run of this
+    # session still reading the previous one keeps it (the session folder goes when the session expires).
+    previous = state.pop("extracted", None)
+    if previous and not state.get("cancel"):
+        shutil.rmtree(previous, ignore_errors=True)
+    if source == "Zip file":
+        state["extracted"] = str(target)
     state["dataset"] = (dataset, report)
     return f"```text\n{report.summary()}\n```", state
 
@@ -400,6 +417,8 @@ def _finish(event: train.Event, history: list[dict[str, Any]], log: list[str], s
     checkpoint = getattr(event, "checkpoint_dir", None)
     if isinstance(event, train.Finished):
         headline = f"Finished: best val acc {event.best_val_acc:.1%} (epoch {event.best_epoch})."
+        # Images found corrupt while linear mode cached features are in no epoch's report: list them here.
+        log += [line for path, reason in event.skipped if (line := f"  skipped {path}: {reason}") not in log]
     elif isinstance(event, train.Cancelled):
         headline = "Stopped: " + ("the best checkpoint so far is kept." if checkpoint else "no checkpoint was written.")
     else:

@@ -45,9 +45,12 @@ def _free_port() -> int:
 
 
 class AppServer:
-    """`python app.py` running in a subprocess on a free loopback port, with its own weights folder."""
+    """`python app.py` running in a subprocess on a free loopback port, with its own weights folder.
 
-    def __init__(self, root, weights_dir, port: int) -> None:
+    ``script`` runs another launcher (a test's fault-injecting wrapper of app.py); ``env`` adds variables.
+    """
+
+    def __init__(self, root, weights_dir, port: int, script: str = "app.py", env: dict | None = None) -> None:
         import os
         import subprocess
         import sys
@@ -62,10 +65,11 @@ class AppServer:
             "GRADIO_ANALYTICS_ENABLED": "False",
             "DENSENET_DEMO_WEIGHTS": str(weights_dir),
             "PYTHONUNBUFFERED": "1",
+            **(env or {}),
         }
         self._log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "app.py"],
+            [sys.executable, script],
             cwd=_repo_root(),
             env=env,
             stdout=self._log,
@@ -92,6 +96,24 @@ class AppServer:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    @classmethod
+    def started(cls, root, weights_dir=None, *, own_tmp: bool = False, **kwargs) -> AppServer:
+        """A server on a free port, answering; ``weights_dir`` defaults to ``root/weights``.
+
+        ``own_tmp``: the server's temporary files (uploads, session folders) go to ``root/tmp``, not /tmp.
+        """
+        root.mkdir(parents=True, exist_ok=True)
+        if own_tmp:
+            (root / "tmp").mkdir(exist_ok=True)
+            kwargs["env"] = {"TMPDIR": str(root / "tmp"), **kwargs.get("env", {})}
+        server = cls(root, weights_dir or root / "weights", _free_port(), **kwargs)
+        try:
+            server.wait_ready()
+        except BaseException:
+            server.stop()
+            raise
+        return server
+
     def stop(self) -> None:
         import subprocess
 
@@ -113,10 +135,6 @@ def _repo_root():
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory):
     """The real app, started once for the API and browser tests."""
-    root = tmp_path_factory.mktemp("app")
-    server = AppServer(root, root / "weights", _free_port())
-    try:
-        server.wait_ready()
-        yield server
-    finally:
-        server.stop()
+    server = AppServer.started(tmp_path_factory.mktemp("app"))
+    yield server
+    server.stop()

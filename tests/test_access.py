@@ -1,0 +1,205 @@
+"""Access: the running app serves only its own uploads and outputs, and names of models and runs stay in their folders.
+
+Plain HTTP requests and gradio_client calls against the real app (`python app.py`, loopback only).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+pytestmark = pytest.mark.timeout(300)
+
+SECRET = "not-for-the-web"  # in a file outside every folder the app may serve
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    return Client(app_server.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("access") / "photo.png"
+    Image.new("RGB", (48, 40), (30, 160, 90)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def private_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("private") / "secret.txt"
+    path.write_text(SECRET)
+    return path
+
+
+def _get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _call(app_server, api_name: str, data: list) -> tuple[str, str]:
+    """One call through Gradio's plain HTTP API: (the stream's last event name, its data)."""
+    base = f"{app_server.url}gradio_api/call/{api_name}"
+    request = urllib.request.Request(
+        base, data=json.dumps({"data": data}).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
+        event_id = json.load(r)["event_id"]
+    with urllib.request.urlopen(f"{base}/{event_id}", timeout=120) as r:
+        lines = r.read().decode().strip().splitlines()
+    event = [line.removeprefix("event: ") for line in lines if line.startswith("event: ")][-1]
+    return event, [line.removeprefix("data: ") for line in lines if line.startswith("data: ")][-1]
+
+
+def _file_data(path: str) -> dict:
+    return {"path": path, "meta": {"_type": "gradio.FileData"}}
+
+
+def _upload(app_server, path: Path) -> str:
+    """Upload a file as the browser does (multipart POST to /upload); the server-side path it was given."""
+    boundary = "reliability-test-boundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{path.name}"\r\n\r\n'.encode()
+        + path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{app_server.url}gradio_api/upload",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return json.load(r)[0]
+
+
+def _predict_args(files: list, model: str = "densenet_bc100_k12") -> list:
+    return [files, model, "Random init", None, 3, False]
+
+
+def test_the_settings_gradio_leaves_open_are_set(app_server):
+    with urllib.request.urlopen(f"{app_server.url}config", timeout=30) as r:
+        config = json.load(r)
+    assert config["max_file_size"] == 200 * 1024 * 1024
+    assert config["show_error"] is False
+    assert config["enable_queue"] is True
+    assert app_server.url.startswith("http://127.0.0.1:")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/etc/passwd",
+        "../../../../../../etc/passwd",
+        "%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "app.py",
+        "densenet_demo/ui.py",
+        "file:///etc/passwd",
+        "http://127.0.0.1:1/",
+    ],
+)
+def test_the_file_route_refuses_paths_outside_the_apps_folders(app_server, path):
+    status, body = _get(f"{app_server.url}gradio_api/file={path}")
+    assert status in (403, 404)
+    assert b"root:" not in body and b"import" not in body
+
+
+def test_the_file_route_refuses_a_private_file_and_the_weights_folder(app_server, private_file):
+    app_server.weights_dir.mkdir(parents=True, exist_ok=True)
+    (app_server.weights_dir / "note.txt").write_text(SECRET)
+    for path in (private_file, app_server.weights_dir / "note.txt", app_server.weights_dir):
+        status, body = _get(f"{app_server.url}gradio_api/file={urllib.parse.quote(str(path))}")
+        assert status in (403, 404), path
+        assert SECRET.encode() not in body
+
+
+def test_an_upload_is_served_back_and_a_path_out_of_it_is_not(app_server, photo):
+    served = _upload(app_server, photo)
+    status, body = _get(f"{app_server.url}gradio_api/file={served}")
+    assert status == 200 and body == photo.read_bytes()  # the route works, so the refusals are refusals
+    status, body = _get(f"{app_server.url}gradio_api/file={served}/../../../../etc/passwd")
+    assert status in (403, 404) and b"root:" not in body
+
+
+@pytest.mark.parametrize("server_path", ["/etc/passwd", "private"])
+def test_a_request_naming_a_server_file_as_its_upload_is_refused(app_server, private_file, server_path):
+    path = str(private_file) if server_path == "private" else server_path
+    event, data = _call(app_server, "predict", _predict_args([_file_data(path)]))
+    assert event == "error"
+    assert SECRET not in data and "root:" not in data
+    zip_event, zip_data = _call(app_server, "load_dataset", ["Zip file", _file_data(path), None, ""])
+    assert zip_event == "error" and SECRET not in zip_data
+
+
+def test_a_request_naming_a_server_file_as_its_weights_is_refused(app_server, photo):
+    # The image is uploaded as a browser would; the weights "file" is a path the client never uploaded.
+    args = [[_file_data(_upload(app_server, photo))], "densenet_bc100_k12", "Checkpoint file"]
+    event, data = _call(app_server, "predict", [*args, _file_data("/etc/passwd"), 3, False])
+    assert event == "error" and "root:" not in data
+
+
+def test_a_url_to_the_servers_own_loopback_is_not_fetched(app_server):
+    inner = f"{app_server.url}gradio_api/file=/etc/passwd"
+    event, data = _call(app_server, "predict", _predict_args([_file_data(inner)]))
+    assert event == "error" and "root:" not in data
+
+
+@pytest.mark.parametrize("run_id", ["../../x", "..", "/etc", "a/../../b", "", ".hidden", "x\x00y"])
+def test_run_ids_that_could_leave_the_runs_folder_are_rejected(client, photo, run_id):
+    with pytest.raises(Exception, match="(?i)run id .* is not allowed"):
+        client.predict(*_predict_args([handle_file(str(photo))], f"run:{run_id}"), api_name="/predict")
+
+
+@pytest.mark.parametrize("model", ["/etc", "..", "/tmp", "densenet_demo", "weights"])
+def test_a_model_named_by_a_server_path_is_rejected_without_probing_it(client, photo, model):
+    with pytest.raises(Exception, match="Unknown model") as error:
+        client.predict(*_predict_args([handle_file(str(photo))], model), api_name="/predict")
+    assert "safetensors" not in str(error.value) and "/work" not in str(error.value)
+
+
+def test_an_upload_over_the_size_limit_gets_413_and_is_not_kept(app_server):
+    limit = 200 * 1024 * 1024
+    boundary = "reliability-test-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="huge.zip"\r\n'
+        "Content-Type: application/zip\r\n\r\n"
+    ).encode()
+
+    def body():
+        yield head
+        chunk = bytes(1 << 20)
+        for _ in range(limit // len(chunk) + 2):
+            yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    host, port = app_server.url.removeprefix("http://").strip("/").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=120)
+    try:
+        connection.request(
+            "POST",
+            "/gradio_api/upload",
+            body=body(),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            encode_chunked=True,
+        )
+        response = connection.getresponse()
+        status, text = response.status, response.read().decode()
+    finally:
+        connection.close()
+    assert status == 413
+    assert "maximum allowed size" in text
+
+
+def test_the_app_keeps_serving_after_the_refusals(client, photo):
+    label, *_ = client.predict(*_predict_args([handle_file(str(photo))]), api_name="/predict")
+    assert len(label["confidences"]) == 3

@@ -1,0 +1,135 @@
+"""Load on a running app of its own: concurrent /predict requests all answered right, no memory growth over
+hundreds of requests, and a flood turned away with "queue full" instead of growing without bound.
+
+Loopback only; bounded in count and in time. Latency and throughput figures come from bench/serve.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from conftest import AppServer
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from densenet_demo.ui import QUEUE_MAX_SIZE
+
+pytestmark = pytest.mark.timeout(300)
+
+MODEL = "densenet_bc100_k12"
+CONCURRENT = 40  # requests in flight at once: more than the prediction concurrency limit, within the queue
+SEQUENTIAL = 200
+RSS_GROWTH_BOUND_MB = 25  # over SEQUENTIAL requests after a warm-up (measured: 3 MB); 125 KB a request would show
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = AppServer.started(tmp_path_factory.mktemp("load_app"), own_tmp=True)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("load_images")
+    paths = []
+    for i, color in enumerate([(220, 30, 30), (30, 200, 40), (30, 40, 210), (240, 240, 240)]):
+        path = folder / f"image{i}.png"
+        Image.new("RGB", (64, 48), color).save(path)
+        paths.append(path)
+    return paths
+
+
+def _predict(client: Client, image: Path) -> list[tuple[str, float]]:
+    label, *_ = client.predict([handle_file(str(image))], MODEL, "Random init", None, 5, False, api_name="/predict")
+    return [(c["label"], c["confidence"]) for c in label["confidences"]]
+
+
+def _rss_mb(pid: int) -> float:
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("VmRSS:"))
+    return int(line.split()[1]) / 1024
+
+
+def test_concurrent_predictions_are_all_answered_and_each_answer_is_its_own(server, images):
+    client = Client(server.url, verbose=False)
+    expected = {image: _predict(client, image) for image in images}  # one at a time, first
+    assert len({tuple(v) for v in expected.values()}) == len(images)  # the images are told apart
+    requests = [images[i % len(images)] for i in range(CONCURRENT)]
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=CONCURRENT) as pool:
+        answers = list(pool.map(lambda image: _predict(client, image), requests))
+    elapsed = time.monotonic() - start
+    assert len(answers) == CONCURRENT
+    for image, answer in zip(requests, answers, strict=True):
+        assert answer == expected[image], image.name
+    assert elapsed < 120
+
+
+def test_memory_does_not_grow_over_hundreds_of_sequential_predictions(server, images):
+    client = Client(server.url, verbose=False)
+    for i in range(20):  # warm-up: the model, Gradio's caches and the allocator settle
+        _predict(client, images[i % len(images)])
+    before = _rss_mb(server.process.pid)
+    for i in range(SEQUENTIAL):
+        assert len(_predict(client, images[i % len(images)])) == 5
+    growth = _rss_mb(server.process.pid) - before
+    assert growth < RSS_GROWTH_BOUND_MB, f"the server's memory grew by {growth:.1f} MB over {SEQUENTIAL} requests"
+
+
+def _join(server, api_name: str, data: list) -> int:
+    """Put one event in the queue through Gradio's plain HTTP API; the HTTP status of the join."""
+    request = urllib.request.Request(
+        f"{server.url}gradio_api/call/{api_name}",
+        data=json.dumps({"data": data}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        assert e.code != 503 or "Queue is full" in e.read().decode()
+        return e.code
+
+
+def test_a_flood_gets_queue_full_and_the_app_serves_again_afterwards(server, images):
+    trainer = Client(server.url, verbose=False)
+    trainer.predict("Example dataset", None, None, "", api_name="/load_dataset")
+    job = trainer.submit(
+        MODEL, "Random init", "scratch", 100, None, 8, None, False, "Off", "default", "default", api_name="/train"
+    )
+    while not job.outputs():  # training holds the one training slot
+        time.sleep(0.05)
+    settings = [MODEL, "Random init", "linear", 1, None, 32, None, False, "Off", "default", "default"]
+    statuses = [_join(server, "train", settings) for _ in range(QUEUE_MAX_SIZE + 8)]
+    assert statuses[:QUEUE_MAX_SIZE] == [200] * QUEUE_MAX_SIZE
+    assert statuses[QUEUE_MAX_SIZE:] == [503] * 8
+    # Stop skips the queue (queue=False) as the page sends it, so a full queue cannot keep a user from stopping.
+    assert _stop_as_the_page_does(server, trainer.session_hash) == ["Stopping after the current step…"]
+    assert "Stopped" in job.result(timeout=120)[3]
+    # The queued events (sessions without a dataset) each end with a message; then the app serves as before.
+    deadline = time.monotonic() + 120
+    while _queue_size(server) > 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    assert len(_predict(Client(server.url, verbose=False), images[0])) == 5
+
+
+def _stop_as_the_page_does(server, session_hash: str) -> list:
+    request = urllib.request.Request(
+        f"{server.url}gradio_api/run/stop",
+        data=json.dumps({"data": [None], "session_hash": session_hash}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return json.load(r)["data"]
+
+
+def _queue_size(server) -> int:
+    with urllib.request.urlopen(f"{server.url}gradio_api/queue/status", timeout=30) as r:
+        return json.load(r)["queue_size"]
