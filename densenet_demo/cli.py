@@ -252,7 +252,94 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    raise NotImplementedError
+    import json
+    import tempfile
+
+    from .data import DatasetError, load_image_folder, make_example_dataset
+    from .train import TrainConfig, Trainer, example_config
+
+    with tempfile.TemporaryDirectory(prefix="densenet_demo_train_") as scratch:
+        try:
+            if args.data == "example":
+                files, report = load_image_folder(make_example_dataset(os.path.join(scratch, "example")))
+            else:
+                files, report = load_image_folder(args.data, extract_to=os.path.join(scratch, "data"))
+            # The example trains with its own quick settings, unless a flag says otherwise.
+            quick = example_config().to_dict() if args.data == "example" else {}
+            base = {k: v for k, v in quick.items() if k not in ("model", "weights", "mode")}
+            given = {
+                "epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size, "lr": args.lr
+            }  # fmt: skip
+            chosen = {"model": args.model, "weights": args.weights, "mode": args.mode, "seed": args.seed}
+            config = TrainConfig(**{**base, **{k: v for k, v in given.items() if v is not None}, **chosen})
+            trainer = Trainer(config, files, report=report, out_dir=args.out)
+        except (DatasetError, ValueError) as e:
+            raise UsageError(str(e)) from None
+        if args.json:
+            print(json.dumps({"event": "dataset", **report.to_dict()}), flush=True)
+        else:
+            print(report.summary(), file=sys.stderr)
+        return _print_training(trainer, as_json=args.json)
+
+
+def _print_training(trainer, *, as_json: bool) -> int:
+    """Run a trainer, printing its events; Ctrl-C stops after the current step and keeps the best checkpoint."""
+    import json
+    import signal
+
+    from tqdm import tqdm
+
+    from .train import CancelToken, Failed, Finished
+
+    cancel = CancelToken()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    bar = None
+    try:
+        for event in trainer.run(cancel):
+            kind, end = event.kind, event
+            if as_json:
+                print(json.dumps(event.to_dict()), flush=True)
+                continue
+            if kind == "started":
+                amp = f", mixed precision {event.amp}" if event.amp else ""
+                print(
+                    f"run {event.run_id}: {event.mode} on {event.device}{amp}, weights: {event.weights}; "
+                    f"{event.n_train} train / {event.n_val} val images",
+                    file=sys.stderr,
+                )
+            elif kind == "caching":
+                bar = bar or tqdm(total=event.total, desc="features (once)", unit="img", leave=False)
+                bar.n = event.done
+                bar.refresh()
+            elif kind == "step":
+                if event.step == 1:
+                    if bar is not None:
+                        bar.close()
+                    bar = tqdm(total=event.steps, desc=f"epoch {event.epoch}", unit="step")
+                bar.set_postfix(
+                    loss=f"{event.loss:.3f}", acc=f"{event.acc:.1%}", img_s=f"{event.images_per_s:.1f}", refresh=False
+                )
+                bar.update(1)
+            elif kind == "epoch_end":
+                if bar is not None:
+                    bar.set_postfix(train_acc=f"{event.train_acc:.1%}", val_acc=f"{event.val_acc:.1%}")
+                    bar.close()
+                    bar = None
+                for path, reason in event.skipped:
+                    print(f"skipped {path}: {reason}", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if bar is not None:
+            bar.close()
+    if isinstance(end, Finished) and not as_json:
+        print(f"best val acc {end.best_val_acc:.1%} (epoch {end.best_epoch}) in {end.seconds:.1f} s", file=sys.stderr)
+    elif isinstance(end, Failed):
+        print(f"error: {end.message}", file=sys.stderr)
+    elif not as_json:
+        print("stopped; the best checkpoint so far is kept", file=sys.stderr)
+    if end.checkpoint_dir:
+        print(end.checkpoint_dir)
+    return EXIT_OK if isinstance(end, Finished) else (EXIT_PARTIAL if isinstance(end, Failed) else 130)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

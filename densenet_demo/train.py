@@ -1,0 +1,501 @@
+"""Trainer: fine-tune or train a DenseNet on labelled image files, reporting through events.
+
+``Trainer(config, files).run(cancel)`` yields ``Started``, then (linear mode) ``Caching``, then
+``Step`` ... ``EpochEnd`` per epoch, and ends with exactly one of ``Finished``, ``Cancelled`` or
+``Failed``. Nothing here prints: the UI, the CLI and the tests are all consumers of the events.
+
+Modes:
+- ``linear``: frozen backbone; each image's pooled features are computed once, without augmentation,
+  and the new head trains on that cache (seconds on a CPU instead of minutes);
+- ``finetune``: every layer trains; the backbone at ``lr * backbone_lr_factor``, the new head at ``lr``;
+- ``scratch``: random init, every layer at ``lr`` (the paper's SGD recipe by default).
+
+The best epoch (by validation accuracy) is saved atomically through ``weights.save_checkpoint`` to
+``weights/runs/<run-id>/`` and reloaded into ``trainer.model`` at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import os
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from . import weights as W
+from .data import DatasetError, DatasetReport, ImageFileDataset, Item, LabeledFiles, collate_skipping_failures
+from .images import Preprocessing
+from .model import DenseNet
+from .train_setup import (
+    MODES,
+    TrainConfig,
+    build_model,
+    example_config,
+    make_optimizer,
+    make_scheduler,
+    pick_amp_dtype,
+    pick_device,
+)
+
+__all__ = [
+    "MODES",
+    "TrainConfig",
+    "CancelToken",
+    "Event",
+    "Started",
+    "Caching",
+    "Step",
+    "EpochEnd",
+    "Finished",
+    "Cancelled",
+    "Failed",
+    "Trainer",
+    "example_config",
+]
+
+
+class CancelToken:
+    """Thread-safe stop flag: the UI's Stop button calls ``cancel()``; the trainer checks between steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+# ---------------------------------------------------------------------------------------------
+# Events
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with an ``"event"`` tag (``"step"``, ``"epoch_end"``, ...)."""
+        return {"event": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Started(Event):
+    kind: ClassVar[str] = "started"
+    run_id: str
+    classes: list[str]
+    n_train: int
+    n_val: int
+    steps_per_epoch: int
+    epochs: int
+    device: str
+    mode: str
+    amp: str | None  # 'bfloat16' / 'float16' when mixed precision is on
+    weights: str  # where the starting weights came from, for people
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Caching(Event):
+    """Linear mode: features computed for ``done`` of ``total`` images (train + val), once."""
+
+    kind: ClassVar[str] = "caching"
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Step(Event):
+    kind: ClassVar[str] = "step"
+    epoch: int  # 1-based
+    step: int  # 1-based within the epoch
+    steps: int  # steps per epoch
+    loss: float
+    acc: float
+    lr: float  # the head's
+    images_per_s: float  # over the epoch so far
+    gpu_memory_mb: float | None  # peak CUDA memory allocated; None on the CPU
+    eta_s: float  # until the last epoch ends, at the pace so far
+
+
+@dataclass(frozen=True)
+class EpochEnd(Event):
+    kind: ClassVar[str] = "epoch_end"
+    epoch: int
+    epochs: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    per_class_val_acc: dict[str, float | None]  # None for a class with no val image
+    seconds: float
+    best_val_acc: float
+    improved: bool  # this epoch is the new best and was saved
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # found corrupt this epoch (1st: + caching)
+
+
+@dataclass(frozen=True)
+class Finished(Event):
+    kind: ClassVar[str] = "finished"
+    best_val_acc: float
+    best_epoch: int
+    checkpoint_dir: str
+    confusion_matrix: list[list[int]]  # of the best epoch on val; rows: true class, columns: predicted
+    class_names: list[str]
+    epochs_run: int
+    stopped_early: bool
+    seconds: float
+    skipped: list[tuple[str, str]]  # every image dropped during training (path, reason)
+
+
+@dataclass(frozen=True)
+class Cancelled(Event):
+    kind: ClassVar[str] = "cancelled"
+    checkpoint_dir: str | None  # the best so far (or the weights at the cancel, before any epoch ended)
+    epoch: int
+    best_val_acc: float | None
+
+
+@dataclass(frozen=True)
+class Failed(Event):
+    kind: ClassVar[str] = "failed"
+    message: str  # for people: what went wrong and what to do
+    detail: str | None = None  # the traceback, for logs
+    checkpoint_dir: str | None = None  # the best so far, if an epoch had ended
+
+
+class _Stop(Exception):
+    """Raised at a step boundary when the cancel token is set; becomes a ``Cancelled`` event."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer
+
+
+class Trainer:
+    """One training run: ``Trainer(config, files).run(cancel)`` -> events. A trainer runs once.
+
+    Args:
+        config: the run's settings (``TrainConfig``).
+        files: labelled images (``data.load_image_folder`` and friends); split by ``config.val_fraction``
+            unless they bring their own val split.
+        report: the dataset report, recorded in the checkpoint.
+        out_dir: where the checkpoint goes; default ``weights.run_path(run_id, runs_root)``.
+        run_id: the run's name; default ``weights.new_run_id(model name)``.
+
+    Raises ``DatasetError`` (too few images to validate on) and ``ValueError`` (no such device) at once;
+    everything that goes wrong later becomes a ``Failed`` event.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        files: LabeledFiles,
+        *,
+        report: DatasetReport | None = None,
+        out_dir: str | os.PathLike | None = None,
+        run_id: str | None = None,
+        runs_root: str | os.PathLike | None = None,
+    ) -> None:
+        self.config = config.resolved()
+        self.class_names = list(files.class_names)
+        if len(self.class_names) < 2:
+            raise DatasetError(f"training needs at least 2 classes, got {len(self.class_names)}")
+        self.train_items, self.val_items = files.split(self.config.val_fraction, self.config.seed)
+        if not self.val_items or not self.train_items:
+            raise DatasetError("too few images to train and validate: give every class at least 2 images")
+        self.report = report
+        self.run_id = run_id or W.new_run_id(self.config.model_name)
+        self.out_dir = Path(out_dir) if out_dir else W.run_path(self.run_id, Path(runs_root) if runs_root else None)
+        self.device = pick_device(self.config.device)
+        self._amp_dtype = pick_amp_dtype(self.config.amp, self.device)
+        self.model: DenseNet | None = None  # after the run: the best epoch's weights, in eval mode
+        self.preprocessing: Preprocessing | None = None
+        self.backbone_images = 0  # images through the backbone while caching (linear mode: each image once)
+        self.skipped: list[tuple[str, str]] = []  # images found corrupt while training: (path, reason)
+        self._ran = False
+        self._channels_last = False
+        self._weights_label = ""
+        self._steps_done = 0
+        self._epoch = 0
+        self._best: dict[str, Any] | None = None  # loss, acc, per_class, confusion, epoch of the saved epoch
+
+    def run(self, cancel: CancelToken | None = None) -> Iterator[Event]:
+        """Train, yielding events; ends with ``Finished``, ``Cancelled`` or ``Failed`` and never raises."""
+        if self._ran:
+            raise RuntimeError("a Trainer runs once; make a new one for another run")
+        self._ran = True
+        end: Event | None = None
+        try:
+            yield from self._train(cancel or CancelToken())
+        except _Stop:
+            end = self._cancelled()
+        except torch.OutOfMemoryError:
+            end = self._failed(self._oom_advice())
+        except (DatasetError, W.CheckpointError, ValueError) as e:
+            end = self._failed(str(e))
+        except Exception as e:
+            memory = "can't allocate memory" in str(e) or "not enough memory" in str(e)  # the CPU allocator
+            end = self._failed(self._oom_advice() if memory else f"training failed: {type(e).__name__}: {e}")
+        finally:
+            # Free what the run held, the CUDA cache included, so that the next run in this process can start.
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        if end is not None:
+            yield end
+
+    def _train(self, cancel: CancelToken) -> Iterator[Event]:
+        cfg, device = self.config, self.device
+        started = time.monotonic()
+        torch.manual_seed(cfg.seed)
+        self._channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+        model, self.preprocessing, self._weights_label = build_model(cfg, self.class_names)
+        model.to(device, memory_format=torch.channels_last if self._channels_last else torch.preserve_format)
+        self.model = model
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+            torch.cuda.reset_peak_memory_stats(device)
+
+        linear = cfg.mode == "linear"
+        cached = linear and cfg.cache_features
+        if linear:
+            model.requires_grad_(False).classifier.requires_grad_(True)
+        steps_per_epoch = math.ceil(len(self.train_items) / cfg.batch_size)
+        optimizer = make_optimizer(cfg, model)
+        scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
+        scaler = torch.amp.GradScaler(device.type, enabled=self._amp_dtype == torch.float16)
+        amp_name = str(self._amp_dtype).removeprefix("torch.") if self._amp_dtype else None
+        yield Started(
+            self.run_id, self.class_names, len(self.train_items), len(self.val_items), steps_per_epoch,
+            cfg.epochs, str(device), cfg.mode, amp_name, self._weights_label, cfg.to_dict(),
+        )  # fmt: skip
+
+        if cached:
+            train_source = yield from self._cache_features(self.train_items, cancel, done=0)
+            val_source = yield from self._cache_features(self.val_items, cancel, done=len(self.train_items))
+        else:
+            train_source = self._loader(self.train_items, train=True)
+            val_source = self._loader(self.val_items, train=False)
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            if cached:  # x holds pooled features already
+                return model.classifier(x)
+            if linear:  # frozen backbone, run on every batch of every epoch
+                with torch.no_grad():
+                    x = model.forward_head(model.forward_features(x), pre_logits=True)
+                return model.classifier(x.float())
+            return model(x)
+
+        total_steps = steps_per_epoch * cfg.epochs
+        loop_start, epochs_without_best, reported = time.monotonic(), 0, 0
+        for epoch in range(1, cfg.epochs + 1):
+            self._epoch = epoch
+            model.train(not linear)  # linear: the frozen backbone keeps its BatchNorm statistics
+            epoch_start, seen, loss_sum, correct = time.monotonic(), 0, 0.0, 0
+            for step, (x, y) in enumerate(self._batches(train_source, epoch), start=1):
+                if cancel.cancelled:
+                    raise _Stop
+                x, y = self._to_device(x, y)
+                with self._autocast():
+                    logits = forward(x)
+                    loss = F.cross_entropy(logits.float(), y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+
+                self._steps_done += 1
+                n, batch_loss, batch_correct = len(y), loss.item(), int((logits.argmax(1) == y).sum())
+                seen, loss_sum, correct = seen + n, loss_sum + batch_loss * n, correct + batch_correct
+                now = time.monotonic()
+                yield Step(
+                    epoch, step, steps_per_epoch, batch_loss, batch_correct / n, optimizer.param_groups[-1]["lr"],
+                    seen / max(now - epoch_start, 1e-9), _gpu_memory_mb(device),
+                    (now - loop_start) / self._steps_done * max(total_steps - self._steps_done, 0),
+                )  # fmt: skip
+
+            val = self._evaluate(val_source, forward, cancel)
+            improved = self._best is None or (val["acc"], -val["loss"]) > (self._best["acc"], -self._best["loss"])
+            if improved:
+                self._save_best({**val, "epoch": epoch, "train_acc": correct / max(seen, 1)})
+            epochs_without_best = 0 if improved else epochs_without_best + 1
+            yield EpochEnd(
+                epoch, cfg.epochs, loss_sum / max(seen, 1), correct / max(seen, 1), val["loss"], val["acc"],
+                val["per_class"], time.monotonic() - epoch_start, self._best["acc"], improved,
+                self.skipped[reported:],  # the first epoch also reports what feature caching found
+            )  # fmt: skip
+            reported = len(self.skipped)
+            if cfg.early_stopping_patience and epochs_without_best >= cfg.early_stopping_patience:
+                break
+
+        # Leave the best epoch's weights in memory, so that trainer.model predicts what the checkpoint predicts.
+        model.load_state_dict(load_file(str(self.out_dir / W.CHECKPOINT_WEIGHTS), device=str(device)))
+        model.eval()
+        best = self._best
+        yield Finished(
+            best["acc"], best["epoch"], str(self.out_dir), best["confusion"], self.class_names, self._epoch,
+            self._epoch < cfg.epochs, time.monotonic() - started, list(self.skipped),
+        )  # fmt: skip
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def _loader(self, items: list[Item], *, train: bool) -> torch.utils.data.DataLoader:
+        p, cfg = self.preprocessing, self.config
+        transform = p.train_transform(cfg.augment) if train else p.to_tensor
+        dataset = ImageFileDataset(items, transform, mode=p.mode, draft_size=p.resize_size)
+        workers = cfg.num_workers
+        if workers is None:  # decoding in the main process on a CPU: its cores are busy training already
+            workers = min(8, os.cpu_count() or 1) if self.device.type == "cuda" else 0
+        return torch.utils.data.DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            shuffle=train,
+            generator=torch.Generator().manual_seed(cfg.seed),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.device.type == "cuda",
+            collate_fn=collate_skipping_failures,
+        )
+
+    def _batches(self, source: Any, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, labels) of one epoch: shuffled from the feature cache, or decoded images minus failures."""
+        if isinstance(source, tuple):  # (features, labels), on the device
+            features, labels = source
+            generator = torch.Generator().manual_seed(self.config.seed + epoch)
+            order = torch.randperm(len(labels), generator=generator) if epoch else torch.arange(len(labels))
+            for i in range(0, len(order), self.config.batch_size):
+                index = order[i : i + self.config.batch_size].to(labels.device)
+                yield features[index], labels[index]
+            return
+        for x, y, failed in source:
+            self._record_failures(failed)
+            if x is not None:
+                yield x, y
+
+    def _record_failures(self, failed: list[tuple[str, str]]) -> None:
+        known = {path for path, _ in self.skipped}
+        self.skipped += [(path, reason) for path, reason in failed if path not in known]
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.to(self.device, non_blocking=True)
+        if self._channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self._amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._amp_dtype)
+
+    def _cache_features(self, items: list[Item], cancel: CancelToken, *, done: int) -> Iterator[Event]:
+        """Pooled backbone features of every image, computed once, in eval mode and without augmentation."""
+        model, total = self.model, len(self.train_items) + len(self.val_items)
+        model.eval()
+        features, labels = [], []
+        for x, y, failed in self._loader(items, train=False):
+            if cancel.cancelled:
+                raise _Stop
+            self._record_failures(failed)
+            done += len(failed)
+            if x is not None:
+                x, y = self._to_device(x, y)
+                with torch.inference_mode(), self._autocast():
+                    features.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
+                labels.append(y)
+                self.backbone_images += len(y)
+                done += len(y)
+            yield Caching(done, total)
+        if not features:
+            raise DatasetError("none of the images could be decoded; see the skipped files")
+        # Outside inference mode, cat makes ordinary tensors, which autograd may save for the head's backward.
+        return torch.cat(features), torch.cat(labels)
+
+    # -- evaluation and checkpoints --------------------------------------------------------------
+
+    def _evaluate(self, source: Any, forward: Any, cancel: CancelToken) -> dict[str, Any]:
+        """Loss, accuracy, per-class accuracy and confusion matrix on the validation set."""
+        n = len(self.class_names)
+        confusion = torch.zeros(n, n, dtype=torch.long)
+        loss_sum = 0.0
+        self.model.eval()
+        with torch.inference_mode():
+            for x, y in self._batches(source, epoch=0):
+                if cancel.cancelled:
+                    raise _Stop
+                x, y = self._to_device(x, y)
+                with self._autocast():
+                    logits = forward(x).float()
+                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+                confusion += torch.bincount(y.cpu() * n + logits.argmax(1).cpu(), minlength=n * n).view(n, n)
+        total, per_class_total = int(confusion.sum()), confusion.sum(1)
+        return {
+            "loss": loss_sum / max(total, 1),
+            "acc": float(confusion.diag().sum()) / max(total, 1),
+            "per_class": {
+                name: float(confusion[i, i] / per_class_total[i]) if per_class_total[i] else None
+                for i, name in enumerate(self.class_names)
+            },
+            "confusion": confusion.tolist(),
+        }
+
+    def _save_best(self, best: dict[str, Any]) -> None:
+        """Save a new best epoch; only once it is on disk does it count as the best (a full disk keeps the old)."""
+        self._save({
+            "val_acc": best["acc"], "val_loss": best["loss"], "train_acc": best["train_acc"], "epoch": best["epoch"],
+            "per_class_val_acc": best["per_class"], "confusion_matrix": best["confusion"],
+        })  # fmt: skip
+        self._best = best
+
+    def _save(self, metrics: dict[str, Any]) -> None:
+        extra = {"train_config": self.config.to_dict(), "run_id": self.run_id, "initial_weights": self._weights_label}
+        if self.report is not None:
+            extra["dataset"] = {"source": self.report.source, "counts": self.report.counts}
+        W.save_checkpoint(
+            self.out_dir, self.model, class_names=self.class_names, preprocessing=self.preprocessing,
+            metrics={**metrics, "n_train": len(self.train_items), "n_val": len(self.val_items)}, extra=extra,
+        )  # fmt: skip
+
+    def _best_dir(self) -> str | None:
+        return str(self.out_dir) if self._best is not None else None
+
+    def _cancelled(self) -> Event:
+        """Keep the best epoch; before any epoch has ended, keep the weights trained so far."""
+        if self._best is None and self._steps_done > 0:
+            try:
+                self._save({"epoch": self._epoch, "cancelled_mid_epoch": True, "steps": self._steps_done})
+            except W.CheckpointError as e:
+                return self._failed(f"stopped, but {e}")
+            self.model.eval()
+            return Cancelled(str(self.out_dir), self._epoch, None)
+        return Cancelled(self._best_dir(), self._epoch, self._best["acc"] if self._best else None)
+
+    def _failed(self, message: str) -> Failed:
+        self.model = None  # let the memory go (on a GPU, too): the best epoch, if any, is on disk
+        return Failed(message, traceback.format_exc(), self._best_dir())
+
+    def _oom_advice(self) -> str:
+        cfg = self.config
+        size = self.preprocessing.image_size if self.preprocessing else cfg.image_size
+        tips = [f"a smaller batch size (now {cfg.batch_size})", f"a smaller image size (now {size})"]
+        if not cfg.memory_efficient:
+            tips.append("memory-efficient on (recomputes the concatenations in backward)")
+        where = "the GPU" if self.device.type == "cuda" else "this machine"
+        return f"out of memory on {where}; try " + ", ".join(tips[:-1]) + f" or {tips[-1]}"
+
+
+def _gpu_memory_mb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
