@@ -41,7 +41,7 @@ def colours(tmp_path_factory) -> data.LabeledFiles:
 def _config(tiny_config, **changes) -> TrainConfig:
     settings = dict(
         model=tiny_config, weights="random", mode="scratch", epochs=3, batch_size=6, lr=1e-2, optimizer="adamw",
-        schedule="cosine", image_size=16, val_fraction=0.25,
+        schedule="cosine", image_size=16, val_fraction=0.25, device="cpu",
     )  # fmt: skip
     return TrainConfig(**{**settings, **changes})
 
