@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
+from densenet_demo.train import example_config
+
 pytestmark = pytest.mark.timeout(420)
 
 CHROMIUM_ARGS = [
@@ -83,8 +85,8 @@ def test_finetune_tab_trains_live_and_stop_keeps_a_checkpoint(page, shots, app_s
     page.get_by_role("tab", name="Fine-tune").click()
     page.locator("#train-load").click()
     expect(page.locator("#train-report")).to_contain_text("classes", timeout=120_000)
-    # The example dataset comes with quick settings (a small CIFAR DenseNet from scratch at 32x32).
-    expect(page.locator("#train-model input")).to_have_value(re.compile("densenet40_k12"))
+    # The example dataset comes with quick settings (a small DenseNet from scratch).
+    expect(page.locator("#train-model input")).to_have_value(re.compile(example_config().model_name))
     page.locator("#train-start").click()
     # The curve updates once an epoch ends; then Stop keeps the best checkpoint so far.
     expect(page.locator("#train-log textarea")).to_have_value(re.compile("Epoch 1/"), timeout=240_000)
