@@ -13,55 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(weights_dir: str) -> tuple[subprocess.Popen, str, float]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "DENSENET_DEMO_WEIGHTS": weights_dir,
-    }
-    url = f"http://127.0.0.1:{port}/"
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"app.py exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return proc, url, time.perf_counter() - start
-        except OSError:
-            time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    proc.wait(timeout=30)
+from bench._app_process import start_app, stop_app  # noqa: E402
 
 
 def main() -> None:
@@ -76,15 +38,15 @@ def main() -> None:
 
     cold = []
     for _ in range(args.starts):
-        proc, _url, seconds = _start(weights_dir)
+        proc, _url, seconds = start_app(["app.py"], weights_dir)
         cold.append(seconds)
-        _stop(proc)
+        stop_app(proc)
 
     from gradio_client import Client, handle_file
 
     from densenet_demo.predict import get_predictor
 
-    proc, url, _ = _start(weights_dir)
+    proc, url, _ = start_app(["app.py"], weights_dir)
     try:
         client = Client(url, verbose=False)
         call = lambda: client.predict(  # noqa: E731
@@ -97,7 +59,7 @@ def main() -> None:
             call()
             api_ms.append((time.perf_counter() - t) * 1000)
     finally:
-        _stop(proc)
+        stop_app(proc)
 
     os.environ["DENSENET_DEMO_WEIGHTS"] = weights_dir
     predictor = get_predictor(args.model, "random")

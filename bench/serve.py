@@ -15,61 +15,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._app_process import start_app, stop_app  # noqa: E402
 
 # The app with another prediction concurrency limit: the module constant is read when the page is built.
 _LAUNCH = (
     "import sys; import densenet_demo.ui as ui; ui.PREDICT_CONCURRENCY = int(sys.argv[1]); ui.launch(ui.build_app())"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start_app(limit: int, weights_dir: str) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    env = {
-        **os.environ,
-        "GRADIO_SERVER_PORT": str(port),
-        "GRADIO_SERVER_NAME": "127.0.0.1",
-        "GRADIO_ANALYTICS_ENABLED": "False",
-        "DENSENET_DEMO_WEIGHTS": weights_dir,
-    }
-    url = f"http://127.0.0.1:{port}/"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _LAUNCH, str(limit)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the app exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return proc, url
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the app did not answer within 120 s")
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -132,12 +94,11 @@ def main() -> None:
 
     results = {}
     for limit in [int(x) for x in args.limits.split(",")]:
-        proc, url = _start_app(limit, weights_dir)
+        proc, url, _ = start_app(["-c", _LAUNCH, str(limit)], weights_dir)
         try:
             results[str(limit)] = _measure(url, image, args.model, args.requests, args.sequential)
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+            stop_app(proc)
     print(
         json.dumps(
             {

@@ -166,6 +166,8 @@ class Cancelled(Event):
     checkpoint_dir: str | None  # the best so far (or the weights at the cancel, before any epoch ended)
     epoch: int
     best_val_acc: float | None
+    confusion_matrix: list[list[int]] | None = None  # of the best epoch so far; None before any epoch ended
+    class_names: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -481,7 +483,11 @@ class Trainer:
                 return self._failed(f"stopped, but {e}")
             self.model.eval()
             return Cancelled(str(self.out_dir), self._epoch, None)
-        return Cancelled(self._best_dir(), self._epoch, self._best["acc"] if self._best else None)
+        if self._best is None:
+            return Cancelled(self._best_dir(), self._epoch, None)
+        return Cancelled(
+            self._best_dir(), self._epoch, self._best["acc"], self._best["confusion"], list(self.class_names)
+        )
 
     def _failed(self, message: str) -> Failed:
         self.model = None  # let the memory go (on a GPU, too): the best epoch, if any, is on disk

@@ -33,6 +33,7 @@ QUEUE_MAX_SIZE = 64  # a flood gets "queue full" instead of growing memory witho
 # 2 serves 24% more requests/s than 1, and 4 no more than 2 while holding twice the activations in memory.
 PREDICT_CONCURRENCY = 2
 STATE_TTL_S = 3 * 3600  # a session's dataset and run handles are dropped after this
+SESSION_PREFIX = "densenet_demo_session_"  # per-session upload folders under the temp dir
 DELETE_CACHE = (3600, 6 * 3600)  # every hour, delete uploads older than six hours
 
 WEIGHTS_CHOICES = ("ImageNet", "Random init", "Checkpoint file")
@@ -114,7 +115,7 @@ def _example_images() -> list[Path]:
 
 def _weights_for_model(model: str, choice: str):
     if model in PRESETS and model not in IMAGENET_PRESETS and choice == "ImageNet":
-        gr.Info(f"{model} has no ImageNet weights: it starts from random init (fine-tune it first).")
+        gr.Info(f"{model} has no ImageNet weights: it starts from random init (fine-tune it first).", duration=8)
         return "Random init"
     return choice
 
@@ -208,13 +209,33 @@ def _pair_folder_upload(files: list[str], relpaths_json: str) -> list[tuple[str,
 
 def _session_dir(state: dict[str, Any]) -> Path:
     if not state.get("workdir") or not Path(state["workdir"]).is_dir():
-        state["workdir"] = tempfile.mkdtemp(prefix="densenet_demo_session_")
+        state["workdir"] = tempfile.mkdtemp(prefix=SESSION_PREFIX)
     return Path(state["workdir"])
 
 
 def _cleanup_session(state: dict[str, Any] | None) -> None:
     if state and state.get("workdir"):
         shutil.rmtree(state["workdir"], ignore_errors=True)
+
+
+def sweep_stale_sessions(root: str | Path | None = None, max_age_s: float = STATE_TTL_S) -> list[Path]:
+    """Remove session folders older than the state's time to live, left by a server that was stopped.
+
+    A session's own expiry removes its folder while the server runs; a killed or restarted server
+    cannot, so the next launch does. Returns the folders removed.
+    """
+    root = Path(root or tempfile.gettempdir())
+    cutoff = time.time() - max_age_s
+    removed = []
+    for folder in root.glob(f"{SESSION_PREFIX}*"):
+        try:
+            if folder.is_symlink() or not folder.is_dir() or folder.stat().st_mtime > cutoff:
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
 
 
 def load_dataset(
@@ -425,7 +446,7 @@ def _finish(event: train.Event, history: list[dict[str, Any]], log: list[str], s
         headline = f"Failed: {event.message}" + (" The best checkpoint so far is kept." if checkpoint else "")
     log.append(headline + (f" Checkpoint: {checkpoint}" if checkpoint else ""))
     confusion = None
-    if isinstance(event, train.Finished):
+    if isinstance(event, (train.Finished, train.Cancelled)) and event.confusion_matrix:
         confusion = _confusion_plot(event.confusion_matrix, event.class_names)
     per_class = None
     if history:
@@ -546,9 +567,7 @@ def show_architecture(
     except ValueError as e:
         raise gr.Error(str(e)) from None
     table = pd.DataFrame(rows)
-    growth = pd.DataFrame(
-        [{"layer": i, "channels": r["out_channels"], "stage": r["stage"]} for i, r in enumerate(rows)]
-    )
+    growth = _growth_frame(rows)
     mib = 1024 * 1024
     summary = (
         f"**{cfg.variant}**, L = {cfg.depth}, k = {cfg.growth_rate}, blocks {list(cfg.block_config)}, "
@@ -559,6 +578,17 @@ def show_architecture(
     )
     heatmap = _feature_reuse_plot(preset, reuse_weights)
     return summary, table, growth, heatmap
+
+
+def _growth_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Channels after each row, one series per stage; each stage also starts from the previous stage's last
+    point, so the line is unbroken and a transition shows as the drop it is (the saw-tooth)."""
+    points = []
+    for i, row in enumerate(rows):
+        if i and row["stage"] != rows[i - 1]["stage"]:
+            points.append({"layer": i - 1, "channels": rows[i - 1]["out_channels"], "stage": row["stage"]})
+        points.append({"layer": i, "channels": row["out_channels"], "stage": row["stage"]})
+    return pd.DataFrame(points)
 
 
 def _si(value: float) -> str:
@@ -592,14 +622,26 @@ def _feature_reuse_plot(preset: str, reuse_weights: str):
     import matplotlib.pyplot as plt
 
     blocks = reuse["blocks"]
-    fig, axes = plt.subplots(1, len(blocks), figsize=(3.2 * len(blocks), 3.4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(blocks), figsize=(3.4 * len(blocks) + 0.8, 4.2), squeeze=False, layout="constrained"
+    )
     for ax, block in zip(axes[0], blocks, strict=True):
-        ax.imshow(np.ma.masked_invalid(block["matrix"]), cmap="viridis", vmin=0, vmax=1)
+        image = ax.imshow(np.ma.masked_invalid(block["matrix"]), cmap="viridis", vmin=0, vmax=1)
         ax.set_title(f"block {block['block']}")
+        n = len(block["sources"])
+        # Short tick labels: "in" is the block's input, numbers are its layers, the last row the layer after it.
+        ticks = sorted({*range(0, n, max(1, n // 8)), n - 1})
+        ax.set_xticks(ticks, ["in" if i == 0 else str(i) for i in ticks])
+        targets = [str(i) for i in range(1, n)] + ["T" if block["targets"][-1].startswith("transition") else "C"]
+        ax.set_yticks(ticks, [targets[i] for i in ticks])
         ax.set_xlabel("source layer")
         ax.set_ylabel("target layer")
-    fig.suptitle(f"Feature reuse ({predictor.weights_label}): mean |w| per source, normalised per target")
-    fig.tight_layout()
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
+    fig.suptitle(
+        f"Feature reuse (the paper's Fig. 5), {predictor.weights_label}\n"
+        "mean |w| of each target's first convolution per source layer, normalised per target; "
+        "T: transition, C: classifier"
+    )
     plt.close(fig)
     return fig
 
@@ -620,7 +662,9 @@ def build_app() -> gr.Blocks:
         )
         session = gr.State({}, time_to_live=STATE_TTL_S, delete_callback=_cleanup_session)
         # Rendered in the Architecture tab; created first so that training can refresh its run list.
-        a_reuse = gr.Dropdown(_reuse_choices(), value="none", label="Feature-reuse heatmap from", render=False)
+        a_reuse = gr.Dropdown(
+            _reuse_choices(), value="none", label="Feature-reuse heatmap from", render=False, elem_id="arch-reuse"
+        )
         with gr.Tab("Predict", id="predict"):
             with gr.Row():
                 with gr.Column():
@@ -745,7 +789,7 @@ def build_app() -> gr.Blocks:
                 t_acc = gr.LinePlot(x="epoch", y="value", color="series", title="Accuracy", elem_id="train-acc")
             t_log = gr.Textbox(label="Log", lines=6, elem_id="train-log")
             with gr.Row():
-                t_confusion = gr.Plot(label="Confusion matrix")
+                t_confusion = gr.Plot(label="Confusion matrix", elem_id="train-confusion")
                 t_per_class = gr.Dataframe(label="Per-class validation accuracy", interactive=False)
             t_download = gr.File(label="Best checkpoint (model.safetensors + model.json)", elem_id="train-download")
 
@@ -816,7 +860,7 @@ def build_app() -> gr.Blocks:
                     a_plot = gr.LinePlot(
                         x="layer", y="channels", color="stage", title="Channels after each layer", elem_id="arch-plot"
                     )
-                    a_heatmap = gr.Plot(label="Feature reuse (paper, Fig. 5)")
+                    a_heatmap = gr.Plot(label="Feature reuse (paper, Fig. 5)", show_label=False, elem_id="arch-heatmap")
             a_table = gr.Dataframe(label="Per-layer channel growth", interactive=False, elem_id="arch-table")
             a_button.click(
                 show_architecture,
@@ -841,5 +885,6 @@ def _reuse_choices() -> list[tuple[str, str]]:
 
 def launch(app: gr.Blocks, **overrides: Any) -> None:
     """Launch with the server settings the README documents; GRADIO_SERVER_NAME/PORT are honoured."""
+    sweep_stale_sessions()
     app.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
     app.launch(**{**LAUNCH_SETTINGS, **overrides})

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -203,3 +205,29 @@ def test_an_upload_over_the_size_limit_gets_413_and_is_not_kept(app_server):
 def test_the_app_keeps_serving_after_the_refusals(client, photo):
     label, *_ = client.predict(*_predict_args([handle_file(str(photo))]), api_name="/predict")
     assert len(label["confidences"]) == 3
+
+
+def test_a_launch_sweeps_session_folders_left_by_a_stopped_server_and_nothing_else(tmp_path):
+    from densenet_demo.ui import SESSION_PREFIX, STATE_TTL_S, sweep_stale_sessions
+
+    old = time.time() - STATE_TTL_S - 60
+    stale = tmp_path / f"{SESSION_PREFIX}stale"
+    (stale / "zip_1").mkdir(parents=True)
+    (stale / "zip_1" / "a.png").write_bytes(b"x")
+    os.utime(stale, (old, old))
+    fresh = tmp_path / f"{SESSION_PREFIX}fresh"
+    fresh.mkdir()
+    unrelated = tmp_path / "someone_elses_folder"
+    unrelated.mkdir()
+    os.utime(unrelated, (old, old))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("keep")
+    link = tmp_path / f"{SESSION_PREFIX}link"
+    link.symlink_to(elsewhere, target_is_directory=True)
+    os.utime(link, (old, old), follow_symlinks=False)
+
+    assert sweep_stale_sessions(tmp_path) == [stale]
+    assert not stale.exists()
+    assert fresh.is_dir() and unrelated.is_dir() and link.is_symlink()
+    assert (elsewhere / "keep.txt").read_text() == "keep"

@@ -40,6 +40,14 @@ def test_architecture_for_preset_and_custom_config(client):
     )
     assert "7,978,856" in summary
     assert len(table["data"]) > 58  # stem + 58 dense layers + 3 transitions + head
+    # The channel plot is one unbroken saw-tooth: each stage starts at the previous stage's last point, and
+    # the first transition halves densenet121's 64 + 6·32 = 256 channels (θ = 0.5).
+    points = plot["data"]
+    for before, after in zip(points, points[1:], strict=False):
+        if before[2] != after[2]:
+            assert after[:2] == before[:2], (before, after)
+    transition = [channels for _, channels, stage in points if stage == "transition 1"]
+    assert transition == [256, 128]
     summary, table, plot, _ = client.predict(
         "custom", 6, "2,3", 12, 0, 1.0, 0.0, "cifar", "1", 16, "none", api_name="/architecture"
     )

@@ -14,6 +14,10 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
+from densenet_demo import weights
+from densenet_demo.config import PRESETS
+from densenet_demo.images import default_preprocessing
+from densenet_demo.model import DenseNet
 from densenet_demo.train import example_config
 
 pytestmark = pytest.mark.timeout(420)
@@ -88,24 +92,45 @@ def test_finetune_tab_trains_live_and_stop_keeps_a_checkpoint(page, shots, app_s
     # The example dataset comes with quick settings (a small DenseNet from scratch).
     expect(page.locator("#train-model input")).to_have_value(re.compile(example_config().model_name))
     page.locator("#train-start").click()
-    # The curve updates once an epoch ends; then Stop keeps the best checkpoint so far.
-    expect(page.locator("#train-log textarea")).to_have_value(re.compile("Epoch 1/"), timeout=240_000)
+    # The curves update as epochs end; then Stop keeps the best checkpoint so far and shows its confusion matrix.
+    expect(page.locator("#train-log textarea")).to_have_value(re.compile("Epoch 3/"), timeout=240_000)
     expect(page.locator("#train-loss canvas, #train-loss svg").first).to_be_visible()
     page.locator("#train-stop").click()
     expect(page.locator("#train-status")).to_contain_text("Stopped", timeout=120_000)
     expect(page.locator("#train-download")).to_contain_text(".zip")
+    expect(page.locator("#train-confusion img").first).to_be_visible()
     runs = list((app_server.weights_dir / "runs").iterdir())
     assert any((r / "model.safetensors").is_file() for r in runs)
     page.screenshot(path=str(shots / "finetune.png"), full_page=True)
 
 
-def test_architecture_tab_shows_table_and_plot(page, shots):
+@pytest.fixture
+def fashion_run(app_server) -> str:
+    """A densenet_fashion run: the one the fine-tune test trained when it ran first, else a fresh random one."""
+    runs = [r.run_id for r in weights.list_runs(app_server.weights_dir / "runs") if "densenet_fashion" in r.run_id]
+    if runs:
+        return runs[0]
+    cfg = PRESETS["densenet_fashion"].replace(num_classes=4)
+    run_id = "browser-fashion"
+    weights.save_checkpoint(
+        app_server.weights_dir / "runs" / run_id,
+        DenseNet(cfg),
+        class_names=["a", "b", "c", "d"],
+        preprocessing=default_preprocessing(cfg),
+    )
+    return run_id
+
+
+def test_architecture_tab_shows_table_plot_and_feature_reuse(page, shots, fashion_run):
+    page.reload()  # the page lists the runs that exist when it loads
     page.get_by_role("tab", name="Architecture").click()
-    _pick(page, "arch-preset", "densenet40_k12")
+    _pick(page, "arch-preset", "densenet_fashion")
+    _pick(page, "arch-reuse", f"fine-tuned run {fashion_run}")
     page.locator("#arch-button").click()
-    expect(page.locator("#arch-summary")).to_contain_text("1,019,722", timeout=60_000)
-    expect(page.locator("#arch-table")).to_contain_text("denselayer12")
+    expect(page.locator("#arch-summary")).to_contain_text("757,", timeout=60_000)
+    expect(page.locator("#arch-table")).to_contain_text("denselayer4")
     expect(page.locator("#arch-plot canvas, #arch-plot svg").first).to_be_visible()
+    expect(page.locator("#arch-heatmap img").first).to_be_visible(timeout=60_000)
     page.screenshot(path=str(shots / "architecture.png"), full_page=True)
 
 

@@ -118,6 +118,9 @@ def test_cancel_mid_epoch_yields_cancelled_with_the_best_checkpoint_so_far(tiny_
     model, info = W.load_checkpoint(cancelled.checkpoint_dir)
     assert info.metrics["epoch"] == 1 and info.class_names == ("blue", "green", "red")
     assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
+    # The best epoch's confusion matrix comes along, for the page to show after Stop.
+    assert cancelled.confusion_matrix == info.metrics["confusion_matrix"]
+    assert np.array(cancelled.confusion_matrix).sum() == 6 and cancelled.class_names == ["blue", "green", "red"]
 
 
 def test_cancel_before_any_epoch_ended_keeps_the_weights_so_far(tiny_config, colours):
@@ -130,6 +133,7 @@ def test_cancel_before_any_epoch_ended_keeps_the_weights_so_far(tiny_config, col
     assert _kinds(events) == "started step cancelled"
     model, info = W.load_checkpoint(events[-1].checkpoint_dir)
     assert info.metrics["cancelled_mid_epoch"] is True and events[-1].best_val_acc is None
+    assert events[-1].confusion_matrix is None
     assert predict.get_predictor(events[-1].checkpoint_dir).class_names == ("blue", "green", "red")
 
 
