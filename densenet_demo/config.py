@@ -77,7 +77,7 @@ class DenseNetConfig:
         _check_int("growth_rate", self.growth_rate, 1, MAX_GROWTH_RATE)
         if not isinstance(self.block_config, tuple) or not 1 <= len(self.block_config) <= MAX_BLOCKS:
             raise ValueError(
-                f"block_config must be a list of 1 to {MAX_BLOCKS} layer counts, got {self.block_config!r}"
+                f"block_config must be a list of 1 to {MAX_BLOCKS} layer counts, got {_shown(self.block_config)}"
             )
         for i, n in enumerate(self.block_config):
             _check_int(f"block_config[{i}]", n, 1, MAX_LAYERS_PER_BLOCK)
@@ -86,12 +86,12 @@ class DenseNetConfig:
         _check_float("compression", self.compression, 0.0, 1.0, low_open=True)
         _check_float("drop_rate", self.drop_rate, 0.0, 1.0, high_open=True)
         if self.stem not in STEMS:
-            raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
+            raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {_shown(self.stem)}")
         if self.in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {self.in_channels!r}")
+            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {_shown(self.in_channels)}")
         _check_int("num_classes", self.num_classes, 1, MAX_NUM_CLASSES)
         if not isinstance(self.memory_efficient, bool):
-            raise ValueError(f"memory_efficient must be true or false, got {self.memory_efficient!r}")
+            raise ValueError(f"memory_efficient must be true or false, got {_shown(self.memory_efficient)}")
         # A transition must keep at least one channel, or the next block has no input.
         channels = self.num_init_features
         for i, n in enumerate(self.block_config[:-1]):
@@ -148,9 +148,15 @@ class DenseNetConfig:
         return replace(self, **changes)
 
 
+def _shown(value: Any, limit: int = 60) -> str:
+    """The offending value for an error message, cut short: a million-entry list is not repeated back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text):,} characters)"
+
+
 def _check_int(name: str, value: Any, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer from {low} to {high}, got {value!r}")
+        raise ValueError(f"{name} must be an integer from {low} to {high}, got {_shown(value)}")
 
 
 def _check_float(
@@ -162,7 +168,7 @@ def _check_float(
     if not ok:
         lo = f"{low} <" if low_open else f"{low} <="
         hi = f"< {high}" if high_open else f"<= {high}"
-        raise ValueError(f"{name} must be a number with {lo} {name} {hi}, got {value!r}")
+        raise ValueError(f"{name} must be a number with {lo} {name} {hi}, got {_shown(value)}")
 
 
 def _imagenet(growth_rate: int, blocks: tuple[int, ...], init: int) -> DenseNetConfig:

@@ -144,8 +144,13 @@ def load_image_folder(
         if not zipfile.is_zipfile(path):
             raise DatasetError(f"{path.name}: not a folder or a .zip file; upload a zip of class subfolders")
         target = Path(extract_to) if extract_to else Path(tempfile.mkdtemp(prefix="densenet_demo_data_"))
-        safe_extract_zip(path, target)
-        return _load_entries(_walk(target), source=path.name, root=target)
+        try:
+            safe_extract_zip(path, target)
+            return _load_entries(_walk(target), source=path.name, root=target)
+        except BaseException:
+            if not extract_to:  # a folder of our own making: a refused zip leaves nothing behind
+                shutil.rmtree(target, ignore_errors=True)
+            raise
     return _load_entries(_walk(path), source=str(path), root=path)
 
 

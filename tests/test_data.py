@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import stat
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -239,3 +240,15 @@ def test_an_image_that_fails_to_decode_is_dropped_from_its_batch_and_reported(tm
     assert x.shape == (1, 3, 4, 4) and y.tolist() == [0]
     assert [path for path, _ in failed] == [str(bad)] and "truncated" in failed[0][1]
     assert data.collate_skipping_failures([dataset[1]])[:2] == (None, None)
+
+
+def test_a_refused_zip_leaves_no_temporary_folder_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    zip_path = _zip(tmp_path / "evil.zip", {"a/1.png": _png_bytes(), "../escape.png": _png_bytes()})
+    with pytest.raises(DatasetError, match="points outside the upload"):
+        data.load_image_folder(zip_path)
+    one_class = _zip(tmp_path / "one.zip", {"a/1.png": _png_bytes()})
+    with pytest.raises(DatasetError):
+        data.load_image_folder(one_class)
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -150,3 +150,9 @@ def test_presets_survive_a_json_round_trip(name):
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(ValueError, match="densenet121"):
         get_preset("densenet122")
+
+
+def test_an_absurd_value_is_not_repeated_back_in_full():
+    with pytest.raises(ValueError, match=r"block_config must be a list of 1 to \d+ layer counts") as err:
+        DenseNetConfig(block_config=tuple([1] * 1_000_000))
+    assert len(str(err.value)) < 200 and "characters)" in str(err.value)
