@@ -502,6 +502,7 @@ def collate_skipping_failures(
 # The built-in example dataset
 
 EXAMPLE_CLASSES = ("circle", "square", "triangle", "stripes")
+EXAMPLE_VERSION = 2  # raise when make_example_dataset writes other images for the same arguments
 
 
 def make_example_dataset(

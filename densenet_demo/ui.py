@@ -7,6 +7,7 @@ The ONLY module that imports gradio. Handlers are small: they call the engine an
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -95,17 +96,38 @@ def _weights_arg(model: str, choice: str, file: str | None) -> str | None:
 
 
 def _generated_once(name: str, **kwargs: Any) -> Path:
-    """A deterministic example dataset, generated once per machine and shared read-only by all sessions."""
-    folder = Path(tempfile.gettempdir()) / name
-    if not folder.is_dir():
-        # Made aside and renamed into place, so two app processes starting together never see half of it.
-        scratch = Path(tempfile.mkdtemp(prefix=f".{name}_", dir=folder.parent))
-        data.make_example_dataset(scratch, **kwargs)
-        try:
-            scratch.rename(folder)
-        except OSError:  # another process got there first; its copy is the same
-            shutil.rmtree(scratch, ignore_errors=True)
-    return folder
+    """A deterministic example dataset, generated once per machine and shared read-only by all sessions.
+
+    The folder's name carries the generator's version and arguments, so a copy left by an older version
+    is never taken for this one's; a folder of that name that is not this user's own is not trusted.
+    """
+    key = hashlib.sha256(json.dumps([data.EXAMPLE_VERSION, sorted(kwargs.items())]).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"{name}_{key}"
+    known = _generated.get(folder)
+    if known is None or not known.is_dir():
+        _generated[folder] = known = folder if _ours(folder) else _generate(folder, kwargs)
+    return known
+
+
+def _generate(folder: Path, kwargs: dict[str, Any]) -> Path:
+    # Made aside and renamed into place, so two app processes starting together never see half of it.
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}_", dir=folder.parent))
+    data.make_example_dataset(scratch, **kwargs)
+    try:
+        scratch.rename(folder)
+        return folder
+    except OSError:  # another process got there first (its copy is the same), or someone else holds the name
+        if not _ours(folder):
+            return scratch
+        shutil.rmtree(scratch, ignore_errors=True)
+        return folder
+
+
+def _ours(folder: Path) -> bool:
+    return folder.is_dir() and not folder.is_symlink() and folder.stat().st_uid == os.getuid()
+
+
+_generated: dict[Path, Path] = {}  # example folders this process has made or checked
 
 
 def _example_images() -> list[Path]:

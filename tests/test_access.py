@@ -231,3 +231,26 @@ def test_a_launch_sweeps_session_folders_left_by_a_stopped_server_and_nothing_el
     assert not stale.exists()
     assert fresh.is_dir() and unrelated.is_dir() and link.is_symlink()
     assert (elsewhere / "keep.txt").read_text() == "keep"
+
+
+def test_the_example_dataset_is_made_once_per_version_and_never_taken_from_someone_else(tmp_path, monkeypatch):
+    import tempfile
+
+    from densenet_demo import data, ui
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(ui, "_generated", {})
+    first = ui._generated_once("example", n_per_class=2, image_size=16)
+    assert sorted(p.name for p in first.iterdir()) == sorted(data.EXAMPLE_CLASSES)
+    assert len(list(first.glob("*/*.png"))) == 8
+    assert ui._generated_once("example", n_per_class=2, image_size=16) == first
+    # Another generator version or other arguments: another folder, never the old one.
+    monkeypatch.setattr(data, "EXAMPLE_VERSION", data.EXAMPLE_VERSION + 1)
+    assert ui._generated_once("example", n_per_class=2, image_size=16) != first
+    assert ui._generated_once("example", n_per_class=3, image_size=16) != first
+    # A folder of the expected name that belongs to another user is not used.
+    monkeypatch.setattr(data, "EXAMPLE_VERSION", data.EXAMPLE_VERSION - 1)
+    monkeypatch.setattr(ui, "_generated", {})
+    monkeypatch.setattr(ui.os, "getuid", lambda: os.stat(first).st_uid + 1)
+    private = ui._generated_once("example", n_per_class=2, image_size=16)
+    assert private != first and len(list(private.glob("*/*.png"))) == 8
