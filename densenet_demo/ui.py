@@ -274,6 +274,7 @@ def load_dataset(
     try:
         if source == "Example dataset":
             dataset, report = data.load_image_folder(_generated_once("densenet_demo_example_dataset"))
+            report.source = "the built-in example dataset (shapes and stripes, generated)"
         elif source == "Zip file":
             if not zip_file:
                 raise gr.Error("Choose a .zip of class subfolders first.")
