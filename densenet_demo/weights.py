@@ -15,12 +15,14 @@ leaves either the old checkpoint or the new one, never half of one.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
 import pickle
 import re
 import secrets
 import tempfile
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +72,7 @@ CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_META = "model.json"
 _META_KEY = "densenet_demo"
 FORMAT_VERSION = 1
+DOWNLOAD_TIMEOUT_S = 60.0  # connecting, and each wait for data, when downloading ImageNet weights
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -350,16 +353,14 @@ def load_imagenet_state_dict(model_name: str) -> dict[str, torch.Tensor]:
     A file already in the cache (downloaded earlier or placed there by hand) is used as is: its keys and
     shapes are checked when it is loaded into the model. Raises ``WeightsUnavailable`` naming the file.
     """
-    from torch.hub import HASH_REGEX, download_url_to_file
+    from torch.hub import HASH_REGEX
 
     url = imagenet_weights(model_name).url
     path = imagenet_file(model_name)
     if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
         match = HASH_REGEX.search(path.name)
         try:
-            # Writes to a temporary file and renames it only when the SHA-256 prefix in the name matches.
-            download_url_to_file(url, str(path), match.group(1) if match else None, progress=False)
+            download_file(url, path, match.group(1) if match else None)
         except (OSError, RuntimeError) as e:  # URLError, timeouts, HTTP errors, a wrong checksum
             raise WeightsUnavailable(
                 f"could not download the ImageNet weights for {model_name} ({e}). {_how_to_place(model_name)}"
@@ -370,6 +371,31 @@ def load_imagenet_state_dict(model_name: str) -> dict[str, torch.Tensor]:
         raise WeightsUnavailable(
             f"the cached ImageNet weights are unreadable ({e}). {_how_to_place(model_name)}"
         ) from None
+
+
+def download_file(url: str, path: Path, sha256_prefix: str | None = None, timeout_s: float | None = None) -> None:
+    """Download ``url`` to ``path`` atomically; with ``sha256_prefix``, keep it only when its hash starts so.
+
+    ``timeout_s`` bounds the connection and every wait for data (a network that drops packets fails within
+    it instead of hanging a request for minutes). Raises ``OSError`` (``URLError``, timeouts, HTTP errors)
+    or ``RuntimeError`` (a wrong checksum); ``path`` is then untouched and no temporary file is left.
+    """
+
+    def write(tmp: Path) -> None:
+        digest = hashlib.sha256()
+        request = urllib.request.Request(url, headers={"User-Agent": "densenet_demo"})
+        with urllib.request.urlopen(request, timeout=timeout_s or DOWNLOAD_TIMEOUT_S) as response:
+            with open(tmp, "wb") as f:
+                while chunk := response.read(1 << 20):
+                    digest.update(chunk)
+                    f.write(chunk)
+        if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix):
+            raise RuntimeError(
+                f"the download's SHA-256 {digest.hexdigest()[:12]}… does not start with {sha256_prefix} "
+                "(a corrupt or different file)"
+            )
+
+    atomic_write(Path(path), write)
 
 
 def _how_to_place(model_name: str) -> str:

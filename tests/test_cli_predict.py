@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.request
 
 import pytest
 import torch
@@ -124,10 +125,10 @@ def test_a_pickle_with_code_is_refused_and_never_runs(tmp_path, capsys):
 
 
 def test_offline_imagenet_warns_and_still_classifies(images, monkeypatch, capsys):
-    def offline(url, dst, *args, **kwargs):
+    def offline(request, *args, **kwargs):
         raise OSError("Network is unreachable")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     assert main(["predict", images[0], "--model", "densenet121", "--top-k", "1"]) == 0
     out, err = capsys.readouterr()
     assert "RANDOM weights" in err and "densenet121-a639ec97.pth" in err

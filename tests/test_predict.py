@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import urllib.error
+import urllib.request
 
 import numpy as np
 import pytest
@@ -219,10 +220,10 @@ def test_concurrent_first_requests_build_the_model_once(monkeypatch, make_run):
 
 
 def test_failed_download_gives_random_weights_with_a_notice(monkeypatch):
-    def offline(url, dst, *args, **kwargs):
+    def offline(request, *args, **kwargs):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
     predictor = predict.get_predictor("densenet121")
     assert predictor.weights_label == "random init"
     assert "RANDOM weights" in predictor.notice

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -37,11 +40,11 @@ def no_network(monkeypatch):
     """The download fails as it does offline; the calls are recorded."""
     calls = []
 
-    def fail(url, dst, *args, **kwargs):
-        calls.append(url)
+    def fail(request, *args, **kwargs):
+        calls.append(getattr(request, "full_url", request))
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(torch.hub, "download_url_to_file", fail)
+    monkeypatch.setattr(urllib.request, "urlopen", fail)
     return calls
 
 
@@ -152,6 +155,60 @@ def test_failed_download_names_the_file_its_url_and_the_folder(no_network, _priv
     assert "name resolution" in message
     assert no_network == ["https://download.pytorch.org/models/densenet121-a639ec97.pth"]
     assert list(_private_weights_dir.iterdir()) == []  # nothing half-downloaded left behind
+
+
+@pytest.fixture
+def http_server():
+    """A loopback HTTP server: ``/weights`` serves PAYLOAD; ``/stall`` accepts and never answers."""
+    import http.server
+    import threading
+
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path == "/stall":
+                release.wait(10)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(PAYLOAD)))
+            self.end_headers()
+            self.wfile.write(PAYLOAD)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    release.set()
+    server.shutdown()
+    server.server_close()
+
+
+PAYLOAD = b"weights " * 100_000
+
+
+def test_download_keeps_a_file_whose_hash_matches(http_server, tmp_path):
+    target = tmp_path / "w.pth"
+    W.download_file(f"{http_server}/weights", target, hashlib.sha256(PAYLOAD).hexdigest()[:8])
+    assert target.read_bytes() == PAYLOAD
+    assert [p.name for p in tmp_path.iterdir()] == ["w.pth"]
+
+
+def test_download_with_a_wrong_hash_keeps_nothing(http_server, tmp_path):
+    with pytest.raises(RuntimeError, match="does not start with 00000000"):
+        W.download_file(f"{http_server}/weights", tmp_path / "w.pth", "00000000")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_stalled_download_times_out_and_keeps_nothing(http_server, tmp_path):
+    start = time.monotonic()
+    with pytest.raises(OSError, match="timed out"):
+        W.download_file(f"{http_server}/stall", tmp_path / "w.pth", timeout_s=0.5)
+    assert time.monotonic() - start < 5
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_load_model_falls_back_to_random_and_says_so(no_network):
