@@ -166,14 +166,24 @@ class DenseNet(nn.Module):
         self.num_features = num_features
         self.classifier = nn.Linear(num_features, cfg.num_classes)
 
-        # Official init from torch repo (as torchvision).
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """torchvision's init: Kaiming-normal convs, BN at 1/0, the head's default Linear init with bias 0.
+
+        With ``generator``, the draws come from it instead of torch's global RNG (random weights that do not
+        depend on what else drew from the global stream).
+        """
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
+                nn.init.kaiming_normal_(m.weight, generator=generator)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
             elif isinstance(m, nn.Linear):
+                if generator is not None:  # without one, nn.Linear's own init has already drawn the weight
+                    nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5), generator=generator)
                 nn.init.constant_(m.bias, 0)
 
     def forward_features(self, x: Tensor) -> Tensor:

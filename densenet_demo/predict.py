@@ -206,11 +206,20 @@ _cache_lock = threading.Lock()
 _building: dict[tuple, threading.Lock] = {}  # one lock per key being built: others wait, nobody builds twice
 
 
+RANDOM_INIT_SEED = 0
+
+
 def build_predictor(
     model: str, weights: str | os.PathLike | None = None, *, device: torch.device | str | None = None
 ) -> Predictor:
-    """A new predictor, uncached: see ``get_predictor`` for the arguments."""
+    """A new predictor, uncached: see ``get_predictor`` for the arguments.
+
+    Random weights come from a generator of their own with a fixed seed, so a random-init model predicts the
+    same in every process and whatever torch's global RNG holds: its answers mean nothing, but they repeat.
+    """
     loaded = W.load_model(model, weights)
+    if loaded.label == W.RANDOM_LABEL:
+        loaded.model.init_weights(torch.Generator().manual_seed(RANDOM_INIT_SEED))
     return Predictor(
         loaded.model,
         class_names=loaded.class_names,

@@ -200,7 +200,7 @@ def _from_config(arch: DenseNetConfig, weights: str | None, n: int) -> tuple[Den
         return model, W.imagenet_preprocessing(preset), f"ImageNet ({preset}), new {n}-class head"
     model = DenseNet(arch.replace(num_classes=n))
     if weights in (None, "random"):
-        return model, default_preprocessing(model.cfg), "random init"
+        return model, default_preprocessing(model.cfg), W.RANDOM_LABEL
     kept = W.load_weights_into(model, W.load_state_dict_file(weights), replace_head=True)
     return model, default_preprocessing(model.cfg), f"file {Path(weights).name}" + (", new head" if kept else "")
 

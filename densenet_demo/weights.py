@@ -72,6 +72,7 @@ CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_META = "model.json"
 _META_KEY = "densenet_demo"
 FORMAT_VERSION = 1
+RANDOM_LABEL = "random init"  # the weights label of a model with random weights
 DOWNLOAD_TIMEOUT_S = 60.0  # connecting, and each wait for data, when downloading ImageNet weights
 _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -570,11 +571,11 @@ def load_model(
             except WeightsUnavailable as e:
                 if not fallback_to_random:
                     raise
-                label = "random init"
+                label = RANDOM_LABEL
                 notice = f"{preset} is running with RANDOM weights, so its predictions mean nothing: {e}"
         elif choice == "random":
             net = DenseNet(cfg)
-            label = "random init"
+            label = RANDOM_LABEL
         else:
             state = load_state_dict_file(choice)
             head = state.get("classifier.weight")

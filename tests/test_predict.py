@@ -273,3 +273,14 @@ def test_gradcam_leaves_the_shared_model_untouched(make_run):
     predictor.gradcam(_photo())
     assert all(p.grad is None for p in predictor.model.parameters())
     assert all(torch.equal(v, before[k]) for k, v in predictor.model.state_dict().items())
+
+
+def test_random_init_is_the_same_in_every_build_whatever_the_global_rng_holds():
+    image = Image.new("RGB", (40, 40), (30, 120, 200))
+    torch.manual_seed(5)
+    first = predict.build_predictor("densenet_bc100_k12", "random")
+    torch.manual_seed(1234)  # whatever the global stream holds, the random weights do not change
+    second = predict.build_predictor("densenet_bc100_k12", "random")
+    assert first is not second
+    assert first.predict([image], top_k=3)[0].labels == second.predict([image], top_k=3)[0].labels
+    assert torch.equal(first.logits(first.preprocess(image)[None]), second.logits(second.preprocess(image)[None]))
