@@ -461,7 +461,7 @@ def _finish(event: train.Event, history: list[dict[str, Any]], log: list[str], s
     checkpoint = getattr(event, "checkpoint_dir", None)
     if isinstance(event, train.Finished):
         headline = f"Finished: best val acc {event.best_val_acc:.1%} (epoch {event.best_epoch})."
-        # Images found corrupt while linear mode cached features are in no epoch's report: list them here.
+        # Every image dropped during the run, less those an epoch's report has listed already.
         log += [line for path, reason in event.skipped if (line := f"  skipped {path}: {reason}") not in log]
     elif isinstance(event, train.Cancelled):
         headline = "Stopped: " + ("the best checkpoint so far is kept." if checkpoint else "no checkpoint was written.")
