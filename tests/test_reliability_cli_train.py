@@ -29,6 +29,7 @@ def corpus(tmp_path_factory) -> dict:
         ("zip bomb", "rejected as a zip bomb"),
         ("one class", "at least 2 classes"),
         ("empty", "at least 2 classes"),
+        ("no images", "at least 2 classes"),
     ],
 )
 def test_cli_train_refuses_a_hostile_zip_in_one_line(corpus, capsys, tmp_path, case, message):
@@ -44,10 +45,10 @@ def test_cli_train_refuses_a_hostile_zip_in_one_line(corpus, capsys, tmp_path, c
 
 @pytest.mark.parametrize(
     "option, value",
-    [("--image-size", "100000"), ("--epochs", "1000000"), ("--batch-size", "0")],
+    [("--image-size", "100000"), ("--epochs", "1000000"), ("--batch-size", "0"), ("--lr", "-0.1")],
 )
 def test_cli_train_refuses_absurd_settings_in_one_line(capsys, tmp_path, option, value):
-    argv = ["train", "example", "--model", MODEL, "--mode", "linear", option, value, "--out", str(tmp_path / "run")]
+    argv = ["train", "example", "--model", MODEL, "--mode", "linear", f"{option}={value}", "--out", str(tmp_path / "run")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
