@@ -909,5 +909,6 @@ def _reuse_choices() -> list[tuple[str, str]]:
 def launch(app: gr.Blocks, **overrides: Any) -> None:
     """Launch with the server settings the README documents; GRADIO_SERVER_NAME/PORT are honoured."""
     sweep_stale_sessions()
+    weights.sweep_partial_files()
     app.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
     app.launch(**{**LAUNCH_SETTINGS, **overrides})

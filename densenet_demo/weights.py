@@ -22,6 +22,7 @@ import pickle
 import re
 import secrets
 import tempfile
+import time
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -185,6 +186,27 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def sweep_partial_files(root: str | os.PathLike | None = None, max_age_s: float = 3600) -> list[Path]:
+    """Remove the hidden temporary files of writes that never finished (a process killed mid-save).
+
+    Looks in the weights folder (downloads) and in each run folder, for ``atomic_write``'s ``.<name>.*.tmp``
+    files older than ``max_age_s`` (a younger one may belong to a save still in progress in another
+    process). Returns the files removed.
+    """
+    root = Path(root) if root else weights_dir()
+    cutoff = time.time() - max_age_s
+    removed = []
+    for folder in [root, *(p for p in (root / "runs").glob("*") if p.is_dir() and not p.is_symlink())]:
+        for tmp in folder.glob(".*.tmp"):
+            try:
+                if tmp.is_file() and not tmp.is_symlink() and tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed.append(tmp)
+            except OSError:
+                continue
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -48,7 +48,8 @@ def test_cli_train_refuses_a_hostile_zip_in_one_line(corpus, capsys, tmp_path, c
     [("--image-size", "100000"), ("--epochs", "1000000"), ("--batch-size", "0"), ("--lr", "-0.1")],
 )
 def test_cli_train_refuses_absurd_settings_in_one_line(capsys, tmp_path, option, value):
-    argv = ["train", "example", "--model", MODEL, "--mode", "linear", f"{option}={value}", "--out", str(tmp_path / "run")]
+    argv = ["train", "example", "--model", MODEL, "--mode", "linear", f"{option}={value}"]
+    argv += ["--out", str(tmp_path / "run")]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1

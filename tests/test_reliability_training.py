@@ -233,9 +233,13 @@ def test_killed_while_writing_a_checkpoint_the_previous_best_stays_loadable(tmp_
     assert _visible_files(run) == [W.CHECKPOINT_META, W.CHECKPOINT_WEIGHTS]
     assert W.read_checkpoint_info(run).metrics["epoch"] == 1
     W.load_checkpoint(run)
+    hour_ago = time.time() - 3700
+    os.utime(half_written, (hour_ago, hour_ago))  # as a restart an hour later finds it
     restarted = _start(tmp_path / "restarted", weights_dir)
     try:
         client = Client(restarted.url, verbose=False)
         _classifies_with(client, run, photo)
+        assert not half_written.exists()  # the launch removed what the killed write left
+        assert sorted(p.name for p in run.iterdir()) == [W.CHECKPOINT_META, W.CHECKPOINT_WEIGHTS]
     finally:
         restarted.stop()

@@ -359,3 +359,18 @@ def test_run_ids_cannot_point_outside_the_runs_folder():
     for bad in ("../x", "a/b", ".hidden", ""):
         with pytest.raises(W.CheckpointError):
             W.run_path(bad)
+
+
+def test_partial_files_are_swept_only_when_old_and_only_the_hidden_temporaries(tmp_path):
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    old, young = run / ".model.safetensors.abc.tmp", run / ".model.json.def.tmp"
+    download = tmp_path / ".densenet121-a639ec97.pth.xyz.tmp"
+    keep = [run / "model.safetensors", run / "notes.tmp", young]
+    for f in [old, download, *keep]:
+        f.write_bytes(b"x")
+    hour_ago = time.time() - 3700
+    for f in (old, download, run / "model.safetensors", run / "notes.tmp"):
+        os.utime(f, (hour_ago, hour_ago))
+    assert sorted(W.sweep_partial_files(tmp_path)) == sorted([old, download])
+    assert all(f.exists() for f in keep)
