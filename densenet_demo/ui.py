@@ -725,7 +725,7 @@ def build_app() -> gr.Blocks:
                     p_label = gr.Label(label="Top classes (first image)", elem_id="predict-label")
                     p_info = gr.Markdown(elem_id="predict-info")
                     p_gallery = gr.Gallery(label="Grad-CAM: where the model looked", columns=3, height=300)
-                    p_table = gr.Dataframe(label="All images", interactive=False)
+                    p_table = gr.Dataframe(label="All images", interactive=False, elem_id="predict-table")
             p_model.change(_weights_for_model, [p_model, p_weights], p_weights, api_visibility="private")
             p_weights.change(
                 lambda c: gr.update(visible=c == "Checkpoint file"), p_weights, p_weights_file, api_visibility="private"

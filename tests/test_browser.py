@@ -136,9 +136,9 @@ def test_architecture_tab_shows_table_plot_and_feature_reuse(page, shots, fashio
 
 def test_folder_upload_keeps_class_folders(page, tmp_path):
     root = tmp_path / "pets"
-    for cls, colour in (("cats", (200, 0, 0)), ("dogs", (0, 0, 200))):
+    for cls, colour, n in (("cats", (200, 0, 0), 3), ("dogs", (0, 0, 200), 2)):
         (root / cls).mkdir(parents=True)
-        for i in range(3):
+        for i in range(n):
             Image.new("RGB", (40, 40), colour).save(root / cls / f"{i}.png")  # same names in both folders
     page.get_by_role("tab", name="Fine-tune").click()
     page.get_by_label("Folder").first.check()
@@ -146,5 +146,26 @@ def test_folder_upload_keeps_class_folders(page, tmp_path):
     page.wait_for_timeout(1500)
     page.locator("#train-load").click()
     report = page.locator("#train-report")
-    expect(report).to_contain_text("cats", timeout=60_000)
-    expect(report).to_contain_text("dogs")
+    expect(report).to_contain_text("cats: 3", timeout=60_000)
+    expect(report).to_contain_text("dogs: 2")
+
+
+def test_a_non_image_gets_a_message_on_the_page_and_the_page_keeps_working(page, tmp_path):
+    fake = tmp_path / "holiday.png"
+    fake.write_text("this is a text file with an image's name")
+    page.get_by_role("tab", name="Predict").click()
+    images = page.locator("#predict-images")
+    if images.get_by_role("button", name="Clear").count():  # files left from an earlier test
+        images.get_by_role("button", name="Clear").first.click()
+    images.locator("input[type=file]").set_input_files(str(fake))
+    expect(images).to_contain_text("holiday.png")
+    page.locator("#predict-button").click()
+    expect(page.get_by_text("holiday.png: not an image").first).to_be_visible(timeout=60_000)
+    # The same page classifies a real image next.
+    good = tmp_path / "green.png"
+    Image.new("RGB", (64, 64), (20, 180, 40)).save(good)
+    images.get_by_role("button", name="Clear").first.click()
+    images.locator("input[type=file]").set_input_files(str(good))
+    page.locator("#predict-button").click()
+    expect(page.locator("#predict-table")).to_contain_text("green.png", timeout=60_000)
+    expect(page.locator("#predict-label")).to_contain_text("%")

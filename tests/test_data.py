@@ -252,3 +252,21 @@ def test_a_refused_zip_leaves_no_temporary_folder_behind(tmp_path, monkeypatch):
     with pytest.raises(DatasetError):
         data.load_image_folder(one_class)
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_a_folder_upload_pairs_files_with_same_names_and_sizes_in_upload_order(tmp_path):
+    """Two class folders holding files of the same name and size: each file keeps its own folder."""
+    import json
+
+    from densenet_demo.ui import _pair_folder_upload
+
+    uploads = []
+    for i, cls in enumerate(["cats", "dogs", "cats", "dogs"]):
+        f = tmp_path / f"upload{i}" / f"{i // 2}.png"  # the server sees bare names: 0.png, 0.png, 1.png, 1.png
+        f.parent.mkdir()
+        f.write_bytes(_png_bytes())
+        uploads.append((f"pets/{cls}/{i // 2}.png", str(f)))
+    relpaths = json.dumps([{"path": rel, "size": Path(f).stat().st_size} for rel, f in uploads])
+    assert _pair_folder_upload([f for _, f in uploads], relpaths) == uploads
+    files, report = data.from_uploaded_files(_pair_folder_upload([f for _, f in uploads], relpaths))
+    assert report.counts == {"cats": 2, "dogs": 2}
