@@ -133,3 +133,35 @@ def _stop_as_the_page_does(server, session_hash: str) -> list:
 def _queue_size(server) -> int:
     with urllib.request.urlopen(f"{server.url}gradio_api/queue/status", timeout=30) as r:
         return json.load(r)["queue_size"]
+
+
+def test_sessions_that_expire_leave_no_folders_behind(tmp_path):
+    """Eight users each load a zip; once their session state's time to live has passed, every session
+    folder (with its extracted zip) is gone, and a user coming back simply starts a new one."""
+    import zipfile
+
+    from short_ttl_app import SHORT_TTL_S
+
+    archive = tmp_path / "pets.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for cls, colour in (("cats", (200, 0, 0)), ("dogs", (0, 0, 200))):
+            for i in range(2):
+                path = tmp_path / f"{cls}{i}.png"
+                Image.new("RGB", (32, 32), colour).save(path)
+                zf.write(path, f"{cls}/{i}.png")
+    server = AppServer.started(tmp_path / "ttl_app", own_tmp=True, script="tests/short_ttl_app.py")
+    sessions = lambda: sorted((tmp_path / "ttl_app" / "tmp").glob("densenet_demo_session_*"))  # noqa: E731
+    try:
+        clients = [Client(server.url, verbose=False) for _ in range(8)]
+        for client in clients:
+            report = client.predict("Zip file", handle_file(str(archive)), None, "", api_name="/load_dataset")
+            assert "4 images in 2 classes" in report
+        assert len(sessions()) == 8 and all(any(s.glob("zip_*")) for s in sessions())
+        deadline = time.monotonic() + SHORT_TTL_S + 20  # the server looks for expired state every second
+        while sessions() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert sessions() == [], server.log()
+        report = clients[0].predict("Zip file", handle_file(str(archive)), None, "", api_name="/load_dataset")
+        assert "4 images in 2 classes" in report and len(sessions()) == 1
+    finally:
+        server.stop()

@@ -1,0 +1,16 @@
+"""`python app.py` with the session state's time to live cut to SHORT_TTL_S, for the test that sessions expire."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import densenet_demo.ui as ui  # noqa: E402
+
+SHORT_TTL_S = 3
+
+if __name__ == "__main__":
+    ui.STATE_TTL_S = SHORT_TTL_S  # read when the page is built
+    ui.launch(ui.build_app())
