@@ -109,23 +109,23 @@ def test_grayscale_preset_takes_one_channel_images():
 
 
 @pytest.mark.parametrize(
-    ("changes", "field"),
+    ("changes", "message"),
     [
-        ({"growth_rate": 0}, "growth_rate"),
-        ({"block_config": (6, -1)}, "block_config[1]"),
-        ({"block_config": (6, 10**6)}, "block_config[1]"),
-        ({"block_config": ()}, "block_config"),
-        ({"compression": 0.0}, "compression"),
-        ({"compression": 1.5}, "compression"),
-        ({"stem": "foo"}, "stem"),
-        ({"in_channels": 2}, "in_channels"),
-        ({"num_classes": 0}, "num_classes"),
-        ({"drop_rate": 1.0}, "drop_rate"),
-        ({"bn_size": -1}, "bn_size"),
+        ({"growth_rate": 0}, r"growth_rate must be an integer from 1 to \d+, got 0"),
+        ({"block_config": (6, -1)}, r"block_config\[1\] must be an integer from 1 to \d+, got -1"),
+        ({"block_config": (6, 10**6)}, r"block_config\[1\] must be an integer from 1 to \d+, got 1000000"),
+        ({"block_config": ()}, r"block_config must be a list of 1 to \d+ layer counts, got \(\)"),
+        ({"compression": 0.0}, r"compression must be a number with 0.0 < compression <= 1.0, got 0.0"),
+        ({"compression": 1.5}, r"compression must be a number with 0.0 < compression <= 1.0, got 1.5"),
+        ({"stem": "foo"}, r"stem must be one of imagenet, cifar, got 'foo'"),
+        ({"in_channels": 2}, r"in_channels must be 1 \(grayscale\) or 3 \(RGB\), got 2"),
+        ({"num_classes": 0}, r"num_classes must be an integer from 1 to \d+, got 0"),
+        ({"drop_rate": 1.0}, r"drop_rate must be a number with 0.0 <= drop_rate < 1.0, got 1.0"),
+        ({"bn_size": -1}, r"bn_size must be an integer from 0 to \d+, got -1"),
     ],
 )
-def test_invalid_config_names_the_field(changes, field):
-    with pytest.raises(ValueError, match=field.replace("[", r"\[").replace("]", r"\]")):
+def test_invalid_config_names_the_field_and_its_allowed_range(changes, message):
+    with pytest.raises(ValueError, match=message):
         DenseNetConfig(**changes)
 
 
