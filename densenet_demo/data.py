@@ -135,7 +135,8 @@ def load_image_folder(
     """A folder or ``.zip`` of class subfolders (or ``train/`` + ``val/``) -> (files, report).
 
     A zip is extracted safely into ``extract_to`` (default: a new temporary folder, left for the
-    caller, since training reads the images from there).
+    caller, since training reads the images from there). When the zip is refused, that folder is
+    removed again if it was missing or empty before the call: a refused zip leaves nothing behind.
     """
     path = Path(path_or_zip)
     if not path.exists():
@@ -144,11 +145,12 @@ def load_image_folder(
         if not zipfile.is_zipfile(path):
             raise DatasetError(f"{path.name}: not a folder or a .zip file; upload a zip of class subfolders")
         target = Path(extract_to) if extract_to else Path(tempfile.mkdtemp(prefix="densenet_demo_data_"))
+        fresh = not target.exists() or not any(target.iterdir())
         try:
             safe_extract_zip(path, target)
             return _load_entries(_walk(target), source=path.name, root=target)
         except BaseException:
-            if not extract_to:  # a folder of our own making: a refused zip leaves nothing behind
+            if fresh:
                 shutil.rmtree(target, ignore_errors=True)
             raise
     return _load_entries(_walk(path), source=str(path), root=path)

@@ -484,10 +484,9 @@ class Trainer:
             self.model.eval()
             return Cancelled(str(self.out_dir), self._epoch, None)
         if self._best is None:
-            return Cancelled(self._best_dir(), self._epoch, None)
-        return Cancelled(
-            self._best_dir(), self._epoch, self._best["acc"], self._best["confusion"], list(self.class_names)
-        )
+            return Cancelled(None, self._epoch, None)
+        best = self._best
+        return Cancelled(str(self.out_dir), self._epoch, best["acc"], best["confusion"], list(self.class_names))
 
     def _failed(self, message: str) -> Failed:
         self.model = None  # let the memory go (on a GPU, too): the best epoch, if any, is on disk

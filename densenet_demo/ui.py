@@ -279,11 +279,7 @@ def load_dataset(
             if not zip_file:
                 raise gr.Error("Choose a .zip of class subfolders first.")
             target = Path(tempfile.mkdtemp(prefix="zip_", dir=workdir))
-            try:
-                dataset, report = data.load_image_folder(zip_file, extract_to=target)
-            except BaseException:
-                shutil.rmtree(target, ignore_errors=True)  # a refused zip leaves nothing behind
-                raise
+            dataset, report = data.load_image_folder(zip_file, extract_to=target)  # refused: target removed
         elif source == "Folder":
             if not folder_files:
                 raise gr.Error("Choose a folder of class subfolders first.")
