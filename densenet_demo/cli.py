@@ -255,13 +255,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import json
     import tempfile
 
-    from .data import DatasetError, load_image_folder, make_example_dataset
+    from .data import DatasetError, example_dataset_folder, load_image_folder
     from .train import TrainConfig, Trainer, example_config
 
     with tempfile.TemporaryDirectory(prefix="densenet_demo_train_") as scratch:
         try:
-            if args.data == "example":
-                files, report = load_image_folder(make_example_dataset(os.path.join(scratch, "example")))
+            if args.data == "example":  # the same generated dataset as the app's, made once per machine
+                files, report = load_image_folder(example_dataset_folder())
             else:
                 files, report = load_image_folder(args.data, extract_to=os.path.join(scratch, "data"))
             # The example trains with its own quick settings, unless a flag says otherwise.

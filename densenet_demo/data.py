@@ -16,6 +16,8 @@ zip bombs are refused before anything is written.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import random
@@ -49,6 +51,8 @@ __all__ = [
     "safe_extract_zip",
     "stratified_split",
     "make_example_dataset",
+    "example_dataset_folder",
+    "example_images",
     "EXAMPLE_CLASSES",
     "VAL_FOLDER_NAMES",
 ]
@@ -527,6 +531,49 @@ def make_example_dataset(
         for i in range(n_per_class):
             _draw_example(name, image_size, rng).save(folder / f"{name}_{i:03d}.png", optimize=False)
     return target
+
+
+def example_dataset_folder(name: str = "densenet_demo_example_dataset", **kwargs: Any) -> Path:
+    """The example dataset made by ``make_example_dataset(**kwargs)``, generated once per machine, shared read-only.
+
+    It lives in the temp dir under a name that carries the generator's version and arguments, so a copy left by
+    an older version is never taken for this one's; a folder of that name that is not this user's own is not
+    trusted (a private copy is made instead).
+    """
+    key = hashlib.sha256(json.dumps([EXAMPLE_VERSION, sorted(kwargs.items())]).encode()).hexdigest()[:12]
+    folder = Path(tempfile.gettempdir()) / f"{name}_{key}"
+    known = _example_folders.get(folder)
+    if known is None or not known.is_dir():
+        _example_folders[folder] = known = folder if _owned(folder) else _generate_example(folder, kwargs)
+    return known
+
+
+def example_images() -> list[Path]:
+    """One generated picture per example class, at a size a preview shows well."""
+    folder = example_dataset_folder("densenet_demo_examples", n_per_class=1, image_size=160, seed=7)
+    return sorted(folder.glob("*/*.png"))
+
+
+def _generate_example(folder: Path, kwargs: dict[str, Any]) -> Path:
+    # Made aside and renamed into place, so two processes starting together never see half of it.
+    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}_", dir=folder.parent))
+    make_example_dataset(scratch, **kwargs)
+    try:
+        scratch.rename(folder)
+        return folder
+    except OSError:  # another process got there first (its copy is the same), or someone else holds the name
+        if not _owned(folder):
+            return scratch
+        shutil.rmtree(scratch, ignore_errors=True)
+        return folder
+
+
+def _owned(folder: Path) -> bool:
+    return folder.is_dir() and not folder.is_symlink() and folder.stat().st_uid == os.getuid()
+
+
+# Example folders this process has made or checked: read-only data, the same for every caller.
+_example_folders: dict[Path, Path] = {}
 
 
 def _draw_example(name: str, size: int, rng: np.random.Generator) -> Image.Image:

@@ -24,6 +24,7 @@ import secrets
 import tempfile
 import time
 import urllib.request
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ __all__ = [
     "read_checkpoint_info",
     "list_runs",
     "atomic_write",
+    "zip_checkpoint",
 ]
 
 CHECKPOINT_WEIGHTS = "model.safetensors"
@@ -629,3 +631,13 @@ def _load_imagenet_into(model: DenseNet, preset: str) -> None:
 
 def _generic_names(n: int) -> tuple[str, ...]:
     return tuple(f"class {i}" for i in range(n))
+
+
+def zip_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
+    """The checkpoint's two files in one zip ``out_dir/<run>.zip`` (entries under ``<run>/``), for a download."""
+    checkpoint = Path(checkpoint)
+    out = Path(out_dir) / f"{checkpoint.name}.zip"
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name in (CHECKPOINT_WEIGHTS, CHECKPOINT_META):
+            zf.write(checkpoint / name, f"{checkpoint.name}/{name}")
+    return out
