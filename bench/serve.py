@@ -30,7 +30,8 @@ from bench._app_process import start_app, stop_app  # noqa: E402
 
 # The app with another prediction concurrency limit: the module constant is read when the page is built.
 _LAUNCH = (
-    "import sys; import densenet_demo.ui as ui; ui.PREDICT_CONCURRENCY = int(sys.argv[1]); ui.launch(ui.build_app())"
+    "import sys; import densenet_demo.ui as ui; from densenet_demo.ui import predict_tab; "
+    "predict_tab.PREDICT_CONCURRENCY = int(sys.argv[1]); ui.launch(ui.build_app())"
 )
 
 

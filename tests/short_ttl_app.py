@@ -7,10 +7,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import densenet_demo.ui as ui  # noqa: E402
+from densenet_demo import sessions, ui  # noqa: E402
 
 SHORT_TTL_S = 3
 
 if __name__ == "__main__":
-    ui.STATE_TTL_S = SHORT_TTL_S  # read when the page is built
+    sessions.STATE_TTL_S = SHORT_TTL_S  # read when the page is built
     ui.launch(ui.build_app())

@@ -105,7 +105,7 @@ def test_the_settings_gradio_leaves_open_are_set(app_server):
         "../../../../../../etc/passwd",
         "%2e%2e/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
         "app.py",
-        "densenet_demo/ui.py",
+        "densenet_demo/ui/app.py",
         "file:///etc/passwd",
         "http://127.0.0.1:1/",
     ],
@@ -208,7 +208,7 @@ def test_the_app_keeps_serving_after_the_refusals(client, photo):
 
 
 def test_a_launch_sweeps_session_folders_left_by_a_stopped_server_and_nothing_else(tmp_path):
-    from densenet_demo.ui import SESSION_PREFIX, STATE_TTL_S, sweep_stale_sessions
+    from densenet_demo.sessions import SESSION_PREFIX, STATE_TTL_S, sweep_stale_sessions
 
     old = time.time() - STATE_TTL_S - 60
     stale = tmp_path / f"{SESSION_PREFIX}stale"
@@ -236,21 +236,21 @@ def test_a_launch_sweeps_session_folders_left_by_a_stopped_server_and_nothing_el
 def test_the_example_dataset_is_made_once_per_version_and_never_taken_from_someone_else(tmp_path, monkeypatch):
     import tempfile
 
-    from densenet_demo import data, ui
+    from densenet_demo import data
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(ui, "_generated", {})
-    first = ui._generated_once("example", n_per_class=2, image_size=16)
+    monkeypatch.setattr(data, "_example_folders", {})
+    first = data.example_dataset_folder("example", n_per_class=2, image_size=16)
     assert sorted(p.name for p in first.iterdir()) == sorted(data.EXAMPLE_CLASSES)
     assert len(list(first.glob("*/*.png"))) == 8
-    assert ui._generated_once("example", n_per_class=2, image_size=16) == first
+    assert data.example_dataset_folder("example", n_per_class=2, image_size=16) == first
     # Another generator version or other arguments: another folder, never the old one.
     monkeypatch.setattr(data, "EXAMPLE_VERSION", data.EXAMPLE_VERSION + 1)
-    assert ui._generated_once("example", n_per_class=2, image_size=16) != first
-    assert ui._generated_once("example", n_per_class=3, image_size=16) != first
+    assert data.example_dataset_folder("example", n_per_class=2, image_size=16) != first
+    assert data.example_dataset_folder("example", n_per_class=3, image_size=16) != first
     # A folder of the expected name that belongs to another user is not used.
     monkeypatch.setattr(data, "EXAMPLE_VERSION", data.EXAMPLE_VERSION - 1)
-    monkeypatch.setattr(ui, "_generated", {})
-    monkeypatch.setattr(ui.os, "getuid", lambda: os.stat(first).st_uid + 1)
-    private = ui._generated_once("example", n_per_class=2, image_size=16)
+    monkeypatch.setattr(data, "_example_folders", {})
+    monkeypatch.setattr(data.os, "getuid", lambda: os.stat(first).st_uid + 1)
+    private = data.example_dataset_folder("example", n_per_class=2, image_size=16)
     assert private != first and len(list(private.glob("*/*.png"))) == 8

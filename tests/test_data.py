@@ -258,7 +258,7 @@ def test_a_folder_upload_pairs_files_with_same_names_and_sizes_in_upload_order(t
     """Two class folders holding files of the same name and size: each file keeps its own folder."""
     import json
 
-    from densenet_demo.ui import _pair_folder_upload
+    from densenet_demo.ui.finetune_data import pair_folder_upload
 
     uploads = []
     for i, cls in enumerate(["cats", "dogs", "cats", "dogs"]):
@@ -267,6 +267,6 @@ def test_a_folder_upload_pairs_files_with_same_names_and_sizes_in_upload_order(t
         f.write_bytes(_png_bytes())
         uploads.append((f"pets/{cls}/{i // 2}.png", str(f)))
     relpaths = json.dumps([{"path": rel, "size": Path(f).stat().st_size} for rel, f in uploads])
-    assert _pair_folder_upload([f for _, f in uploads], relpaths) == uploads
-    files, report = data.from_uploaded_files(_pair_folder_upload([f for _, f in uploads], relpaths))
+    assert pair_folder_upload([f for _, f in uploads], relpaths) == uploads
+    files, report = data.from_uploaded_files(pair_folder_upload([f for _, f in uploads], relpaths))
     assert report.counts == {"cats": 2, "dogs": 2}

@@ -18,7 +18,7 @@ from conftest import AppServer
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from densenet_demo.ui import QUEUE_MAX_SIZE
+from densenet_demo.ui.app import QUEUE_MAX_SIZE
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -1,0 +1,99 @@
+"""The page: the three tabs assembled, the queue and the server settings, and the log for ``python app.py``.
+
+Nothing is built at import time; per-user data lives in ``gr.State``; the only thing shared between users is
+the predictor cache of read-only models.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import gradio as gr
+
+from .. import sessions, weights
+from .architecture_tab import build_architecture_tab, reuse_dropdown
+from .common import model_choices, reuse_choices
+from .finetune_tab import build_finetune_tab
+from .predict_tab import build_predict_tab
+
+__all__ = ["build_app", "launch", "LAUNCH_SETTINGS", "QUEUE_MAX_SIZE"]
+
+# Server settings that Gradio's defaults leave open (see the README's reliability section).
+MAX_FILE_SIZE = "200mb"  # one upload; a zip of a few thousand photos fits
+QUEUE_MAX_SIZE = 64  # a flood gets "queue full" instead of growing memory without bound
+DELETE_CACHE = (3600, 6 * 3600)  # every hour, delete uploads older than six hours
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Gradio's directory upload hands the server each file with only its bare name, which loses the
+# class folders. This script copies each file's webkitRelativePath into a hidden textbox before the
+# upload event fires, so the server can pair names back with their folders (finetune_tab.pair_folder_upload).
+FOLDER_UPLOAD_JS = """
+() => {
+  document.addEventListener('change', (event) => {
+    const input = event.target;
+    if (!(input instanceof HTMLInputElement) || input.type !== 'file' || !input.webkitdirectory) return;
+    const box = document.querySelector('#folder-relpaths textarea');
+    if (!box) return;
+    box.value = JSON.stringify(Array.from(input.files).map(
+      (f) => ({path: f.webkitRelativePath || f.name, size: f.size})));
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+  }, true);
+}
+"""
+
+CSS = """
+.progress-outer {background: var(--neutral-200); border-radius: 6px; height: 14px; overflow: hidden;}
+.progress-inner {background: var(--color-accent); height: 14px; transition: width 0.3s;}
+"""
+
+LAUNCH_SETTINGS: dict[str, Any] = {
+    "max_file_size": MAX_FILE_SIZE,
+    "show_error": False,  # user-facing messages go through gr.Error; tracebacks go to the server's log
+    "js": FOLDER_UPLOAD_JS,
+    "css": CSS,
+    "ssr_mode": False,
+}
+
+
+def build_app() -> gr.Blocks:
+    """The page: three tabs, each wired to the engine. No model is built here."""
+    models = model_choices()
+    with gr.Blocks(title="DenseNet demo", delete_cache=DELETE_CACHE) as app:
+        gr.Markdown(
+            "# DenseNet, hands on\n"
+            "Classify images, fine-tune on your own, and read how a DenseNet's channels grow "
+            "([Huang et al., CVPR 2017](https://arxiv.org/abs/1608.06993))."
+        )
+        reuse = reuse_dropdown()  # rendered in the Architecture tab; made first so that training can refresh it
+        with gr.Tab("Predict", id="predict"):
+            predict = build_predict_tab(models)
+        with gr.Tab("Fine-tune", id="finetune"):
+            build_finetune_tab(models, predict_model=predict.model, reuse=reuse)
+        with gr.Tab("Architecture", id="architecture"):
+            build_architecture_tab(reuse)
+        # A page opened later sees the runs trained since the app started.
+        app.load(
+            lambda: {predict.model: gr.update(choices=model_choices()), reuse: gr.update(choices=reuse_choices())},
+            None,
+            [predict.model, reuse],
+            api_visibility="private",
+        )
+    return app
+
+
+def configure_logging() -> None:
+    """Warnings and failures (with their tracebacks) to stderr, and the app's own notes, unless already set up."""
+    if logging.getLogger().handlers:  # the host (a test, a notebook, Spaces' runner) has set up logging
+        return
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    logging.getLogger("densenet_demo").setLevel(logging.INFO)
+
+
+def launch(app: gr.Blocks, **overrides: Any) -> None:
+    """Launch with the server settings the README documents; GRADIO_SERVER_NAME/PORT are honoured."""
+    configure_logging()
+    sessions.sweep_stale_sessions()
+    weights.sweep_partial_files()
+    app.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
+    app.launch(**{**LAUNCH_SETTINGS, **overrides})

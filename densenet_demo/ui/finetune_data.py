@@ -1,0 +1,107 @@
+"""The Fine-tune tab's first step, the data: check the chosen source and keep it in the session.
+
+Per-user data lives in the tab's ``gr.State`` dict: ``session`` (a ``sessions.Session``, the user's folders),
+``dataset`` (the checked files and their report) and ``cancel`` (the token of the latest run, for Stop).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from .. import data, sessions
+from .common import user_errors
+
+__all__ = ["SOURCE_CHOICES", "add_class", "close_session", "load_dataset", "pair_folder_upload", "session_of"]
+
+SOURCE_CHOICES = ("Example dataset", "Zip file", "Folder", "Classes by hand")
+
+
+def session_of(state: dict[str, Any]) -> sessions.Session:
+    return state.setdefault("session", sessions.Session())
+
+
+def close_session(state: dict[str, Any] | None) -> None:
+    """The state's time to live is over (or the page was closed): the session's folders go."""
+    if state and state.get("session"):
+        state["session"].close()
+
+
+def pair_folder_upload(files: list[str], relpaths_json: str) -> list[tuple[str, str]]:
+    """Pair each uploaded temp file with the relative path the browser reported for it.
+
+    Gradio's directory upload hands the server each file with only its bare name; the page's script
+    (``FOLDER_UPLOAD_JS``) reports the relative paths and sizes, and name + size find each file's folder.
+    """
+    try:
+        entries = json.loads(relpaths_json or "[]")
+    except json.JSONDecodeError:
+        entries = []
+    pool: dict[tuple[str, int], list[str]] = {}
+    for entry in entries if isinstance(entries, list) else []:
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str) and isinstance(entry.get("size", -1), int):
+            key = (Path(entry["path"]).name, entry.get("size", -1))
+            pool.setdefault(key, []).append(entry["path"])
+    pairs = []
+    for file in files:
+        key = (Path(file).name, os.path.getsize(file))
+        rel = pool.get(key, []).pop(0) if pool.get(key) else None
+        if rel is None:
+            raise gr.Error(
+                "The browser did not report the folders of the uploaded files, so the classes are unknown. "
+                "Upload a zip of class subfolders instead."
+            )
+        pairs.append((rel, file))
+    return pairs
+
+
+def load_dataset(
+    source: str,
+    zip_file: str | None,
+    folder_files: list[str] | None,
+    relpaths: str,
+    by_hand: dict[str, list[str]] | None,
+    state: dict[str, Any] | None,
+) -> tuple[str, dict[str, Any]]:
+    """Validate the chosen data and show its report (classes, counts, skipped files)."""
+    state = dict(state or {})
+    session = session_of(state)
+    extracted = None
+    with user_errors(data.DatasetError, zipfile.BadZipFile, OSError):
+        if source == "Example dataset":
+            dataset, report = data.load_image_folder(data.example_dataset_folder())
+            report.source = "the built-in example dataset (shapes and stripes, generated)"
+        elif source == "Zip file":
+            if not zip_file:
+                raise gr.Error("Choose a .zip of class subfolders first.")
+            extracted = session.extraction_folder()
+            dataset, report = data.load_image_folder(zip_file, extract_to=extracted)  # refused: folder removed
+        elif source == "Folder":
+            if not folder_files:
+                raise gr.Error("Choose a folder of class subfolders first.")
+            dataset, report = data.from_uploaded_files(pair_folder_upload(folder_files, relpaths))
+        else:
+            dataset, report = data.from_class_lists(by_hand or {})
+    session.use_dataset(extracted)
+    state["dataset"] = (dataset, report)
+    return f"```text\n{report.summary()}\n```", state
+
+
+def add_class(
+    name: str, files: list[str] | None, by_hand: dict[str, list[str]] | None
+) -> tuple[dict[str, list[str]], str, str, None]:
+    """Add images under a class name (again: more images for it); returns the classes, their list, cleared inputs."""
+    by_hand = dict(by_hand or {})
+    name = (name or "").strip()
+    if not name:
+        raise gr.Error("Name the class first.")
+    if not files:
+        raise gr.Error(f"Add some images for '{name}'.")
+    by_hand[name] = list(by_hand.get(name, [])) + list(files)
+    text = "\n".join(f"- **{c}**: {len(v)} image(s)" for c, v in by_hand.items())
+    return by_hand, text, "", None

@@ -1,0 +1,353 @@
+"""The Fine-tune tab: data (finetune_data.py), settings, Start/Stop, live curves and results."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import gradio as gr
+import pandas as pd
+
+from .. import plots, sessions, train, weights
+from ..config import IMAGENET_PRESETS, PRESETS
+from .common import model_choices, reuse_choices, user_errors
+from .finetune_data import SOURCE_CHOICES, add_class, close_session, load_dataset, session_of
+from .training_view import curve_frame, event_line, progress_html
+
+__all__ = ["FinetuneTab", "build_finetune_tab", "start_training", "stop_training"]
+
+logger = logging.getLogger(__name__)
+
+# The built-in example trains to >90% val accuracy in well under a minute on a laptop CPU with these.
+_EXAMPLE_SETTINGS = train.example_config()
+
+
+class FinetuneTab(NamedTuple):
+    """The tab's components that handlers update, plus the other tabs' lists a finished run refreshes."""
+
+    state: gr.State
+    source: gr.Radio
+    zip_file: gr.File
+    folder: gr.File
+    model: gr.Dropdown
+    weights: gr.Radio
+    mode: gr.Radio
+    epochs: gr.Slider
+    lr: gr.Number
+    optimizer: gr.Dropdown
+    schedule: gr.Dropdown
+    loss: gr.LinePlot
+    acc: gr.LinePlot
+    progress: gr.HTML
+    log: gr.Textbox
+    confusion: gr.Plot
+    per_class: gr.Dataframe
+    download: gr.File
+    predict_model: gr.Dropdown  # the Predict tab's model list: a new run appears there
+    reuse: gr.Dropdown  # the Architecture tab's feature-reuse list, likewise
+
+    def training_outputs(self) -> list[Any]:
+        """What a training run updates, in the order the ``/train`` endpoint has always returned them."""
+        return [
+            self.state,
+            self.loss,
+            self.acc,
+            self.progress,
+            self.log,
+            self.confusion,
+            self.per_class,
+            self.download,
+            self.predict_model,
+            self.reuse,
+        ]
+
+
+def build_finetune_tab(models: list[tuple[str, str]], predict_model: gr.Dropdown, reuse: gr.Dropdown) -> FinetuneTab:
+    """The tab's layout and events; call inside ``gr.Tab``. A finished run refreshes ``predict_model`` and ``reuse``."""
+    ex = _EXAMPLE_SETTINGS
+    gr.Markdown(
+        "**1. Data**: a zip or folder of class subfolders (or `train/` + `val/`), the built-in "
+        "example, or classes you build by hand. **2. Settings. 3. Start** and watch it learn."
+    )
+    state = gr.State({}, time_to_live=sessions.STATE_TTL_S, delete_callback=close_session)
+    with gr.Row():
+        with gr.Column():
+            source = gr.Radio(list(SOURCE_CHOICES), value="Example dataset", label="Data")
+            zip_file = gr.File(label="Zip of class subfolders", file_types=[".zip"], elem_id="train-zip", visible=False)
+            folder = gr.File(
+                label="Folder of class subfolders", file_count="directory", elem_id="train-folder", visible=False
+            )
+            relpaths = gr.Textbox(visible="hidden", elem_id="folder-relpaths")
+            by_hand = gr.State({})
+            with gr.Accordion("Classes by hand", open=False):
+                with gr.Row():
+                    class_name = gr.Textbox(label="Class name")
+                    class_files = gr.File(label="Its images", file_count="multiple", file_types=["image"])
+                add = gr.Button("Add class")
+                classes = gr.Markdown()
+            load = gr.Button("Check dataset", elem_id="train-load")
+            report = gr.Markdown(elem_id="train-report")
+        with gr.Column():
+            model = gr.Dropdown(
+                [m for m in models if not m[1].startswith("run:")], value=ex.model, label="Model", elem_id="train-model"
+            )
+            weights_choice = gr.Radio(["ImageNet", "Random init"], value="Random init", label="Start from")
+            mode = gr.Radio(
+                ["linear", "finetune", "scratch"],
+                value=ex.mode,
+                label="Mode",
+                info="linear: frozen backbone, features cached once (seconds on a CPU); "
+                "finetune: all layers, lower lr for the backbone; scratch: random init.",
+            )
+            with gr.Row():
+                epochs = gr.Slider(1, 100, value=ex.epochs, step=1, label="Epochs")
+                lr = gr.Number(value=ex.lr, label="Learning rate (empty: the mode's default)")
+            with gr.Row():
+                batch = gr.Slider(1, 256, value=32, step=1, label="Batch size")
+                size = gr.Number(value=None, label="Image size (0: the model's own)", precision=0)
+            with gr.Row():
+                optimizer = gr.Dropdown(
+                    ["default", "adamw", "sgd"],
+                    value=ex.optimizer,
+                    label="Optimizer",
+                    info="sgd: Nesterov momentum 0.9, weight decay 1e-4 (the paper)",
+                )
+                schedule = gr.Dropdown(
+                    ["default", "cosine", "step", "onecycle"],
+                    value=ex.schedule,
+                    label="LR schedule",
+                    info="step: ÷10 at 50% and 75% of the epochs",
+                )
+            with gr.Row():
+                memory_efficient = gr.Checkbox(value=False, label="Memory-efficient (recompute concatenations)")
+                amp = gr.Radio(["Auto", "Off"], value="Auto", label="Mixed precision (GPU only)")
+            with gr.Row():
+                start = gr.Button("Start", variant="primary", elem_id="train-start")
+                stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+    progress = gr.HTML(progress_html(0, "Not started."), elem_id="train-progress")
+    with gr.Row():
+        loss = gr.LinePlot(x="epoch", y="value", color="series", title="Loss", elem_id="train-loss")
+        acc = gr.LinePlot(x="epoch", y="value", color="series", title="Accuracy", elem_id="train-acc")
+    log = gr.Textbox(label="Log", lines=6, elem_id="train-log")
+    with gr.Row():
+        confusion = gr.Plot(label="Confusion matrix", elem_id="train-confusion")
+        per_class = gr.Dataframe(label="Per-class validation accuracy", interactive=False)
+    download = gr.File(label="Best checkpoint (model.safetensors + model.json)", elem_id="train-download")
+
+    tab = FinetuneTab(
+        state=state,
+        source=source,
+        zip_file=zip_file,
+        folder=folder,
+        model=model,
+        weights=weights_choice,
+        mode=mode,
+        epochs=epochs,
+        lr=lr,
+        optimizer=optimizer,
+        schedule=schedule,
+        loss=loss,
+        acc=acc,
+        progress=progress,
+        log=log,
+        confusion=confusion,
+        per_class=per_class,
+        download=download,
+        predict_model=predict_model,
+        reuse=reuse,
+    )
+    source.change(
+        functools.partial(_source_defaults, tab),
+        source,
+        [model, weights_choice, mode, epochs, lr, optimizer, schedule, zip_file, folder],
+        api_visibility="private",
+    )
+    add.click(
+        add_class,
+        [class_name, class_files, by_hand],
+        [by_hand, classes, class_name, class_files],
+        api_visibility="private",
+    )
+    load.click(
+        load_dataset, [source, zip_file, folder, relpaths, by_hand, state], [report, state], api_name="load_dataset"
+    )
+    start.click(
+        functools.partial(start_training, tab),
+        [state, model, weights_choice, mode, epochs, lr, batch, size, memory_efficient, amp, optimizer, schedule],
+        tab.training_outputs(),
+        api_name="train",
+        concurrency_limit=1,
+        concurrency_id="train",
+    )
+    stop.click(stop_training, state, log, api_name="stop", queue=False)
+    return tab
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers
+
+
+def _source_defaults(tab: FinetuneTab, source: str) -> dict[Any, Any]:
+    """Show the upload the source needs; the example dataset also brings its quick settings."""
+    updates: dict[Any, Any] = {
+        tab.zip_file: gr.update(visible=source == "Zip file"),
+        tab.folder: gr.update(visible=source == "Folder"),
+    }
+    if source == "Example dataset":
+        ex = _EXAMPLE_SETTINGS
+        updates |= {
+            tab.model: ex.model,
+            tab.weights: "Random init",
+            tab.mode: ex.mode,
+            tab.epochs: ex.epochs,
+            tab.lr: ex.lr,
+            tab.optimizer: ex.optimizer,
+            tab.schedule: ex.schedule,
+        }
+    return updates
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+
+
+def _train_config(
+    model, weights_choice, mode, epochs, lr, batch_size, image_size, memory_efficient, amp, optimizer, schedule
+) -> tuple[train.TrainConfig, str | None]:
+    note = None
+    weights_arg = "random" if weights_choice == "Random init" or mode == "scratch" else "imagenet"
+    if weights_arg == "imagenet" and model not in IMAGENET_PRESETS:
+        weights_arg = "random"
+        note = f"{model} has no ImageNet weights; starting from random init."
+    with user_errors(ValueError):
+        config = train.TrainConfig(
+            model=model,
+            weights=weights_arg,
+            mode=mode,
+            epochs=int(epochs),
+            lr=float(lr) if lr else None,
+            batch_size=int(batch_size),
+            image_size=int(image_size) if image_size else None,
+            memory_efficient=bool(memory_efficient),
+            amp="auto" if amp == "Auto" else "off",
+            optimizer=None if optimizer == "default" else optimizer,
+            schedule=None if schedule == "default" else schedule,
+        )
+    return config, note
+
+
+def start_training(
+    tab: FinetuneTab,
+    state: dict[str, Any] | None,
+    model: str,
+    weights_choice: str,
+    mode: str,
+    epochs: float,
+    lr: float | None,
+    batch_size: float,
+    image_size: float | None,
+    memory_efficient: bool,
+    amp: str,
+    optimizer: str,
+    schedule: str,
+) -> Iterator[dict[Any, Any]]:
+    """Train on the loaded dataset, yielding live updates: curves, progress, log, then the results."""
+    state = dict(state or {})
+    if state.get("dataset") is None:
+        raise gr.Error("Check a dataset first (step 1), then press Start.")
+    if not model or model not in PRESETS:
+        raise gr.Error("Pick a preset to train.")
+    config, note = _train_config(
+        model, weights_choice, mode, epochs, lr, batch_size, image_size, memory_efficient, amp, optimizer, schedule
+    )
+    files, report = state["dataset"]
+    with user_errors(ValueError, weights.CheckpointError):
+        trainer = train.Trainer(config, files, report=report)
+    session = session_of(state)
+    state["cancel"] = cancel = train.CancelToken()
+    session.run_in_progress = True
+    history: list[dict[str, Any]] = []
+    log = [note] if note else []
+    last_update = 0.0
+    total_epochs = 1
+    try:
+        for event in trainer.run(cancel):
+            update: dict[Any, Any] = {tab.state: state}
+            if isinstance(event, (train.Caching, train.Step)):
+                now = time.monotonic()
+                if now - last_update < 0.5:  # a browser needs no more than two updates a second
+                    continue
+                last_update = now
+                fraction, text = event_line(event, total_epochs)
+            elif isinstance(event, (train.Started, train.EpochEnd)):
+                total_epochs = event.epochs
+                if isinstance(event, train.EpochEnd):
+                    history.append(event.to_dict())
+                    update |= {tab.loss: curve_frame(history, "loss"), tab.acc: curve_frame(history, "acc")}
+                fraction, text = event_line(event, total_epochs)
+                log.append(text)
+                log += [f"  skipped {path}: {reason}" for path, reason in getattr(event, "skipped", ())]
+            else:  # Finished, Cancelled or Failed: the last event
+                session.run_in_progress = False
+                yield update | _finish(tab, event, history, log, session)
+                return
+            yield update | {tab.progress: progress_html(fraction, text), tab.log: "\n".join(log)}
+    finally:
+        session.run_in_progress = False  # also when the page went away and the run was closed mid-way
+
+
+def _finish(
+    tab: FinetuneTab, event: train.Event, history: list[dict[str, Any]], log: list[str], session: sessions.Session
+) -> dict[Any, Any]:
+    checkpoint = getattr(event, "checkpoint_dir", None)
+    if isinstance(event, train.Finished):
+        headline = f"Finished: best val acc {event.best_val_acc:.1%} (epoch {event.best_epoch})."
+        # Every image dropped during the run, less those an epoch's report has listed already.
+        log += [line for path, reason in event.skipped if (line := f"  skipped {path}: {reason}") not in log]
+    elif isinstance(event, train.Cancelled):
+        headline = "Stopped: " + ("the best checkpoint so far is kept." if checkpoint else "no checkpoint was written.")
+    else:
+        headline = f"Failed: {event.message}" + (" The best checkpoint so far is kept." if checkpoint else "")
+        # The page shows the plain message; the server's log gets the traceback.
+        logger.error("Training run failed: %s\n%s", event.message, event.detail or "(no traceback)")
+    log.append(headline + (f" Checkpoint: {checkpoint}" if checkpoint else ""))
+    confusion = None
+    if isinstance(event, (train.Finished, train.Cancelled)) and event.confusion_matrix and event.class_names:
+        confusion = plots.confusion_matrix_figure(event.confusion_matrix, event.class_names)
+    per_class = None
+    if history:
+        per_class = pd.DataFrame(
+            [
+                {"class": c, "val acc": None if a is None else round(a, 4)}
+                for c, a in history[-1]["per_class_val_acc"].items()
+            ]
+        )
+    epochs = history[-1]["epochs"] if history else 1
+    fraction = 1.0 if isinstance(event, train.Finished) else len(history) / max(1, epochs)
+    return {
+        tab.loss: curve_frame(history, "loss"),
+        tab.acc: curve_frame(history, "acc"),
+        tab.progress: progress_html(fraction, headline),
+        tab.log: "\n".join(log),
+        tab.confusion: confusion,
+        tab.per_class: per_class,
+        tab.download: str(weights.zip_checkpoint(checkpoint, session.folder())) if checkpoint else None,
+        tab.predict_model: gr.update(
+            choices=model_choices(), value=f"run:{Path(checkpoint).name}" if checkpoint else gr.skip()
+        ),
+        tab.reuse: gr.update(choices=reuse_choices()),
+    }
+
+
+def stop_training(state: dict[str, Any] | None) -> str:
+    """Ask the session's run to stop after its current step (it keeps the best checkpoint so far)."""
+    state = state or {}
+    session = state.get("session")
+    if session is None or not session.run_in_progress:
+        return "Nothing is training."
+    state["cancel"].cancel()
+    return "Stopping after the current step…"
