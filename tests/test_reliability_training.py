@@ -178,6 +178,18 @@ def test_an_exception_inside_a_step_fails_the_run_and_the_app_goes_on(server, zi
     _classifies_with(client, _run_dir(log), photo)
 
 
+def test_a_failed_run_logs_its_traceback_on_the_server_and_the_page_gets_the_plain_message(server, zips, fault):
+    client = _client(server, zips["shapes"])
+    fault.on("step_error")
+    log = _log(_submit(client))
+    assert "Failed: training failed: RuntimeError: injected fault in a training step" in log
+    assert "Traceback" not in log
+    server_log = server.log()
+    assert "Traceback (most recent call last)" in server_log
+    failure = server_log[server_log.rindex("Traceback (most recent call last)") :]
+    assert "RuntimeError: injected fault in a training step" in failure
+
+
 def test_a_full_disk_on_save_fails_clearly_and_keeps_the_previous_checkpoint(server, zips, photo, fault):
     client = _client(server, zips["shapes"])
     fault.on("save_enospc")  # epoch 1 saves; the next better epoch finds the disk full
