@@ -1,0 +1,35 @@
+"""A session's folders: made on first use, one extracted zip at a time, kept while a run reads them, gone on close."""
+
+from __future__ import annotations
+
+from densenet_demo.sessions import SESSION_PREFIX, Session
+
+
+def test_the_folder_is_made_on_first_use_reused_and_made_again_if_removed(tmp_path):
+    session = Session(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    folder = session.folder()
+    assert folder.is_dir() and folder.parent == tmp_path and folder.name.startswith(SESSION_PREFIX)
+    assert session.folder() == folder
+    folder.rmdir()
+    assert session.folder().is_dir()
+
+
+def test_a_new_dataset_removes_the_previous_extraction_unless_a_run_reads_it(tmp_path):
+    session = Session(tmp_path)
+    first = session.extraction_folder()
+    session.use_dataset(first)
+    second = session.extraction_folder()
+    session.use_dataset(second)
+    assert not first.exists() and second.is_dir()
+    session.run_in_progress = True
+    session.use_dataset(None)  # e.g. the example dataset, while a run still reads the zip
+    assert second.is_dir()
+
+
+def test_close_removes_everything_the_session_wrote(tmp_path):
+    session = Session(tmp_path)
+    session.use_dataset(session.extraction_folder())
+    (session.folder() / "run.zip").write_bytes(b"zip")
+    session.close()
+    assert list(tmp_path.iterdir()) == []
