@@ -71,6 +71,7 @@ def load_dataset(
     """Validate the chosen data and show its report (classes, counts, skipped files)."""
     state = dict(state or {})
     session = session_of(state)
+    session.folder()  # made with the session's first dataset, whatever its source: one place to look
     extracted = None
     with user_errors(data.DatasetError, zipfile.BadZipFile, OSError):
         if source == "Example dataset":
