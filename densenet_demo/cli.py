@@ -11,6 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .units import mib, si
+
 EXIT_OK = 0
 EXIT_PARTIAL = 1
 EXIT_USAGE = 2
@@ -58,18 +60,6 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON event per line")
     p.set_defaults(handler=_cmd_train)
     return parser
-
-
-def _count(n: float) -> str:
-    """7978856 -> '7.98M', 1234 -> '1.23K': parameter counts at a glance."""
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{suffix}"
-    return str(n)
-
-
-def _mib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**20:.2f}"
 
 
 def _render(headers: list[str], groups: list[tuple[str, list[list[str]]]], fmt: str, left: set[int]) -> str:
@@ -121,7 +111,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
         return EXIT_OK
     headers = ["name", "variant", "depth", "params", "GMACs", "size", "summary"]
     rows = [
-        [r["name"], r["variant"], str(r["depth"]), _count(r["params"]), f"{r['macs'] / 1e9:.3f}"]
+        [r["name"], r["variant"], str(r["depth"]), si(r["params"]), f"{r['macs'] / 1e9:.3f}"]
         + [str(r["image_size"]), r["summary"]]
         for r in records
     ]
@@ -160,7 +150,7 @@ def _arch_text(cfg, rows: list[dict], t: dict, fmt: str) -> str:
         out = f"+{r['new_channels']}={r['out_channels']}" if r["kind"] == "dense_layer" else str(r["out_channels"])
         numbers = [r["macs"] / 1e6, r["activation_bytes"] / 2**20, r["activation_bytes_memory_efficient"] / 2**20]
         short = r["name"].rsplit(".", 1)[-1]
-        return [short, r["op"], str(r["in_channels"]), out, r["out_hw"], _count(r["params"])] + [
+        return [short, r["op"], str(r["in_channels"]), out, r["out_hw"], si(r["params"])] + [
             f"{x:.2f}" if x else "-" for x in numbers
         ]
 
@@ -178,9 +168,9 @@ def _arch_text(cfg, rows: list[dict], t: dict, fmt: str) -> str:
         f"bn_size {cfg.bn_size or 'none'}, compression {cfg.compression}, {cfg.num_classes} classes"
     )
     summary = [
-        f"total: {_count(t['params'])} params ({t['params']:,}), {t['macs'] / 1e9:.3f} GMACs",
-        f"training activations per image (fp32): naive {_mib(naive)} MiB, "
-        f"memory-efficient {_mib(efficient)} MiB ({efficient / naive:.0%} of naive)",
+        f"total: {si(t['params'])} params ({t['params']:,}), {t['macs'] / 1e9:.3f} GMACs",
+        f"training activations per image (fp32): naive {mib(naive)} MiB, "
+        f"memory-efficient {mib(efficient)} MiB ({efficient / naive:.0%} of naive)",
     ]
     if fmt == "markdown":
         return f"**{heading}**\n\n{table}\n\n" + "\n".join(f"- {line}" for line in summary)

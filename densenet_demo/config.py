@@ -12,6 +12,8 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from .validation import check_choice, check_int, check_number, shown
+
 __all__ = [
     "DenseNetConfig",
     "PRESETS",
@@ -74,24 +76,23 @@ class DenseNetConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field and its allowed range."""
-        _check_int("growth_rate", self.growth_rate, 1, MAX_GROWTH_RATE)
+        check_int("growth_rate", self.growth_rate, 1, MAX_GROWTH_RATE)
         if not isinstance(self.block_config, tuple) or not 1 <= len(self.block_config) <= MAX_BLOCKS:
             raise ValueError(
-                f"block_config must be a list of 1 to {MAX_BLOCKS} layer counts, got {_shown(self.block_config)}"
+                f"block_config must be a list of 1 to {MAX_BLOCKS} layer counts, got {shown(self.block_config)}"
             )
         for i, n in enumerate(self.block_config):
-            _check_int(f"block_config[{i}]", n, 1, MAX_LAYERS_PER_BLOCK)
-        _check_int("num_init_features", self.num_init_features, 1, MAX_INIT_FEATURES)
-        _check_int("bn_size", self.bn_size, 0, MAX_BN_SIZE)
-        _check_float("compression", self.compression, 0.0, 1.0, low_open=True)
-        _check_float("drop_rate", self.drop_rate, 0.0, 1.0, high_open=True)
-        if self.stem not in STEMS:
-            raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {_shown(self.stem)}")
+            check_int(f"block_config[{i}]", n, 1, MAX_LAYERS_PER_BLOCK)
+        check_int("num_init_features", self.num_init_features, 1, MAX_INIT_FEATURES)
+        check_int("bn_size", self.bn_size, 0, MAX_BN_SIZE)
+        check_number("compression", self.compression, 0.0, 1.0, low_open=True)
+        check_number("drop_rate", self.drop_rate, 0.0, 1.0, high_open=True)
+        check_choice("stem", self.stem, STEMS)
         if self.in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {_shown(self.in_channels)}")
-        _check_int("num_classes", self.num_classes, 1, MAX_NUM_CLASSES)
+            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {shown(self.in_channels)}")
+        check_int("num_classes", self.num_classes, 1, MAX_NUM_CLASSES)
         if not isinstance(self.memory_efficient, bool):
-            raise ValueError(f"memory_efficient must be true or false, got {_shown(self.memory_efficient)}")
+            raise ValueError(f"memory_efficient must be true or false, got {shown(self.memory_efficient)}")
         # A transition must keep at least one channel, or the next block has no input.
         channels = self.num_init_features
         for i, n in enumerate(self.block_config[:-1]):
@@ -146,29 +147,6 @@ class DenseNetConfig:
 
     def replace(self, **changes: Any) -> DenseNetConfig:
         return replace(self, **changes)
-
-
-def _shown(value: Any, limit: int = 60) -> str:
-    """The offending value for an error message, cut short: a million-entry list is not repeated back."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text):,} characters)"
-
-
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer from {low} to {high}, got {_shown(value)}")
-
-
-def _check_float(
-    name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False
-) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo = f"{low} <" if low_open else f"{low} <="
-        hi = f"< {high}" if high_open else f"<= {high}"
-        raise ValueError(f"{name} must be a number with {lo} {name} {hi}, got {_shown(value)}")
 
 
 def _imagenet(growth_rate: int, blocks: tuple[int, ...], init: int) -> DenseNetConfig:

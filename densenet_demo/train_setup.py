@@ -5,7 +5,6 @@ training loop there reads in one go.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from . import weights as W
 from .config import IMAGENET_PRESETS, PRESETS, DenseNetConfig, min_image_size
 from .images import Preprocessing, default_preprocessing
 from .model import DenseNet
+from .validation import check_choice, check_int, check_number
 
 __all__ = [
     "MODES",
@@ -71,19 +71,19 @@ class TrainConfig:
     cache_features: bool = True  # linear mode: compute features once (False runs the backbone every epoch)
 
     def __post_init__(self) -> None:
-        _choice("mode", self.mode, MODES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS, optional=True)
-        _choice("schedule", self.schedule, SCHEDULES, optional=True)
-        _choice("amp", self.amp, AMP_CHOICES)
-        _number("epochs", self.epochs, 1, 10_000, integer=True, optional=True)
-        _number("batch_size", self.batch_size, 1, 4096, integer=True)
-        _number("lr", self.lr, 0.0, 10.0, optional=True, low_open=True)
-        _number("weight_decay", self.weight_decay, 0.0, 1.0, optional=True)
-        _number("backbone_lr_factor", self.backbone_lr_factor, 0.0, 1.0)
-        _number("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
-        _number("seed", self.seed, 0, 2**63 - 1, integer=True)
-        _number("early_stopping_patience", self.early_stopping_patience, 1, 10_000, integer=True, optional=True)
-        _number("num_workers", self.num_workers, 0, 64, integer=True, optional=True)
+        check_choice("mode", self.mode, MODES)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS, optional=True)
+        check_choice("schedule", self.schedule, SCHEDULES, optional=True)
+        check_choice("amp", self.amp, AMP_CHOICES)
+        check_int("epochs", self.epochs, 1, 10_000, optional=True)
+        check_int("batch_size", self.batch_size, 1, 4096)
+        check_number("lr", self.lr, 0.0, 10.0, low_open=True, optional=True)
+        check_number("weight_decay", self.weight_decay, 0.0, 1.0, optional=True)
+        check_number("backbone_lr_factor", self.backbone_lr_factor, 0.0, 1.0)
+        check_number("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        check_int("seed", self.seed, 0, 2**63 - 1)
+        check_int("early_stopping_patience", self.early_stopping_patience, 1, 10_000, optional=True)
+        check_int("num_workers", self.num_workers, 0, 64, optional=True)
         if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not isinstance(self.model, (str, DenseNetConfig)) or not self.model:
@@ -101,7 +101,7 @@ class TrainConfig:
             arch = self.model if isinstance(self.model, DenseNetConfig) else None
         if self.image_size is not None:
             low = min_image_size(arch) if arch else 1
-            _number("image_size", self.image_size, low, 1024, integer=True)
+            check_int("image_size", self.image_size, low, 1024)
 
     @property
     def model_name(self) -> str:
@@ -241,23 +241,3 @@ def make_scheduler(
         max_lr = [group["lr"] for group in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...], optional: bool = False) -> None:
-    if (value is None and optional) or value in allowed:
-        return
-    raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-
-
-def _number(
-    name: str, value: Any, low: float, high: float, *, integer: bool = False, optional: bool = False,
-    low_open: bool = False, high_open: bool = False,
-) -> None:  # fmt: skip
-    if value is None and optional:
-        return
-    kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        what = "a whole number" if integer else "a number"
-        raise ValueError(f"{name} must be {what} from {low:g} to {high:g}, got {value!r}")
