@@ -24,6 +24,7 @@ __all__ = [
     "default_image_size",
     "min_image_size",
     "spatial_size_after_stem",
+    "transition_channels",
 ]
 
 STEMS = ("imagenet", "cifar")
@@ -36,6 +37,11 @@ MAX_BLOCKS = 8
 MAX_INIT_FEATURES = 1024
 MAX_BN_SIZE = 16
 MAX_NUM_CLASSES = 100_000
+
+
+def transition_channels(channels: int, compression: float) -> int:
+    """floor(θ·m): channels a transition keeps of its m inputs."""
+    return int(math.floor(compression * channels))
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,7 @@ class DenseNetConfig:
         # A transition must keep at least one channel, or the next block has no input.
         channels = self.num_init_features
         for i, n in enumerate(self.block_config[:-1]):
-            channels = int(math.floor(self.compression * (channels + n * self.growth_rate)))
+            channels = transition_channels(channels + n * self.growth_rate, self.compression)
             if channels < 1:
                 raise ValueError(
                     f"compression {self.compression} leaves no channels after transition {i + 1}; "
