@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 some inputs failed (e.g. one bad image among several), 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -89,10 +90,11 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     import json
 
     from .architecture import totals
-    from .config import PRESET_SUMMARIES, PRESETS
+    from .config import PRESETS
 
     records = []
-    for name, cfg in PRESETS.items():
+    for name, preset in PRESETS.items():
+        cfg = preset.config
         t = totals(cfg)
         records.append(
             {
@@ -102,7 +104,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
                 "params": t["params"],
                 "macs": t["macs"],
                 "image_size": t["image_size"],
-                "summary": PRESET_SUMMARIES[name],
+                "summary": preset.summary,
                 "config": cfg.to_dict(),
             }
         )
@@ -126,7 +128,7 @@ def _load_config(spec: str):
     from .config import PRESETS, DenseNetConfig
 
     if spec in PRESETS:
-        return PRESETS[spec]
+        return PRESETS[spec].config
     path = Path(spec)
     if not (spec.endswith(".json") or path.exists()):
         raise UsageError(f"unknown preset {spec!r}; choose one of {', '.join(PRESETS)}, or give a config .json file")
@@ -335,6 +337,11 @@ def _print_training(trainer, *, as_json: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    # The command line prints what the engine reports (notices, errors) itself; the engine's log records are
+    # for servers, so here they must not reach the terminal a second time through logging's last resort.
+    package_logger = logging.getLogger("densenet_demo")
+    if not package_logger.handlers:
+        package_logger.addHandler(logging.NullHandler())
     try:
         return args.handler(args)
     except UsageError as e:
