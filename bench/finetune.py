@@ -92,7 +92,7 @@ def _step_child(variant: str, device_name: str, batch: int, size: int, steps: in
 
         model = torchvision.models.densenet121(weights=None, memory_efficient=True)
     else:
-        model = DenseNet(PRESETS["densenet121"].replace(memory_efficient=variant == "ours_on"))
+        model = DenseNet(PRESETS["densenet121"].config.replace(memory_efficient=variant == "ours_on"))
     memory_format = torch.channels_last if amp else torch.contiguous_format
     model = model.to(device, memory_format=memory_format).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
@@ -258,7 +258,7 @@ def _images_per_s(batch: int, size: int, steps: int, *, amp: bool, tf32: bool) -
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.benchmark = True
     memory_format = torch.channels_last if amp else torch.contiguous_format
-    model = DenseNet(PRESETS["densenet121"]).to(device, memory_format=memory_format).train()
+    model = DenseNet(PRESETS["densenet121"].config).to(device, memory_format=memory_format).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(0, 1000, (batch,), device=device)

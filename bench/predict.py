@@ -95,7 +95,7 @@ def main() -> None:
     x16 = x1.repeat(16, 1, 1, 1)
 
     # Only channels_last + inference_mode, for comparison: what the simplest speed-up gives on its own.
-    channels_last = DenseNet(PRESETS["densenet121"]).eval()
+    channels_last = DenseNet(PRESETS["densenet121"].config).eval()
     channels_last.load_state_dict(plain.state_dict())
     channels_last = channels_last.to(device, memory_format=torch.channels_last)
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .config import DenseNetConfig, default_image_size, min_image_size
-from .model import DenseNet, transition_channels
+from .config import DenseNetConfig, default_image_size, min_image_size, transition_channels
+from .model import DenseNet
 
 __all__ = [
     "MAX_IMAGE_SIZE",

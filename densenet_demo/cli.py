@@ -7,9 +7,12 @@ Exit codes: 0 success, 1 some inputs failed (e.g. one bad image among several), 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
+
+from .units import mib, si
 
 EXIT_OK = 0
 EXIT_PARTIAL = 1
@@ -60,18 +63,6 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _count(n: float) -> str:
-    """7978856 -> '7.98M', 1234 -> '1.23K': parameter counts at a glance."""
-    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{suffix}"
-    return str(n)
-
-
-def _mib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**20:.2f}"
-
-
 def _render(headers: list[str], groups: list[tuple[str, list[list[str]]]], fmt: str, left: set[int]) -> str:
     """Rows grouped under titles, as fixed-width text or one markdown table; ``left``: text columns."""
     titled = any(title for title, _ in groups)
@@ -99,10 +90,11 @@ def _cmd_presets(args: argparse.Namespace) -> int:
     import json
 
     from .architecture import totals
-    from .config import PRESET_SUMMARIES, PRESETS
+    from .config import PRESETS
 
     records = []
-    for name, cfg in PRESETS.items():
+    for name, preset in PRESETS.items():
+        cfg = preset.config
         t = totals(cfg)
         records.append(
             {
@@ -112,7 +104,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
                 "params": t["params"],
                 "macs": t["macs"],
                 "image_size": t["image_size"],
-                "summary": PRESET_SUMMARIES[name],
+                "summary": preset.summary,
                 "config": cfg.to_dict(),
             }
         )
@@ -121,7 +113,7 @@ def _cmd_presets(args: argparse.Namespace) -> int:
         return EXIT_OK
     headers = ["name", "variant", "depth", "params", "GMACs", "size", "summary"]
     rows = [
-        [r["name"], r["variant"], str(r["depth"]), _count(r["params"]), f"{r['macs'] / 1e9:.3f}"]
+        [r["name"], r["variant"], str(r["depth"]), si(r["params"]), f"{r['macs'] / 1e9:.3f}"]
         + [str(r["image_size"]), r["summary"]]
         for r in records
     ]
@@ -136,7 +128,7 @@ def _load_config(spec: str):
     from .config import PRESETS, DenseNetConfig
 
     if spec in PRESETS:
-        return PRESETS[spec]
+        return PRESETS[spec].config
     path = Path(spec)
     if not (spec.endswith(".json") or path.exists()):
         raise UsageError(f"unknown preset {spec!r}; choose one of {', '.join(PRESETS)}, or give a config .json file")
@@ -160,7 +152,7 @@ def _arch_text(cfg, rows: list[dict], t: dict, fmt: str) -> str:
         out = f"+{r['new_channels']}={r['out_channels']}" if r["kind"] == "dense_layer" else str(r["out_channels"])
         numbers = [r["macs"] / 1e6, r["activation_bytes"] / 2**20, r["activation_bytes_memory_efficient"] / 2**20]
         short = r["name"].rsplit(".", 1)[-1]
-        return [short, r["op"], str(r["in_channels"]), out, r["out_hw"], _count(r["params"])] + [
+        return [short, r["op"], str(r["in_channels"]), out, r["out_hw"], si(r["params"])] + [
             f"{x:.2f}" if x else "-" for x in numbers
         ]
 
@@ -178,9 +170,9 @@ def _arch_text(cfg, rows: list[dict], t: dict, fmt: str) -> str:
         f"bn_size {cfg.bn_size or 'none'}, compression {cfg.compression}, {cfg.num_classes} classes"
     )
     summary = [
-        f"total: {_count(t['params'])} params ({t['params']:,}), {t['macs'] / 1e9:.3f} GMACs",
-        f"training activations per image (fp32): naive {_mib(naive)} MiB, "
-        f"memory-efficient {_mib(efficient)} MiB ({efficient / naive:.0%} of naive)",
+        f"total: {si(t['params'])} params ({t['params']:,}), {t['macs'] / 1e9:.3f} GMACs",
+        f"training activations per image (fp32): naive {mib(naive)} MiB, "
+        f"memory-efficient {mib(efficient)} MiB ({efficient / naive:.0%} of naive)",
     ]
     if fmt == "markdown":
         return f"**{heading}**\n\n{table}\n\n" + "\n".join(f"- {line}" for line in summary)
@@ -345,6 +337,11 @@ def _print_training(trainer, *, as_json: bool) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
+    # The command line prints what the engine reports (notices, errors) itself; the engine's log records are
+    # for servers, so here they must not reach the terminal a second time through logging's last resort.
+    package_logger = logging.getLogger("densenet_demo")
+    if not package_logger.handlers:
+        package_logger.addHandler(logging.NullHandler())
     try:
         return args.handler(args)
     except UsageError as e:

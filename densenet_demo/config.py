@@ -12,16 +12,21 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from .validation import check_choice, check_int, check_number, shown
+
 __all__ = [
     "DenseNetConfig",
+    "InputDefaults",
+    "Preset",
     "PRESETS",
-    "PRESET_SUMMARIES",
     "IMAGENET_PRESETS",
     "STEMS",
     "get_preset",
     "default_image_size",
+    "input_defaults",
     "min_image_size",
     "spatial_size_after_stem",
+    "transition_channels",
 ]
 
 STEMS = ("imagenet", "cifar")
@@ -34,6 +39,20 @@ MAX_BLOCKS = 8
 MAX_INIT_FEATURES = 1024
 MAX_BN_SIZE = 16
 MAX_NUM_CLASSES = 100_000
+
+# Normalisation of the data each kind of model is trained on (ImageNet's is torchvision's weights' own).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+GRAY_MEAN = (0.5,)
+GRAY_STD = (0.5,)
+IMAGENET_CROP = 224 / 256  # ImageNet evaluation: shorter side to 256, centre crop 224
+
+
+def transition_channels(channels: int, compression: float) -> int:
+    """floor(θ·m): channels a transition keeps of its m inputs."""
+    return int(math.floor(compression * channels))
 
 
 @dataclass(frozen=True)
@@ -74,28 +93,27 @@ class DenseNetConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field and its allowed range."""
-        _check_int("growth_rate", self.growth_rate, 1, MAX_GROWTH_RATE)
+        check_int("growth_rate", self.growth_rate, 1, MAX_GROWTH_RATE)
         if not isinstance(self.block_config, tuple) or not 1 <= len(self.block_config) <= MAX_BLOCKS:
             raise ValueError(
-                f"block_config must be a list of 1 to {MAX_BLOCKS} layer counts, got {_shown(self.block_config)}"
+                f"block_config must be a list of 1 to {MAX_BLOCKS} layer counts, got {shown(self.block_config)}"
             )
         for i, n in enumerate(self.block_config):
-            _check_int(f"block_config[{i}]", n, 1, MAX_LAYERS_PER_BLOCK)
-        _check_int("num_init_features", self.num_init_features, 1, MAX_INIT_FEATURES)
-        _check_int("bn_size", self.bn_size, 0, MAX_BN_SIZE)
-        _check_float("compression", self.compression, 0.0, 1.0, low_open=True)
-        _check_float("drop_rate", self.drop_rate, 0.0, 1.0, high_open=True)
-        if self.stem not in STEMS:
-            raise ValueError(f"stem must be one of {', '.join(STEMS)}, got {_shown(self.stem)}")
+            check_int(f"block_config[{i}]", n, 1, MAX_LAYERS_PER_BLOCK)
+        check_int("num_init_features", self.num_init_features, 1, MAX_INIT_FEATURES)
+        check_int("bn_size", self.bn_size, 0, MAX_BN_SIZE)
+        check_number("compression", self.compression, 0.0, 1.0, low_open=True)
+        check_number("drop_rate", self.drop_rate, 0.0, 1.0, high_open=True)
+        check_choice("stem", self.stem, STEMS)
         if self.in_channels not in (1, 3):
-            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {_shown(self.in_channels)}")
-        _check_int("num_classes", self.num_classes, 1, MAX_NUM_CLASSES)
+            raise ValueError(f"in_channels must be 1 (grayscale) or 3 (RGB), got {shown(self.in_channels)}")
+        check_int("num_classes", self.num_classes, 1, MAX_NUM_CLASSES)
         if not isinstance(self.memory_efficient, bool):
-            raise ValueError(f"memory_efficient must be true or false, got {_shown(self.memory_efficient)}")
+            raise ValueError(f"memory_efficient must be true or false, got {shown(self.memory_efficient)}")
         # A transition must keep at least one channel, or the next block has no input.
         channels = self.num_init_features
         for i, n in enumerate(self.block_config[:-1]):
-            channels = int(math.floor(self.compression * (channels + n * self.growth_rate)))
+            channels = transition_channels(channels + n * self.growth_rate, self.compression)
             if channels < 1:
                 raise ValueError(
                     f"compression {self.compression} leaves no channels after transition {i + 1}; "
@@ -148,37 +166,48 @@ class DenseNetConfig:
         return replace(self, **changes)
 
 
-def _shown(value: Any, limit: int = 60) -> str:
-    """The offending value for an error message, cut short: a million-entry list is not repeated back."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text):,} characters)"
+@dataclass(frozen=True)
+class InputDefaults:
+    """The input a model is meant for, as timm's pretrained configs give it (input size, crop, mean/std)."""
+
+    image_size: int  # side of the square the model sees
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_pct: float = 1.0  # image_size / the shorter side it is cut from (1.0: resize, no crop)
+
+    def resize_size(self, image_size: int | None = None) -> int:
+        """The shorter side before the centre crop, for ``image_size`` (default: this one's own)."""
+        return round((image_size or self.image_size) / self.crop_pct)
 
 
-def _check_int(name: str, value: Any, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{name} must be an integer from {low} to {high}, got {_shown(value)}")
+@dataclass(frozen=True)
+class Preset:
+    """One named DenseNet: its architecture, what it is, whether ImageNet weights exist, its input defaults."""
+
+    name: str
+    config: DenseNetConfig
+    summary: str
+    imagenet_weights: bool = False  # torchvision publishes ImageNet-1k weights for exactly this architecture
+
+    @property
+    def input(self) -> InputDefaults:
+        return input_defaults(self.config)
+
+    @property
+    def image_size(self) -> int:
+        return self.input.image_size
 
 
-def _check_float(
-    name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False
-) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo = f"{low} <" if low_open else f"{low} <="
-        hi = f"< {high}" if high_open else f"<= {high}"
-        raise ValueError(f"{name} must be a number with {lo} {name} {hi}, got {_shown(value)}")
+def _imagenet(depth: int, growth_rate: int, blocks: tuple[int, ...], init: int) -> Preset:
+    # Exactly torchvision's builders (models/densenet.py), and its ImageNet weights.
+    cfg = DenseNetConfig(growth_rate=growth_rate, block_config=blocks, num_init_features=init)
+    return Preset(f"densenet{depth}", cfg, f"DenseNet-{depth} (ImageNet, torchvision-compatible)", True)
 
 
-def _imagenet(growth_rate: int, blocks: tuple[int, ...], init: int) -> DenseNetConfig:
-    return DenseNetConfig(growth_rate=growth_rate, block_config=blocks, num_init_features=init)
-
-
-def _cifar_plain(depth: int, k: int) -> DenseNetConfig:
+def _cifar_plain(depth: int, k: int) -> Preset:
     # Paper, CIFAR: 3 blocks of (L-4)/3 BN-ReLU-Conv3x3 layers, a 16-channel 3x3 stem, no compression.
     n = (depth - 4) // 3
-    return DenseNetConfig(
+    cfg = DenseNetConfig(
         growth_rate=k,
         block_config=(n, n, n),
         num_init_features=16,
@@ -187,12 +216,13 @@ def _cifar_plain(depth: int, k: int) -> DenseNetConfig:
         stem="cifar",
         num_classes=10,
     )
+    return Preset(f"densenet{depth}_k{k}", cfg, f"DenseNet L={depth}, k={k} (CIFAR, plain)")
 
 
-def _cifar_bc(depth: int, k: int) -> DenseNetConfig:
+def _cifar_bc(depth: int, k: int) -> Preset:
     # Paper, CIFAR DenseNet-BC: (L-4)/6 bottleneck layers per block (two convs each), 2k-channel stem, θ=0.5.
     n = (depth - 4) // 6
-    return DenseNetConfig(
+    cfg = DenseNetConfig(
         growth_rate=k,
         block_config=(n, n, n),
         num_init_features=2 * k,
@@ -201,24 +231,13 @@ def _cifar_bc(depth: int, k: int) -> DenseNetConfig:
         stem="cifar",
         num_classes=10,
     )
+    return Preset(f"densenet_bc{depth}_k{k}", cfg, f"DenseNet-BC L={depth}, k={k} (CIFAR)")
 
 
-IMAGENET_PRESETS = ("densenet121", "densenet161", "densenet169", "densenet201")
-
-PRESETS: dict[str, DenseNetConfig] = {
-    # Exactly torchvision's builders (models/densenet.py).
-    "densenet121": _imagenet(32, (6, 12, 24, 16), 64),
-    "densenet161": _imagenet(48, (6, 12, 36, 24), 96),
-    "densenet169": _imagenet(32, (6, 12, 32, 32), 64),
-    "densenet201": _imagenet(32, (6, 12, 48, 32), 64),
-    "densenet40_k12": _cifar_plain(40, 12),
-    "densenet100_k12": _cifar_plain(100, 12),
-    "densenet100_k24": _cifar_plain(100, 24),
-    "densenet_bc100_k12": _cifar_bc(100, 12),
-    "densenet_bc250_k24": _cifar_bc(250, 24),
-    "densenet_bc190_k40": _cifar_bc(190, 40),
-    # Small plain DenseNet for 1-channel images (e.g. Fashion-MNIST): 4 blocks of 4 BN-ReLU-3x3 layers.
-    "densenet_fashion": DenseNetConfig(
+# Small plain DenseNet for 1-channel images (e.g. Fashion-MNIST): 4 blocks of 4 BN-ReLU-3x3 layers.
+_FASHION = Preset(
+    "densenet_fashion",
+    DenseNetConfig(
         growth_rate=32,
         block_config=(4, 4, 4, 4),
         num_init_features=64,
@@ -228,24 +247,31 @@ PRESETS: dict[str, DenseNetConfig] = {
         in_channels=1,
         num_classes=10,
     ),
+    "Small plain DenseNet for 1-channel images (4x4 layers, k=32)",
+)
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        _imagenet(121, 32, (6, 12, 24, 16), 64),
+        _imagenet(161, 48, (6, 12, 36, 24), 96),
+        _imagenet(169, 32, (6, 12, 32, 32), 64),
+        _imagenet(201, 32, (6, 12, 48, 32), 64),
+        _cifar_plain(40, 12),
+        _cifar_plain(100, 12),
+        _cifar_plain(100, 24),
+        _cifar_bc(100, 12),
+        _cifar_bc(250, 24),
+        _cifar_bc(190, 40),
+        _FASHION,
+    )
 }
 
-PRESET_SUMMARIES: dict[str, str] = {
-    "densenet121": "DenseNet-121 (ImageNet, torchvision-compatible)",
-    "densenet161": "DenseNet-161 (ImageNet, torchvision-compatible)",
-    "densenet169": "DenseNet-169 (ImageNet, torchvision-compatible)",
-    "densenet201": "DenseNet-201 (ImageNet, torchvision-compatible)",
-    "densenet40_k12": "DenseNet L=40, k=12 (CIFAR, plain)",
-    "densenet100_k12": "DenseNet L=100, k=12 (CIFAR, plain)",
-    "densenet100_k24": "DenseNet L=100, k=24 (CIFAR, plain)",
-    "densenet_bc100_k12": "DenseNet-BC L=100, k=12 (CIFAR)",
-    "densenet_bc250_k24": "DenseNet-BC L=250, k=24 (CIFAR)",
-    "densenet_bc190_k40": "DenseNet-BC L=190, k=40 (CIFAR)",
-    "densenet_fashion": "Small plain DenseNet for 1-channel images (4x4 layers, k=32)",
-}
+# A view of PRESETS: the presets with pretrained ImageNet weights.
+IMAGENET_PRESETS = tuple(name for name, preset in PRESETS.items() if preset.imagenet_weights)
 
 
-def get_preset(name: str) -> DenseNetConfig:
+def get_preset(name: str) -> Preset:
     try:
         return PRESETS[name]
     except KeyError:
@@ -271,14 +297,25 @@ def min_image_size(cfg: DenseNetConfig) -> int:
         size += 1
 
 
-def default_image_size(cfg: DenseNetConfig) -> int:
-    """The input size a config is meant for: 224 for ImageNet stems, 32 for CIFAR stems.
+def input_defaults(cfg: DenseNetConfig) -> InputDefaults:
+    """The input a config is meant for, presets and custom configs alike.
 
-    Grayscale models with an ImageNet stem (``densenet_fashion``) take small images such as
-    Fashion-MNIST's 28x28, upscaled to 64 so that three transitions still leave 2x2 features.
+    ImageNet stems: 224 crops of a 256 side with ImageNet's mean/std; CIFAR stems: 32x32. Grayscale models
+    with an ImageNet stem (``densenet_fashion``) take small images such as Fashion-MNIST's 28x28, upscaled
+    to 64 so that three transitions still leave 2x2 features. Never below ``min_image_size``.
     """
+    smallest = min_image_size(cfg)
     if cfg.stem == "cifar":
-        return max(32, min_image_size(cfg))
+        size = max(32, smallest)
+    else:
+        size = max(64 if cfg.in_channels == 1 else 224, smallest)
     if cfg.in_channels == 1:
-        return max(64, min_image_size(cfg))
-    return max(224, min_image_size(cfg))
+        return InputDefaults(size, GRAY_MEAN, GRAY_STD)
+    if cfg.stem == "cifar":
+        return InputDefaults(size, CIFAR_MEAN, CIFAR_STD)
+    return InputDefaults(size, IMAGENET_MEAN, IMAGENET_STD, IMAGENET_CROP)
+
+
+def default_image_size(cfg: DenseNetConfig) -> int:
+    """The input side a config is meant for (``input_defaults(cfg).image_size``)."""
+    return input_defaults(cfg).image_size

@@ -21,7 +21,7 @@ import PIL
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .config import DenseNetConfig, default_image_size
+from .config import DenseNetConfig, input_defaults
 
 if tuple(int(p) for p in PIL.__version__.split(".")[:2]) < (12, 3):
     raise ImportError(f"densenet_demo needs Pillow >= 12.3 (image decoder security fixes); found {PIL.__version__}")
@@ -47,13 +47,6 @@ MAX_PIXELS = 64_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # A truncated file is an error to report, not an image to pad with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2470, 0.2435, 0.2616)
-GRAY_MEAN = (0.5,)
-GRAY_STD = (0.5,)
 
 
 class ImageError(ValueError):
@@ -271,10 +264,7 @@ class Preprocessing:
 
 
 def default_preprocessing(cfg: DenseNetConfig, image_size: int | None = None) -> Preprocessing:
-    """A sensible default for a config: ImageNet's 256->224 crop, CIFAR's 32x32, grayscale at 64."""
-    size = image_size or default_image_size(cfg)
-    if cfg.in_channels == 1:
-        return Preprocessing(size, size, GRAY_MEAN, GRAY_STD, 1)
-    if cfg.stem == "cifar":
-        return Preprocessing(size, size, CIFAR_MEAN, CIFAR_STD, 3)
-    return Preprocessing(size, round(size * 256 / 224), IMAGENET_MEAN, IMAGENET_STD, 3)
+    """The config's own input defaults (``config.input_defaults``) as a transform, optionally at another size."""
+    defaults = input_defaults(cfg)
+    size = image_size or defaults.image_size
+    return Preprocessing(size, defaults.resize_size(size), defaults.mean, defaults.std, cfg.in_channels)

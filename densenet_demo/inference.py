@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .model import DenseNet, _DenseBlock, _DenseLayer, _Transition
+from .model import DenseBlock, DenseLayer, DenseNet, Transition
 
 __all__ = ["InferenceDenseNet"]
 
@@ -98,7 +98,7 @@ class _Block:
 
 
 @dataclass(frozen=True)
-class _TransitionStep:
+class TransitionStep:
     norm: _Affine
     conv: _Conv
 
@@ -157,11 +157,11 @@ def _compile_features(model: DenseNet) -> list:
             steps.append(torch.relu_)
         elif isinstance(module, nn.MaxPool2d):
             steps.append(lambda x, m=module: F.max_pool2d(x, m.kernel_size, m.stride, m.padding))
-        elif isinstance(module, _DenseBlock):
+        elif isinstance(module, DenseBlock):
             layers = tuple(_layer(layer) for layer in module.values())
             steps.append(_Block(layers, _block_out_channels(module)))
-        elif isinstance(module, _Transition):
-            steps.append(_TransitionStep(_Affine.of(module.norm), _Conv.of(module.conv)))
+        elif isinstance(module, Transition):
+            steps.append(TransitionStep(_Affine.of(module.norm), _Conv.of(module.conv)))
         elif name == "norm5":
             pass  # part of the head
         else:
@@ -170,13 +170,13 @@ def _compile_features(model: DenseNet) -> list:
     return steps
 
 
-def _layer(layer: _DenseLayer) -> _Layer:
+def _layer(layer: DenseLayer) -> _Layer:
     if layer.bottleneck:
         return _Layer(_Affine.of(layer.norm1), _Conv.of(layer.conv1, layer.norm2), _Conv.of(layer.conv2))
     return _Layer(_Affine.of(layer.norm1), _Conv.of(layer.conv1), None)
 
 
-def _block_out_channels(block: _DenseBlock) -> int:
+def _block_out_channels(block: DenseBlock) -> int:
     layers = list(block.values())
     new = layers[0].conv2.out_channels if layers[0].bottleneck else layers[0].conv1.out_channels
     return layers[0].norm1.num_features + len(layers) * new

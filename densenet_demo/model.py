@@ -17,17 +17,12 @@ import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from torch import Tensor
 
-from .config import DenseNetConfig
+from .config import DenseNetConfig, transition_channels
 
-__all__ = ["DenseNet", "build_model", "transition_channels"]
-
-
-def transition_channels(channels: int, compression: float) -> int:
-    """floor(θ·m): channels a transition keeps of its m inputs."""
-    return int(math.floor(compression * channels))
+__all__ = ["DenseBlock", "DenseLayer", "DenseNet", "Transition"]
 
 
-class _DenseLayer(nn.Module):
+class DenseLayer(nn.Module):
     """H_l: BN-ReLU-Conv1x1(bn_size·k)-BN-ReLU-Conv3x3(k), or BN-ReLU-Conv3x3(k) without bottleneck."""
 
     def __init__(
@@ -80,7 +75,9 @@ class _DenseLayer(nn.Module):
         return out
 
 
-class _DenseBlock(nn.ModuleDict):
+class DenseBlock(nn.ModuleDict):
+    """``num_layers`` dense layers; layer l sees the block input and every earlier layer's output, concatenated."""
+
     def __init__(
         self,
         num_layers: int,
@@ -92,7 +89,7 @@ class _DenseBlock(nn.ModuleDict):
     ) -> None:
         super().__init__()
         for i in range(num_layers):
-            layer = _DenseLayer(
+            layer = DenseLayer(
                 num_input_features + i * growth_rate,
                 growth_rate=growth_rate,
                 bn_size=bn_size,
@@ -108,7 +105,9 @@ class _DenseBlock(nn.ModuleDict):
         return torch.cat(features, 1)
 
 
-class _Transition(nn.Sequential):
+class Transition(nn.Sequential):
+    """Between blocks: BN-ReLU-Conv1x1 (θ·m output channels) - AvgPool 2x2."""
+
     def __init__(self, num_input_features: int, num_output_features: int) -> None:
         super().__init__()
         self.norm = nn.BatchNorm2d(num_input_features)
@@ -122,12 +121,13 @@ class DenseNet(nn.Module):
 
     Args:
         cfg: the architecture; see ``DenseNetConfig`` for each field.
+        generator: where the initial random weights are drawn from; default torch's global RNG.
 
     Offers timm's fine-tuning verbs: ``forward_features``, ``forward_head``, ``get_classifier``,
     ``reset_classifier(num_classes)``, ``set_grad_checkpointing(enable)``.
     """
 
-    def __init__(self, cfg: DenseNetConfig) -> None:
+    def __init__(self, cfg: DenseNetConfig, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         if cfg.stem == "imagenet":
@@ -147,7 +147,7 @@ class DenseNet(nn.Module):
 
         num_features = cfg.num_init_features
         for i, num_layers in enumerate(cfg.block_config):
-            block = _DenseBlock(
+            block = DenseBlock(
                 num_layers=num_layers,
                 num_input_features=num_features,
                 bn_size=cfg.bn_size,
@@ -159,14 +159,14 @@ class DenseNet(nn.Module):
             num_features = num_features + num_layers * cfg.growth_rate
             if i != len(cfg.block_config) - 1:
                 out_features = transition_channels(num_features, cfg.compression)
-                self.features.add_module(f"transition{i + 1}", _Transition(num_features, out_features))
+                self.features.add_module(f"transition{i + 1}", Transition(num_features, out_features))
                 num_features = out_features
 
         self.features.add_module("norm5", nn.BatchNorm2d(num_features))
         self.num_features = num_features
         self.classifier = nn.Linear(num_features, cfg.num_classes)
 
-        self.init_weights()
+        self.init_weights(generator)
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
@@ -208,10 +208,6 @@ class DenseNet(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         for m in self.modules():
-            if isinstance(m, _DenseLayer):
+            if isinstance(m, DenseLayer):
                 m.memory_efficient = enable
         self.cfg = self.cfg.replace(memory_efficient=enable)
-
-
-def build_model(cfg: DenseNetConfig) -> DenseNet:
-    return DenseNet(cfg)

@@ -199,7 +199,7 @@ def _overlay(view: Image.Image, heatmap: np.ndarray, alpha: float = 0.5) -> Imag
 
 
 # ---------------------------------------------------------------------------------------------
-# The cache: one predictor per (model, weights, file version)
+# The cache: one predictor per resolved (model, weights, file version)
 
 _cache: OrderedDict[tuple, Predictor] = OrderedDict()
 _cache_lock = threading.Lock()
@@ -210,35 +210,39 @@ RANDOM_INIT_SEED = 0
 
 
 def build_predictor(
-    model: str, weights: str | os.PathLike | None = None, *, device: torch.device | str | None = None
+    model: str | W.WeightsSpec,
+    weights: str | os.PathLike | None = W.DEFAULT,
+    *,
+    device: torch.device | str | None = None,
 ) -> Predictor:
-    """A new predictor, uncached: see ``get_predictor`` for the arguments.
+    """A new predictor, uncached: see ``get_predictor`` for the arguments (or pass a resolved ``WeightsSpec``).
 
-    Random weights come from a generator of their own with a fixed seed, so a random-init model predicts the
-    same in every process and whatever torch's global RNG holds: its answers mean nothing, but they repeat.
+    Random weights (asked for, or in place of unavailable ImageNet weights) come from a generator of their own
+    with a fixed seed, so a random-init model predicts the same in every process and whatever torch's global
+    RNG holds: its answers mean nothing, but they repeat.
     """
-    loaded = W.load_model(model, weights)
-    if loaded.label == W.RANDOM_LABEL:
-        loaded.model.init_weights(torch.Generator().manual_seed(RANDOM_INIT_SEED))
+    spec = W.resolve(model, weights)
+    loaded = W.load_model(spec, generator=torch.Generator().manual_seed(RANDOM_INIT_SEED))
     return Predictor(
         loaded.model,
         class_names=loaded.class_names,
         preprocessing=loaded.preprocessing,
-        model_key=model,
+        model_key=spec.model,
         weights_label=loaded.label,
         notice=loaded.notice,
         device=device,
     )
 
 
-def get_predictor(model: str, weights: str | os.PathLike | None = None) -> Predictor:
+def get_predictor(model: str, weights: str | os.PathLike | None = W.DEFAULT) -> Predictor:
     """The cached predictor for ``model`` (preset, ``run:<id>`` or checkpoint folder) and ``weights``.
 
-    ``weights``: ``"imagenet"``, ``"random"`` or a ``.safetensors``/``.pth`` path; ``None`` is ImageNet for
-    the ImageNet presets and random otherwise; ignored for checkpoints. A file changed on disk (a re-saved
-    run, ImageNet weights placed after a failed download) gives a new predictor.
+    ``weights``: ``"default"`` (ImageNet for the ImageNet presets, random otherwise), ``"imagenet"``,
+    ``"random"`` or a ``.safetensors``/``.pth`` path; ignored for checkpoints (``weights.resolve`` says it all).
+    A file changed on disk (a re-saved run, ImageNet weights placed after a failed download) gives a new predictor.
     """
-    key = _cache_key(model, weights)
+    spec = W.resolve(model, weights)
+    key = spec.cache_key
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -249,7 +253,7 @@ def get_predictor(model: str, weights: str | os.PathLike | None = None) -> Predi
             if key in _cache:  # built by another thread while this one waited
                 return _cache[key]
         try:
-            predictor = build_predictor(model, weights)
+            predictor = build_predictor(spec)
             with _cache_lock:
                 _cache[key] = predictor
                 while len(_cache) > CACHE_SIZE:
@@ -263,23 +267,3 @@ def get_predictor(model: str, weights: str | os.PathLike | None = None) -> Predi
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
-
-
-def _cache_key(model: str, weights: str | os.PathLike | None) -> tuple:
-    preset, folder = W.resolve_model(model)
-    if folder is not None:
-        return ("checkpoint", str(folder), _file_version(folder / W.CHECKPOINT_WEIGHTS))
-    choice = W.resolve_weights(preset, weights)
-    if choice == "imagenet":
-        return (preset, "imagenet", _file_version(W.imagenet_file(preset)))
-    if choice == "random":
-        return (preset, "random")
-    return (preset, str(Path(choice).resolve()), _file_version(Path(choice)))
-
-
-def _file_version(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return (stat.st_mtime_ns, stat.st_size)

@@ -5,17 +5,16 @@ training loop there reads in one go.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from . import weights as W
-from .config import IMAGENET_PRESETS, PRESETS, DenseNetConfig, min_image_size
-from .images import Preprocessing, default_preprocessing
+from .config import PRESETS, DenseNetConfig, min_image_size
+from .images import Preprocessing
 from .model import DenseNet
+from .validation import check_choice, check_int, check_number
 
 __all__ = [
     "MODES",
@@ -49,7 +48,7 @@ class TrainConfig:
     """Everything that defines a training run; ``None`` fields take the mode's defaults (``resolved()``)."""
 
     model: str | DenseNetConfig = "densenet121"  # preset name, run:<id>, checkpoint folder, or a config
-    weights: str | None = None  # imagenet | random | weights file | checkpoint folder; None: imagenet if it exists
+    weights: str | None = None  # default (or None) | imagenet | random | weights file | checkpoint folder
     mode: str = "linear"
     epochs: int | None = None
     batch_size: int = 32
@@ -71,37 +70,32 @@ class TrainConfig:
     cache_features: bool = True  # linear mode: compute features once (False runs the backbone every epoch)
 
     def __post_init__(self) -> None:
-        _choice("mode", self.mode, MODES)
-        _choice("optimizer", self.optimizer, OPTIMIZERS, optional=True)
-        _choice("schedule", self.schedule, SCHEDULES, optional=True)
-        _choice("amp", self.amp, AMP_CHOICES)
-        _number("epochs", self.epochs, 1, 10_000, integer=True, optional=True)
-        _number("batch_size", self.batch_size, 1, 4096, integer=True)
-        _number("lr", self.lr, 0.0, 10.0, optional=True, low_open=True)
-        _number("weight_decay", self.weight_decay, 0.0, 1.0, optional=True)
-        _number("backbone_lr_factor", self.backbone_lr_factor, 0.0, 1.0)
-        _number("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
-        _number("seed", self.seed, 0, 2**63 - 1, integer=True)
-        _number("early_stopping_patience", self.early_stopping_patience, 1, 10_000, integer=True, optional=True)
-        _number("num_workers", self.num_workers, 0, 64, integer=True, optional=True)
+        check_choice("mode", self.mode, MODES)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS, optional=True)
+        check_choice("schedule", self.schedule, SCHEDULES, optional=True)
+        check_choice("amp", self.amp, AMP_CHOICES)
+        check_int("epochs", self.epochs, 1, 10_000, optional=True)
+        check_int("batch_size", self.batch_size, 1, 4096)
+        check_number("lr", self.lr, 0.0, 10.0, low_open=True, optional=True)
+        check_number("weight_decay", self.weight_decay, 0.0, 1.0, optional=True)
+        check_number("backbone_lr_factor", self.backbone_lr_factor, 0.0, 1.0)
+        check_number("val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        check_int("seed", self.seed, 0, 2**63 - 1)
+        check_int("early_stopping_patience", self.early_stopping_patience, 1, 10_000, optional=True)
+        check_int("num_workers", self.num_workers, 0, 64, optional=True)
         if not (self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:")):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if not isinstance(self.model, (str, DenseNetConfig)) or not self.model:
             raise ValueError("model must be a preset name, run:<id>, a checkpoint folder or a DenseNetConfig")
-        if self.mode == "scratch" and self.weights not in (None, "random"):
+        if self.mode == "scratch" and self.weights not in (None, W.DEFAULT, "random"):
             raise ValueError(f"scratch mode starts from random weights, not {self.weights!r}; use finetune or linear")
-        if isinstance(self.model, str) and self.model in PRESETS:
-            arch = PRESETS[self.model]
-            if self.weights == "imagenet" and self.model not in IMAGENET_PRESETS:
-                raise ValueError(
-                    f"there are no ImageNet weights for {self.model}; only {', '.join(IMAGENET_PRESETS)} have them. "
-                    "Use --weights random (or mode scratch) or a weights file"
-                )
-        else:
-            arch = self.model if isinstance(self.model, DenseNetConfig) else None
+        preset = PRESETS.get(self.model) if isinstance(self.model, str) else None
+        arch = preset.config if preset else (self.model if isinstance(self.model, DenseNetConfig) else None)
+        if self.weights == "imagenet" and arch is not None:
+            W.imagenet_preset_for(self.model)  # a ValueError when there are none
         if self.image_size is not None:
             low = min_image_size(arch) if arch else 1
-            _number("image_size", self.image_size, low, 1024, integer=True)
+            check_int("image_size", self.image_size, low, 1024)
 
     @property
     def model_name(self) -> str:
@@ -110,9 +104,8 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """This config with every ``None`` default filled in for its mode."""
         changes: dict[str, Any] = {k: v for k, v in _DEFAULTS[self.mode].items() if getattr(self, k) is None}
-        if self.weights is None:
-            pretrained = self.model in IMAGENET_PRESETS and self.mode != "scratch"
-            changes["weights"] = "imagenet" if pretrained else "random"
+        if self.weights in (None, W.DEFAULT):
+            changes["weights"] = "random" if self.mode == "scratch" else W.default_weights(self.model)
         return TrainConfig(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,65 +146,26 @@ def pick_amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
 
 
 def build_model(cfg: TrainConfig, class_names: list[str]) -> tuple[DenseNet, Preprocessing, str]:
-    """The model to train with its starting weights and a head for ``class_names``.
+    """The model to train with its starting weights (``weights.resolve``) and a head for ``class_names``.
 
     Returns ``(model, preprocessing, label)``; the label says where the weights came from.
     """
     n = len(class_names)
-    weights = cfg.weights
-    if weights not in (None, "imagenet", "random") and Path(weights).is_dir():
-        model, preprocessing, label = _from_checkpoint(Path(weights), class_names)
-    elif isinstance(cfg.model, DenseNetConfig):
-        model, preprocessing, label = _from_config(cfg.model, weights, n)
+    spec = W.resolve(cfg.model, "random" if cfg.mode == "scratch" else cfg.weights)
+    if spec.kind == "checkpoint":
+        model, info = W.load_checkpoint(spec.path)
+        if list(info.class_names) != list(class_names):
+            model.reset_classifier(n)  # other classes: keep the backbone, start a new head
+        preprocessing, label = info.preprocessing, f"checkpoint {spec.path.name}"
     else:
-        preset, folder = W.resolve_model(cfg.model)
-        if folder is not None:
-            model, preprocessing, label = _from_checkpoint(folder, class_names)
-        else:
-            loaded = W.load_model(preset, weights, num_classes=n, fallback_to_random=False)
-            model, preprocessing, label = loaded.model, loaded.preprocessing, loaded.label
-            if preset in IMAGENET_PRESETS and weights == "imagenet":
-                label += f", new {n}-class head"
-    if model.cfg.num_classes != n:
-        model.reset_classifier(n)
+        loaded = W.load_model(spec, num_classes=n, fallback_to_random=False)
+        model, preprocessing, label = loaded.model, loaded.preprocessing, loaded.label
+        if spec.kind == "imagenet":
+            label += f", new {n}-class head"
     model.set_grad_checkpointing(cfg.memory_efficient)
     if cfg.image_size is not None and cfg.image_size != preprocessing.image_size:
         preprocessing = preprocessing.with_image_size(cfg.image_size)
     return model, preprocessing, label
-
-
-def _from_checkpoint(folder: Path, class_names: list[str]) -> tuple[DenseNet, Preprocessing, str]:
-    model, info = W.load_checkpoint(folder)
-    if list(info.class_names) != list(class_names):
-        model.reset_classifier(len(class_names))  # other classes: keep the backbone, start a new head
-    return model, info.preprocessing, f"checkpoint {folder.name}"
-
-
-def _from_config(arch: DenseNetConfig, weights: str | None, n: int) -> tuple[DenseNet, Preprocessing, str]:
-    if weights == "imagenet":
-        preset = _imagenet_preset_of(arch)
-        if preset is None:
-            raise ValueError(
-                f"ImageNet weights exist only for {', '.join(IMAGENET_PRESETS)}; this custom config is none of them"
-            )
-        model = DenseNet(arch.replace(num_classes=1000))
-        W.load_weights_into(model, W.load_imagenet_state_dict(preset))
-        model.reset_classifier(n)
-        return model, W.imagenet_preprocessing(preset), f"ImageNet ({preset}), new {n}-class head"
-    model = DenseNet(arch.replace(num_classes=n))
-    if weights in (None, "random"):
-        return model, default_preprocessing(model.cfg), W.RANDOM_LABEL
-    kept = W.load_weights_into(model, W.load_state_dict_file(weights), replace_head=True)
-    return model, default_preprocessing(model.cfg), f"file {Path(weights).name}" + (", new head" if kept else "")
-
-
-def _imagenet_preset_of(arch: DenseNetConfig) -> str | None:
-    """The ImageNet preset a custom config is (up to head size, dropout and memory-efficiency), if any."""
-    neutral = {"num_classes": 1000, "drop_rate": 0.0, "memory_efficient": False}
-    for name in IMAGENET_PRESETS:
-        if arch.replace(**neutral) == PRESETS[name].replace(**neutral):
-            return name
-    return None
 
 
 def make_optimizer(cfg: TrainConfig, model: DenseNet) -> torch.optim.Optimizer:
@@ -241,23 +195,3 @@ def make_scheduler(
         max_lr = [group["lr"] for group in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=max_lr, total_steps=total)
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-
-
-def _choice(name: str, value: Any, allowed: tuple[str, ...], optional: bool = False) -> None:
-    if (value is None and optional) or value in allowed:
-        return
-    raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
-
-
-def _number(
-    name: str, value: Any, low: float, high: float, *, integer: bool = False, optional: bool = False,
-    low_open: bool = False, high_open: bool = False,
-) -> None:  # fmt: skip
-    if value is None and optional:
-        return
-    kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        what = "a whole number" if integer else "a number"
-        raise ValueError(f"{name} must be {what} from {low:g} to {high:g}, got {value!r}")

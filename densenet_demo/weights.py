@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import pickle
 import re
@@ -38,6 +39,8 @@ from .config import IMAGENET_PRESETS, PRESETS, DenseNetConfig, get_preset
 from .images import Preprocessing, default_preprocessing
 from .model import DenseNet
 
+logger = logging.getLogger(__name__)
+
 if tuple(int(p) for p in re.findall(r"\d+", torch.__version__)[:2]) < (2, 10):
     # torch.load(weights_only=True) is the only thing standing between a .pth upload and arbitrary code.
     raise ImportError(f"densenet_demo needs torch >= 2.10 (weights_only unpickler fixes); found {torch.__version__}")
@@ -49,11 +52,14 @@ __all__ = [
     "CheckpointInfo",
     "WeightsUnavailable",
     "LoadedModel",
+    "WeightsSpec",
+    "default_weights",
+    "imagenet_preset_for",
+    "resolve",
     "load_model",
     "imagenet_weights",
     "imagenet_file",
     "imagenet_categories",
-    "imagenet_preprocessing",
     "load_imagenet_state_dict",
     "load_state_dict_file",
     "remap_legacy_keys",
@@ -313,8 +319,9 @@ def list_runs(root: str | os.PathLike | None = None) -> list[CheckpointInfo]:
             continue
         try:
             runs.append(read_checkpoint_info(child))
-        except CheckpointError:
-            continue  # a broken run must not hide the others; load_checkpoint reports it when chosen
+        except CheckpointError as e:
+            # A broken run must not hide the others; load_checkpoint reports it when chosen.
+            logger.warning("skipping an unreadable run: %s", e)
     return sorted(runs, key=lambda r: (r.created_at, r.run_id), reverse=True)
 
 
@@ -346,14 +353,9 @@ _LEGACY_KEY = re.compile(
 
 def imagenet_weights(model_name: str):
     """torchvision's weight enum value (``DenseNet121_Weights.IMAGENET1K_V1``, ...) for an ImageNet preset."""
-    if model_name not in IMAGENET_PRESETS:
-        raise ValueError(
-            f"ImageNet weights exist only for {', '.join(IMAGENET_PRESETS)}, not {model_name!r}; "
-            "use random weights or a weights file"
-        )
     from torchvision.models import get_model_weights
 
-    return get_model_weights(model_name).IMAGENET1K_V1
+    return get_model_weights(imagenet_preset_for(model_name)).IMAGENET1K_V1
 
 
 def imagenet_file(model_name: str) -> Path:
@@ -364,12 +366,6 @@ def imagenet_file(model_name: str) -> Path:
 def imagenet_categories(model_name: str) -> list[str]:
     """The 1000 ImageNet class names; part of the torchvision package, so available offline."""
     return list(imagenet_weights(model_name).meta["categories"])
-
-
-def imagenet_preprocessing(model_name: str) -> Preprocessing:
-    """The pretrained weights' own eval transform (resize 256, centre crop 224, ImageNet mean/std) as data."""
-    t = imagenet_weights(model_name).transforms()
-    return Preprocessing(t.crop_size[0], t.resize_size[0], tuple(t.mean), tuple(t.std), 3)
 
 
 def load_imagenet_state_dict(model_name: str) -> dict[str, torch.Tensor]:
@@ -533,6 +529,120 @@ def _only_head(shape_problems: list[str]) -> bool:
 # One entry point: a model name and a weights choice -> a model ready to use
 
 
+DEFAULT = "default"  # the weights argument that lets the model decide (see ``default_weights``)
+WEIGHTS_KINDS = ("imagenet", "random", "file", "checkpoint")
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """What a (model, weights) request resolves to, before anything is loaded.
+
+    ``kind`` is ``imagenet`` (torchvision's file for ``preset``), ``random``, ``file`` (a state dict at
+    ``path``) or ``checkpoint`` (this project's folder at ``path``, which records its own architecture).
+    ``version`` is the file's (mtime, size) when resolved: a file replaced on disk makes another ``cache_key``.
+    """
+
+    model: str  # what the model was asked for as: a preset, run:<id>, a folder, or 'custom' for a config
+    kind: str
+    config: DenseNetConfig | None = None  # the architecture; None for a checkpoint (its folder says)
+    preset: str | None = None  # the preset whose ImageNet weights and class names apply, if any
+    path: Path | None = None  # the weights file, the checkpoint folder, or the ImageNet file's cache place
+    version: tuple[int, int] | None = None
+
+    @property
+    def cache_key(self) -> tuple:
+        """Equal for requests that give the same model with the same weights (same file version included)."""
+        return (self.kind, self.config, self.preset, str(self.path) if self.path else None, self.version)
+
+
+def default_weights(model: str | DenseNetConfig) -> str:
+    """The one rule for which weights a model gets by default: ImageNet where they exist, else random."""
+    if isinstance(model, str) and model in PRESETS and PRESETS[model].imagenet_weights:
+        return "imagenet"
+    return "random"
+
+
+def imagenet_preset_for(model: str | DenseNetConfig) -> str:
+    """The preset whose ImageNet weights fit ``model`` (a preset name or a config), or a ``ValueError``.
+
+    A custom config fits when it is an ImageNet preset up to head size, dropout and memory-efficiency.
+    """
+    if isinstance(model, DenseNetConfig):
+        neutral = {"num_classes": 1000, "drop_rate": 0.0, "memory_efficient": False}
+        match = (n for n in IMAGENET_PRESETS if model.replace(**neutral) == PRESETS[n].config.replace(**neutral))
+        found = next(match, None)
+        what = "this custom config"
+    else:
+        found = model if model in IMAGENET_PRESETS else None
+        what = str(model)
+    if found is None:
+        raise ValueError(
+            f"there are no ImageNet weights for {what}; ImageNet weights exist only for "
+            f"{', '.join(IMAGENET_PRESETS)}. Use random weights or a weights file"
+        )
+    return found
+
+
+def resolve(model: str | DenseNetConfig | WeightsSpec, weights: str | os.PathLike | None = DEFAULT) -> WeightsSpec:
+    """``model`` (a preset, ``run:<id>``, a checkpoint folder or a config) and ``weights`` -> a ``WeightsSpec``.
+
+    ``weights``: ``"default"`` (or ``None``/``""``: see ``default_weights``), ``"imagenet"``, ``"random"``, a
+    ``.safetensors``/``.pth`` file, or a checkpoint folder (whose architecture then replaces ``model``'s).
+    A checkpoint folder as ``model`` brings its own weights; ``weights`` is then ignored. A ``WeightsSpec``
+    is returned as it is. Raises ``ValueError`` for an unknown preset or ImageNet weights that do not exist.
+    """
+    if isinstance(model, WeightsSpec):
+        return model
+    if weights is None or weights == "":
+        weights = DEFAULT
+    choice = (
+        weights.lower() if isinstance(weights, str) and weights.lower() in (DEFAULT, "imagenet", "random") else None
+    )
+    if choice is None and Path(weights).is_dir():
+        return _checkpoint_spec(model if isinstance(model, str) else "custom", Path(weights).resolve())
+    if isinstance(model, DenseNetConfig):
+        name, config = "custom", model
+    else:
+        folder = _checkpoint_folder(model)
+        if folder is not None:
+            return _checkpoint_spec(model, folder)
+        name, config = model, get_preset(model).config
+    if choice == DEFAULT:
+        choice = default_weights(model)
+    if choice == "imagenet":
+        preset = imagenet_preset_for(model)
+        path = imagenet_file(preset)
+        return WeightsSpec(name, "imagenet", config, preset, path, _file_version(path))
+    preset = name if name in PRESETS else None
+    if choice == "random":
+        return WeightsSpec(name, "random", config, preset)
+    path = Path(weights).resolve()
+    return WeightsSpec(name, "file", config, preset, path, _file_version(path))
+
+
+def _checkpoint_folder(model: str) -> Path | None:
+    """The folder a model string names (``run:<id>`` or a path), or None for a preset name."""
+    if not isinstance(model, str) or not model:
+        raise ValueError("no model given: use a preset name, run:<run-id> or a checkpoint folder")
+    if model.startswith("run:"):
+        return run_path(model.removeprefix("run:"))
+    if model not in PRESETS and (os.sep in model or "/" in model or Path(model).is_dir()):
+        return Path(model).resolve()
+    return None
+
+
+def _checkpoint_spec(model: str, folder: Path) -> WeightsSpec:
+    return WeightsSpec(model, "checkpoint", path=folder, version=_file_version(folder / CHECKPOINT_WEIGHTS))
+
+
+def _file_version(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return (stat.st_mtime_ns, stat.st_size)
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A model (eval mode) and what goes with its weights."""
@@ -544,79 +654,67 @@ class LoadedModel:
     notice: str | None = None  # set when the weights asked for could not be had
 
 
-def resolve_model(model: str) -> tuple[str | None, Path | None]:
-    """A preset name, ``run:<run_id>`` or a checkpoint folder -> ``(preset, None)`` or ``(None, folder)``."""
-    if not isinstance(model, str) or not model:
-        raise ValueError("no model given: use a preset name, run:<run-id> or a checkpoint folder")
-    if model.startswith("run:"):
-        return None, run_path(model.removeprefix("run:"))
-    if model not in PRESETS and (os.sep in model or "/" in model or Path(model).is_dir()):
-        return None, Path(model).resolve()
-    get_preset(model)  # a ValueError listing the presets, for a typo
-    return model, None
-
-
-def resolve_weights(preset: str, weights: str | os.PathLike | None) -> str | Path:
-    """``'imagenet'``, ``'random'`` or the Path of a weights file; ``None`` -> the preset's default."""
-    if weights is None or weights == "":
-        return "imagenet" if preset in IMAGENET_PRESETS else "random"
-    if isinstance(weights, str) and weights.lower() in ("imagenet", "random"):
-        return weights.lower()
-    return Path(weights)
-
-
 def load_model(
-    model: str,
-    weights: str | os.PathLike | None = None,
+    model: str | DenseNetConfig | WeightsSpec,
+    weights: str | os.PathLike | None = DEFAULT,
     *,
     num_classes: int | None = None,
     fallback_to_random: bool = True,
+    generator: torch.Generator | None = None,
 ) -> LoadedModel:
-    """Build a preset with ``imagenet``/``random``/file weights, or load a checkpoint folder (``weights`` ignored).
+    """The model ``resolve(model, weights)`` names, with its weights, class names and preprocessing, in eval mode.
 
-    ``num_classes`` replaces a head of another size (fine-tuning). ImageNet weights that cannot be had give
-    random weights and a ``notice`` saying so, or ``WeightsUnavailable`` without ``fallback_to_random``.
+    ``num_classes`` gives a head of that size (fine-tuning); a file's head of another size is then left out.
+    ImageNet weights that cannot be had give random weights and a ``notice`` saying so, or
+    ``WeightsUnavailable`` without ``fallback_to_random``. Random weights are drawn from ``generator``
+    (default: torch's global RNG).
     """
-    preset, folder = resolve_model(model)
+    spec = resolve(model, weights)
     notice = None
-    if folder is not None:
-        net, info = load_checkpoint(folder)
-        in_runs = folder.parent == runs_dir().resolve()
-        label = f"fine-tuned run {info.run_id}" if in_runs else f"checkpoint {folder.name}"
+    if spec.kind == "checkpoint":
+        net, info = load_checkpoint(spec.path)
+        in_runs = spec.path.parent == runs_dir().resolve()
+        label = f"fine-tuned run {info.run_id}" if in_runs else f"checkpoint {spec.path.name}"
         names, preprocessing = info.class_names, info.preprocessing
     else:
-        cfg = get_preset(preset)
-        choice = resolve_weights(preset, weights)
-        if choice == "imagenet":
-            net = DenseNet(cfg.replace(num_classes=len(imagenet_categories(preset))))
+        if spec.kind == "imagenet":
+            net = DenseNet(spec.config.replace(num_classes=len(imagenet_categories(spec.preset))), generator=generator)
             try:
-                _load_imagenet_into(net, preset)
+                _load_imagenet_into(net, spec.preset)
                 label = "ImageNet (torchvision IMAGENET1K_V1)"
             except WeightsUnavailable as e:
                 if not fallback_to_random:
                     raise
                 label = RANDOM_LABEL
-                notice = f"{preset} is running with RANDOM weights, so its predictions mean nothing: {e}"
-        elif choice == "random":
-            net = DenseNet(cfg)
+                notice = f"{spec.model} is running with RANDOM weights, so its predictions mean nothing: {e}"
+                logger.warning("%s", notice)
+        elif spec.kind == "random":
+            net = DenseNet(spec.config.replace(num_classes=num_classes or spec.config.num_classes), generator=generator)
             label = RANDOM_LABEL
         else:
-            state = load_state_dict_file(choice)
-            head = state.get("classifier.weight")
-            net = DenseNet(cfg.replace(num_classes=head.shape[0] if head is not None and head.dim() == 2 else 1))
-            try:
-                load_weights_into(net, state)
-            except CheckpointError as e:
-                raise CheckpointError(f"{choice.name}: {e}") from None
-            label = f"file {choice.name}"
+            net, label = _from_file(spec, num_classes, generator)
         n = net.cfg.num_classes
-        imagenet_head = preset in IMAGENET_PRESETS and n == 1000
-        names = imagenet_categories(preset) if imagenet_head else _generic_names(n)
-        preprocessing = imagenet_preprocessing(preset) if imagenet_head else default_preprocessing(net.cfg)
+        imagenet_head = spec.preset in IMAGENET_PRESETS and n == 1000
+        names = imagenet_categories(spec.preset) if imagenet_head else _generic_names(n)
+        preprocessing = default_preprocessing(net.cfg)
     if num_classes is not None and num_classes != net.cfg.num_classes:
         net.reset_classifier(num_classes)
         names = _generic_names(num_classes)
     return LoadedModel(net.eval(), tuple(names), preprocessing, label, notice)
+
+
+def _from_file(spec: WeightsSpec, num_classes: int | None, generator: torch.Generator | None) -> tuple[DenseNet, str]:
+    """A state dict file in the spec's architecture: its own head size, or ``num_classes`` (head left out)."""
+    state = load_state_dict_file(spec.path)
+    if num_classes is None:
+        head = state.get("classifier.weight")
+        num_classes = head.shape[0] if head is not None and head.dim() == 2 else 1
+    net = DenseNet(spec.config.replace(num_classes=num_classes), generator=generator)
+    try:
+        kept = load_weights_into(net, state, replace_head=True)
+    except CheckpointError as e:
+        raise CheckpointError(f"{spec.path.name}: {e}") from None
+    return net, f"file {spec.path.name}" + (", new head" if kept else "")
 
 
 def _load_imagenet_into(model: DenseNet, preset: str) -> None:

@@ -28,12 +28,12 @@ ROW_FIELDS = {
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_table_agrees_with_the_module_for_every_preset(name):
-    assert check_against_module(PRESETS[name]) == []
+    assert check_against_module(PRESETS[name].config) == []
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_analytic_params_equal_the_modules_parameter_count(name):
-    cfg = PRESETS[name]
+    cfg = PRESETS[name].config
     with torch.device("meta"):
         model = DenseNet(cfg)
     assert totals(cfg)["params"] == sum(p.numel() for p in model.parameters())
@@ -42,7 +42,7 @@ def test_analytic_params_equal_the_modules_parameter_count(name):
 def test_table_agrees_with_real_kernels_at_an_odd_size(tiny_config):
     cfg = tiny_config.replace(stem="imagenet", bn_size=0, compression=0.3)
     assert check_against_module(cfg, image_size=37, device="cpu") == []
-    assert check_against_module(PRESETS["densenet_fashion"], device="cpu") == []
+    assert check_against_module(PRESETS["densenet_fashion"].config, device="cpu") == []
 
 
 def test_check_reports_a_table_that_does_not_fit_the_module(tiny_config, monkeypatch):
@@ -74,7 +74,7 @@ def test_check_reports_a_table_that_does_not_fit_the_module(tiny_config, monkeyp
     ],
 )
 def test_torchvision_published_params_and_macs(name, params, gmacs):
-    t = totals(PRESETS[name], 224)
+    t = totals(PRESETS[name].config, 224)
     assert t["params"] == params
     assert t["macs"] / 1e9 == pytest.approx(gmacs, rel=1e-3)
 
@@ -91,7 +91,7 @@ def test_torchvision_published_params_and_macs(name, params, gmacs):
     ],
 )
 def test_paper_cifar_model_sizes_and_depths(name, millions):
-    cfg = PRESETS[name]
+    cfg = PRESETS[name].config
     assert totals(cfg)["params"] / 1e6 == pytest.approx(millions, abs=0.05)
     depth = int(name.split("_")[-2].removeprefix("densenet").removeprefix("bc"))
     assert cfg.depth == depth
@@ -100,7 +100,7 @@ def test_paper_cifar_model_sizes_and_depths(name, millions):
 
 @pytest.mark.parametrize("name", ["densenet121", "densenet40_k12", "densenet_bc100_k12"])
 def test_channel_growth_follows_the_formulas(name):
-    cfg = PRESETS[name]
+    cfg = PRESETS[name].config
     rows = channel_growth_table(cfg)
     k = cfg.growth_rate
     k0 = cfg.num_init_features
@@ -126,7 +126,7 @@ def test_transition_rounds_down_a_fractional_width():
 
 
 def test_densenet121_spatial_sizes_at_224():
-    rows = channel_growth_table(PRESETS["densenet121"], 224)
+    rows = channel_growth_table(PRESETS["densenet121"].config, 224)
     first_of_block = {r["block"]: r["out_hw"] for r in rows if r["kind"] == "dense_layer" and r["layer"] == 1}
     assert first_of_block == {1: "56x56", 2: "28x28", 3: "14x14", 4: "7x7"}
     assert rows[0]["name"] == "features.conv0" and rows[0]["out_hw"] == "112x112"
@@ -134,15 +134,15 @@ def test_densenet121_spatial_sizes_at_224():
 
 
 def test_rows_have_the_documented_fields_and_are_json():
-    rows = channel_growth_table(PRESETS["densenet_bc100_k12"])
+    rows = channel_growth_table(PRESETS["densenet_bc100_k12"].config)
     assert all(set(r) == ROW_FIELDS for r in rows)
     assert {r["kind"] for r in rows} == {"stem", "dense_layer", "transition", "head"}
     assert json.loads(json.dumps(rows)) == rows
-    assert json.loads(json.dumps(totals(PRESETS["densenet_bc100_k12"])))["params"] == 769_162
+    assert json.loads(json.dumps(totals(PRESETS["densenet_bc100_k12"].config)))["params"] == 769_162
 
 
 def test_totals_sum_the_rows():
-    cfg = PRESETS["densenet169"]
+    cfg = PRESETS["densenet169"].config
     rows, t = channel_growth_table(cfg, 96), totals(cfg, 96)
     assert t["image_size"] == 96
     assert t["num_layers"] == 82 and t["num_blocks"] == 4 and t["num_features"] == 1664
@@ -152,21 +152,21 @@ def test_totals_sum_the_rows():
 
 
 def test_default_image_size_is_the_configs_own():
-    assert totals(PRESETS["densenet121"])["image_size"] == 224
-    assert totals(PRESETS["densenet40_k12"])["image_size"] == 32
-    assert totals(PRESETS["densenet_fashion"])["image_size"] == 64
+    assert totals(PRESETS["densenet121"].config)["image_size"] == 224
+    assert totals(PRESETS["densenet40_k12"].config)["image_size"] == 32
+    assert totals(PRESETS["densenet_fashion"].config)["image_size"] == 64
 
 
 @pytest.mark.parametrize("size", [0, 28, MAX_IMAGE_SIZE + 1, 2.5, "224"])
 def test_image_size_out_of_range_is_refused(size):
-    cfg = PRESETS["densenet121"]
+    cfg = PRESETS["densenet121"].config
     assert min_image_size(cfg) > 28
     with pytest.raises(ValueError, match="image size"):
         channel_growth_table(cfg, size)
 
 
 def test_smallest_accepted_image_size_works():
-    cfg = PRESETS["densenet121"]
+    cfg = PRESETS["densenet121"].config
     assert check_against_module(cfg, min_image_size(cfg)) == []
 
 
@@ -194,10 +194,10 @@ def _saved_tensor_bytes(cfg: DenseNetConfig, size: int, batch: int = 2) -> float
 @pytest.mark.parametrize(
     ("cfg", "size"),
     [
-        (PRESETS["densenet_fashion"], 64),
-        (PRESETS["densenet40_k12"], 32),
-        (PRESETS["densenet_bc100_k12"], 32),
-        (PRESETS["densenet121"], 32),
+        (PRESETS["densenet_fashion"].config, 64),
+        (PRESETS["densenet40_k12"].config, 32),
+        (PRESETS["densenet_bc100_k12"].config, 32),
+        (PRESETS["densenet121"].config, 32),
     ],
     ids=["fashion", "plain-cifar", "bc-cifar", "densenet121"],
 )
@@ -219,7 +219,7 @@ def test_naive_memory_grows_quadratically_and_memory_efficient_linearly():
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_memory_efficient_needs_less_than_naive(name):
-    t = totals(PRESETS[name])
+    t = totals(PRESETS[name].config)
     assert 0 < t["activation_bytes_memory_efficient"] < t["activation_bytes_naive"]
     assert t["dense_activation_bytes_memory_efficient"] < t["dense_activation_bytes_naive"] / 2
 

@@ -110,7 +110,7 @@ def fashion_run(app_server) -> str:
     runs = [r.run_id for r in weights.list_runs(app_server.weights_dir / "runs") if "densenet_fashion" in r.run_id]
     if runs:
         return runs[0]
-    cfg = PRESETS["densenet_fashion"].replace(num_classes=4)
+    cfg = PRESETS["densenet_fashion"].config.replace(num_classes=4)
     run_id = "browser-fashion"
     weights.save_checkpoint(
         app_server.weights_dir / "runs" / run_id,

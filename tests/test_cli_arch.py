@@ -38,9 +38,9 @@ def test_presets_json_carries_exact_numbers(capsys):
     records = json.loads(out)
     assert [r["name"] for r in records] == list(PRESETS)
     for record in records:
-        t = totals(PRESETS[record["name"]])
+        t = totals(PRESETS[record["name"]].config)
         assert (record["params"], record["macs"], record["image_size"]) == (t["params"], t["macs"], t["image_size"])
-        assert record["config"] == PRESETS[record["name"]].to_dict()
+        assert record["config"] == PRESETS[record["name"]].config.to_dict()
 
 
 def test_presets_markdown_is_a_table(capsys):
@@ -69,7 +69,7 @@ def test_arch_json_is_one_object_with_config_rows_and_totals(capsys):
     assert code == 0
     report = json.loads(out)
     assert set(report) == {"config", "rows", "totals"}
-    assert report["config"] == PRESETS["densenet121"].to_dict()
+    assert report["config"] == PRESETS["densenet121"].config.to_dict()
     assert report["totals"]["params"] == 7_978_856
     assert report["totals"]["image_size"] == 224
     assert len(report["rows"]) == 4 + 58 + 3 + 3
@@ -106,7 +106,7 @@ def test_arch_num_classes_changes_the_head(capsys):
 
 def test_arch_reads_a_config_file(capsys, tmp_path):
     path = tmp_path / "mine.json"
-    cfg = PRESETS["densenet_fashion"].replace(growth_rate=8, block_config=(2, 3))
+    cfg = PRESETS["densenet_fashion"].config.replace(growth_rate=8, block_config=(2, 3))
     path.write_text(cfg.to_json())
     code, out, err = run(capsys, "arch", str(path), "--format", "json")
     assert code == 0, err

@@ -228,10 +228,10 @@ def test_bad_array_shape_is_refused():
 
 
 def test_default_preprocessing_uses_each_presets_native_size():
-    assert default_preprocessing(PRESETS["densenet121"]).image_size == 224
-    assert default_preprocessing(PRESETS["densenet121"]).resize_size == 256
-    assert default_preprocessing(PRESETS["densenet40_k12"]).image_size == 32
-    fashion = default_preprocessing(PRESETS["densenet_fashion"])
+    assert default_preprocessing(PRESETS["densenet121"].config).image_size == 224
+    assert default_preprocessing(PRESETS["densenet121"].config).resize_size == 256
+    assert default_preprocessing(PRESETS["densenet40_k12"].config).image_size == 32
+    fashion = default_preprocessing(PRESETS["densenet_fashion"].config)
     assert (fashion.image_size, fashion.in_channels) == (64, 1)
     # A 28x28 Fashion-MNIST image is upscaled to the model's 64x64 input.
     assert fashion.to_tensor(Image.new("L", (28, 28), 255)).shape == (1, 64, 64)

@@ -14,7 +14,7 @@ from densenet_demo.model import DenseNet
 def test_imagenet_presets_compute_what_torchvision_computes(name):
     torch.manual_seed(1234)
     reference = getattr(torchvision.models, name)(weights=None).eval()
-    ours = DenseNet(PRESETS[name]).eval()
+    ours = DenseNet(PRESETS[name].config).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
@@ -100,7 +100,7 @@ def test_forward_features_and_head_compose_to_forward(tiny_config):
 
 
 def test_grayscale_preset_takes_one_channel_images():
-    model = DenseNet(PRESETS["densenet_fashion"]).eval()
+    model = DenseNet(PRESETS["densenet_fashion"].config).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 1, 64, 64)).shape == (1, 10)
 
@@ -141,7 +141,7 @@ def test_malformed_json_is_a_value_error():
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_presets_survive_a_json_round_trip(name):
-    cfg = PRESETS[name]
+    cfg = PRESETS[name].config
     again = DenseNetConfig.from_json(cfg.to_json())
     assert again == cfg
     assert hash(again) == hash(cfg)

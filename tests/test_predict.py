@@ -60,7 +60,7 @@ def test_inference_densenet_matches_the_model(variant, tiny_config):
         "bc-cifar-stem": tiny_config,
         "plain": tiny_config.replace(bn_size=0, compression=1.0),
         "bc-imagenet-stem": tiny_config.replace(stem="imagenet"),
-        "grayscale-fashion": PRESETS["densenet_fashion"],
+        "grayscale-fashion": PRESETS["densenet_fashion"].config,
     }[variant]
     model = trained_looking(DenseNet(cfg))
     x = torch.randn(3, cfg.in_channels, 64, 64)

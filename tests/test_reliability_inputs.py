@@ -374,7 +374,7 @@ def test_loading_again_and_again_keeps_one_extracted_copy(data_client, corpus):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"image_size": 100_000}, "image_size must be a whole number from .* to 1024"),
+        ({"image_size": 100_000}, "image_size must be an integer from .* to 1024"),
         ({"epochs": 1_000_000}, "greater than maximum value 100"),
         ({"batch_size": 0}, "less than minimum value 1"),
         ({"lr": -1.0}, "lr must be a number"),

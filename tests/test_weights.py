@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from densenet_demo import weights as W
 from densenet_demo.config import PRESETS
-from densenet_demo.images import Preprocessing
+from densenet_demo.images import Preprocessing, default_preprocessing
 from densenet_demo.model import DenseNet
 
 PREPROCESSING = Preprocessing(32, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 3)
@@ -135,7 +135,7 @@ def test_not_a_weights_file_is_reported(tmp_path):
 
 def test_file_weights_with_another_head_size_build_that_many_classes(tmp_path):
     path = tmp_path / "ten.safetensors"
-    model = DenseNet(PRESETS["densenet40_k12"].replace(num_classes=7))
+    model = DenseNet(PRESETS["densenet40_k12"].config.replace(num_classes=7))
     save_file(model.state_dict(), str(path))
     loaded = W.load_model("densenet40_k12", path)
     assert loaded.model.cfg.num_classes == 7 and len(loaded.class_names) == 7
@@ -251,7 +251,7 @@ def test_imagenet_weights_only_for_imagenet_presets():
 
 
 def test_imagenet_preprocessing_gives_the_same_tensors_as_the_weights_own_transforms():
-    ours = W.imagenet_preprocessing("densenet121")
+    ours = default_preprocessing(PRESETS["densenet121"].config)
     theirs = torchvision.models.DenseNet121_Weights.IMAGENET1K_V1.transforms()
     assert (ours.image_size, ours.resize_size) == (224, 256)
     for size in [(300, 200), (517, 777), (224, 224)]:
@@ -334,7 +334,7 @@ def test_a_killed_save_leaves_a_loadable_checkpoint_and_only_hidden_leftovers(tm
         from densenet_demo.config import PRESETS
         from densenet_demo.images import default_preprocessing
         from densenet_demo.model import DenseNet
-        cfg = PRESETS["densenet_fashion"]
+        cfg = PRESETS["densenet_fashion"].config
         model = DenseNet(cfg)
         names = [str(i) for i in range(10)]
         for i in range(10_000):
@@ -350,7 +350,7 @@ def test_a_killed_save_leaves_a_loadable_checkpoint_and_only_hidden_leftovers(tm
     finally:
         process.wait(timeout=60)
     model, info = W.load_checkpoint(run)
-    assert info.config == PRESETS["densenet_fashion"]
+    assert info.config == PRESETS["densenet_fashion"].config
     visible = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
     assert visible == ["model.json", "model.safetensors"]
 
