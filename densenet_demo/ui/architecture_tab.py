@@ -8,8 +8,8 @@ import gradio as gr
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .. import architecture, plots, predict, weights
-from ..config import IMAGENET_PRESETS, PRESETS, DenseNetConfig, default_image_size
+from .. import architecture, plots, predict, units, weights
+from ..config import PRESETS, DenseNetConfig, default_image_size
 from .common import preset_choices, reuse_choices, user_errors
 
 __all__ = ["ArchitectureTab", "build_architecture_tab", "reuse_dropdown", "show_architecture"]
@@ -85,20 +85,20 @@ def show_architecture(
             growth_rate, blocks_text, init_features, bn_size, compression, drop_rate, stem, in_channels
         )
     elif preset in PRESETS:
-        cfg = PRESETS[preset]
+        cfg = PRESETS[preset].config
     else:
         raise gr.Error(f"Unknown preset {preset!r}.")
     size = int(image_size) if image_size else default_image_size(cfg)
     with user_errors(ValueError):
         rows = architecture.channel_growth_table(cfg, size)
         totals = architecture.totals(cfg, size)
-    mib = 1024 * 1024
+    macs = units.si(totals["macs"], digits=3, sep=" ")
+    naive, efficient = (units.mib(totals[f"activation_bytes_{k}"], 1) for k in ("naive", "memory_efficient"))
     summary = (
         f"**{cfg.variant}**, L = {cfg.depth}, k = {cfg.growth_rate}, blocks {list(cfg.block_config)}, "
         f"θ = {cfg.compression}, input {size}×{size}×{cfg.in_channels}\n\n"
         f"| params | MACs | training activations / image (naive) | (memory-efficient) |\n|---|---|---|---|\n"
-        f"| {totals['params']:,} | {_si(totals['macs'])} | {totals['activation_bytes_naive'] / mib:.1f} MiB | "
-        f"{totals['activation_bytes_memory_efficient'] / mib:.1f} MiB |"
+        f"| {totals['params']:,} | {macs} | {naive} MiB | {efficient} MiB |"
     )
     return summary, pd.DataFrame(rows), _growth_frame(rows), _feature_reuse_plot(preset, reuse_weights)
 
@@ -136,19 +136,12 @@ def _growth_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(points)
 
 
-def _si(value: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if value >= scale:
-            return f"{value / scale:.3f} {unit}"
-    return f"{value:.0f}"
-
-
 def _feature_reuse_plot(preset: str, reuse_weights: str) -> Figure | None:
     if reuse_weights == "none":
         return None
-    if reuse_weights == "imagenet" and preset not in IMAGENET_PRESETS:
-        raise gr.Error(f"ImageNet weights exist only for {', '.join(IMAGENET_PRESETS)}; pick one, or a fine-tuned run.")
     with user_errors(ValueError, weights.CheckpointError, OSError):
+        if reuse_weights == "imagenet":
+            weights.imagenet_preset_for(preset)  # a ValueError naming the presets that have them
         if reuse_weights.startswith("run:"):
             predictor = predict.get_predictor(reuse_weights)
         else:

@@ -8,14 +8,14 @@ from contextlib import contextmanager
 import gradio as gr
 
 from .. import weights
-from ..config import PRESET_SUMMARIES, PRESETS
+from ..config import PRESETS
 
 __all__ = ["model_choices", "preset_choices", "reuse_choices", "user_errors"]
 
 
 def preset_choices() -> list[tuple[str, str]]:
     """(label, value) for each preset, its one-line summary in the label."""
-    return [(f"{name} — {PRESET_SUMMARIES[name]}", name) for name in PRESETS]
+    return [(f"{name} — {preset.summary}", name) for name, preset in PRESETS.items()]
 
 
 def model_choices() -> list[tuple[str, str]]:

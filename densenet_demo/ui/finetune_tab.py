@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import plots, sessions, train, weights
-from ..config import IMAGENET_PRESETS, PRESETS
+from ..config import PRESETS
 from .common import model_choices, reuse_choices, user_errors
 from .finetune_data import SOURCE_CHOICES, add_class, close_session, load_dataset, session_of
 from .training_view import curve_frame, event_line, progress_html
@@ -219,9 +219,8 @@ def _train_config(
     model, weights_choice, mode, epochs, lr, batch_size, image_size, memory_efficient, amp, optimizer, schedule
 ) -> tuple[train.TrainConfig, str | None]:
     note = None
-    weights_arg = "random" if weights_choice == "Random init" or mode == "scratch" else "imagenet"
-    if weights_arg == "imagenet" and model not in IMAGENET_PRESETS:
-        weights_arg = "random"
+    weights_arg = "random" if weights_choice == "Random init" or mode == "scratch" else weights.DEFAULT
+    if weights_arg == weights.DEFAULT and weights.default_weights(model) == "random":
         note = f"{model} has no ImageNet weights; starting from random init."
     with user_errors(ValueError):
         config = train.TrainConfig(

@@ -9,7 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import data, predict, weights
-from ..config import IMAGENET_PRESETS, PRESETS
+from ..config import PRESETS
 from .common import user_errors
 
 __all__ = ["PredictTab", "build_predict_tab", "predict_images", "PREDICT_CONCURRENCY", "WEIGHTS_CHOICES"]
@@ -134,12 +134,12 @@ def _weights_arg(model: str, choice: str, file: str | None) -> str | None:
         if not file:
             raise gr.Error("Choose a .safetensors or .pth file, or pick ImageNet / Random init weights.")
         return file
-    # Only the four ImageNet presets have pretrained weights; the others start from random init.
-    return "imagenet" if choice == "ImageNet" and model in IMAGENET_PRESETS else "random"
+    # "ImageNet" lets the model decide: its ImageNet weights where they exist, else random init.
+    return weights.DEFAULT if choice == "ImageNet" else "random"
 
 
 def _weights_for_model(model: str, choice: str) -> str:
-    if model in PRESETS and model not in IMAGENET_PRESETS and choice == "ImageNet":
+    if model in PRESETS and weights.default_weights(model) == "random" and choice == "ImageNet":
         gr.Info(f"{model} has no ImageNet weights: it starts from random init (fine-tune it first).", duration=8)
         return "Random init"
     return choice
