@@ -293,3 +293,7 @@ def test_densenet121_exports_with_imagenet_labels_and_preprocessing(tmp_path):
     for batch in (x[:1], x):
         got = session.run(None, {"input": batch.numpy()})[0]
         assert np.abs(got - expected[: len(batch)]).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
+
+
+def test_the_projects_readme_shows_the_bundles_snippet():
+    assert export.SNIPPET in (REPO / "README.md").read_text(encoding="utf-8")
