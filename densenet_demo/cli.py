@@ -1,7 +1,8 @@
-"""Command line: ``python -m densenet_demo presets|arch|predict|train ...``.
+"""Command line: ``python -m densenet_demo presets|arch|predict|train|export ...``.
 
 The same engine as the web app; this module parses arguments, calls the engine, and prints.
-Exit codes: 0 success, 1 some inputs failed (e.g. one bad image among several), 2 bad arguments or data.
+Exit codes: 0 success, 1 some inputs failed (e.g. one bad image among several, an export that failed its
+check), 2 bad arguments or data.
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON event per line")
     p.set_defaults(handler=_cmd_train)
+
+    p = sub.add_parser("export", help="export a model or fine-tuned run to ONNX, with a zip bundle beside it")
+    p.add_argument("model", metavar="MODEL_OR_RUN", help="preset name, run:<run-id> or a checkpoint folder")
+    p.add_argument("--weights", default=None, help="imagenet | random | PATH (presets only)")
+    p.add_argument("--format", default="onnx", help="onnx (the only format so far)")
+    p.add_argument("--out", required=True, metavar="FILE.onnx", help="also writes FILE.zip: model + JSON + README")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
+    p.set_defaults(handler=_cmd_export)
     return parser
 
 
@@ -332,6 +341,30 @@ def _print_training(trainer, *, as_json: bool) -> int:
     if end.checkpoint_dir:
         print(end.checkpoint_dir)
     return EXIT_OK if isinstance(end, Finished) else (EXIT_PARTIAL if isinstance(end, Failed) else 130)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import EXPORT_FORMATS, ExportError, export_onnx
+    from .weights import CheckpointError
+
+    if args.format not in EXPORT_FORMATS:
+        raise UsageError(f"unknown export format {args.format!r}; choose one of: {', '.join(EXPORT_FORMATS)}")
+    try:
+        result = export_onnx(args.model, args.weights, out=args.out, opset=args.opset)
+    except (ValueError, CheckpointError, OSError) as e:
+        raise UsageError(str(e)) from None
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_PARTIAL
+    if result.notice:
+        print(f"warning: {result.notice}", file=sys.stderr)
+    print(f"{result.onnx_path}  ({_mib(result.size_bytes)} MiB, opset {result.opset}, batch dimension dynamic)")
+    print(f"{result.bundle_path}  ({_mib(result.bundle_size_bytes)} MiB: model.onnx, model.json, README.md)")
+    print(
+        f"check: onnxruntime vs PyTorch max |Δlogit| {result.max_abs_diff:.2e} (allowed {result.tolerance:.1e}) "
+        f"at batch {' and '.join(map(str, result.metadata['check']['batch_sizes']))}; {result.seconds:.1f} s"
+    )
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None) -> int:
