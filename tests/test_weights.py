@@ -313,10 +313,9 @@ def test_a_save_interrupted_between_the_two_files_is_still_whole(tmp_path, monke
             raise KeyboardInterrupt
         real_replace(src, dst)
 
-    monkeypatch.setattr(os, "replace", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(os, "replace", interrupted)
         _save(tmp_path / "run", second, accuracy=0.9)
-    monkeypatch.undo()
     # The safetensors file (weights + metadata in its header) is the authority: the new checkpoint, whole.
     loaded, info = W.load_checkpoint(tmp_path / "run")
     x = torch.randn(1, 3, 32, 32)
