@@ -28,6 +28,17 @@ def _checkout_entries() -> set[str]:
     return entries | {line for line in status.splitlines() if not any(cache in line for cache in _CACHES)}
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test on the shared app server starts the app: it must carry the e2e mark, or the fast loop would not be."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "app_server" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("e2e")
+    ]
+    if unmarked:
+        raise pytest.UsageError("tests that use app_server must be marked @pytest.mark.e2e: " + ", ".join(unmarked))
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     session.config.stash[_CHECKOUT_BEFORE] = _checkout_entries()
 

@@ -22,7 +22,7 @@ from PIL import Image
 from densenet_demo import data
 from densenet_demo import weights as W
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 MODEL = "densenet_bc100_k12"
 CORRUPT = "circle_truncated.png"

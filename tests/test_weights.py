@@ -323,6 +323,7 @@ def test_a_save_interrupted_between_the_two_files_is_still_whole(tmp_path, monke
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model.json", "model.safetensors"]
 
 
+@pytest.mark.e2e
 def test_a_killed_save_leaves_a_loadable_checkpoint_and_only_hidden_leftovers(tmp_path):
     run = tmp_path / "run"
     script = textwrap.dedent(
