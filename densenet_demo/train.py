@@ -2,7 +2,8 @@
 
 ``Trainer(config, files).run(cancel)`` yields ``Started``, then (linear mode) ``Caching``, then
 ``Step`` ... ``EpochEnd`` per epoch, and ends with exactly one of ``Finished``, ``Cancelled`` or
-``Failed``. Nothing here prints: the UI, the CLI and the tests are all consumers of the events.
+``Failed``. Nothing here prints: the UI, the CLI and the tests are all consumers of the events (events.py).
+A run logs its start and its end at INFO, and a failure at ERROR with its traceback, for the server's log.
 
 Modes:
 - ``linear``: frozen backbone; each image's pooled features are computed once, without augmentation,
@@ -16,26 +17,29 @@ The best epoch (by validation accuracy) is saved atomically through ``weights.sa
 
 from __future__ import annotations
 
-import contextlib
 import gc
+import logging
 import math
 import os
-import threading
 import time
 import traceback
-from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 
+from . import events
 from . import weights as W
-from .data import DatasetError, DatasetReport, ImageFileDataset, Item, LabeledFiles, collate_skipping_failures
+from .data import DatasetError, DatasetReport, Item, LabeledFiles
+from .events import Caching, Cancelled, CancelToken, EpochEnd, Event, Failed, Finished, Started, Step
 from .images import Preprocessing
 from .model import DenseNet
+from .train_data import FeatureCache, Placement, image_loader
 from .train_setup import (
     MODES,
     TrainConfig,
@@ -47,139 +51,37 @@ from .train_setup import (
     pick_device,
 )
 
-__all__ = [
-    "MODES",
-    "TrainConfig",
-    "CancelToken",
-    "Event",
-    "Started",
-    "Caching",
-    "Step",
-    "EpochEnd",
-    "Finished",
-    "Cancelled",
-    "Failed",
-    "Trainer",
-    "example_config",
-]
+# The events (events.py) are re-exported: consumers import them with the Trainer.
+__all__ = ["MODES", "TrainConfig", "Trainer", "example_config", *events.__all__]
 
-
-class CancelToken:
-    """Thread-safe stop flag: the UI's Stop button calls ``cancel()``; the trainer checks between steps."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-
-# ---------------------------------------------------------------------------------------------
-# Events
-
-
-@dataclass(frozen=True)
-class Event:
-    kind: ClassVar[str] = "event"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, with an ``"event"`` tag (``"step"``, ``"epoch_end"``, ...)."""
-        return {"event": self.kind, **asdict(self)}
-
-
-@dataclass(frozen=True)
-class Started(Event):
-    kind: ClassVar[str] = "started"
-    run_id: str
-    classes: list[str]
-    n_train: int
-    n_val: int
-    steps_per_epoch: int
-    epochs: int
-    device: str
-    mode: str
-    amp: str | None  # 'bfloat16' / 'float16' when mixed precision is on
-    weights: str  # where the starting weights came from, for people
-    config: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Caching(Event):
-    """Linear mode: features computed for ``done`` of ``total`` images (train + val), once."""
-
-    kind: ClassVar[str] = "caching"
-    done: int
-    total: int
-
-
-@dataclass(frozen=True)
-class Step(Event):
-    kind: ClassVar[str] = "step"
-    epoch: int  # 1-based
-    step: int  # 1-based within the epoch
-    steps: int  # steps per epoch
-    loss: float
-    acc: float
-    lr: float  # the head's
-    images_per_s: float  # over the epoch so far
-    gpu_memory_mb: float | None  # peak CUDA memory allocated; None on the CPU
-    eta_s: float  # until the last epoch ends, at the pace so far
-
-
-@dataclass(frozen=True)
-class EpochEnd(Event):
-    kind: ClassVar[str] = "epoch_end"
-    epoch: int
-    epochs: int
-    train_loss: float
-    train_acc: float
-    val_loss: float
-    val_acc: float
-    per_class_val_acc: dict[str, float | None]  # None for a class with no val image
-    seconds: float
-    best_val_acc: float
-    improved: bool  # this epoch is the new best and was saved
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # found corrupt this epoch (1st: + caching)
-
-
-@dataclass(frozen=True)
-class Finished(Event):
-    kind: ClassVar[str] = "finished"
-    best_val_acc: float
-    best_epoch: int
-    checkpoint_dir: str
-    confusion_matrix: list[list[int]]  # of the best epoch on val; rows: true class, columns: predicted
-    class_names: list[str]
-    epochs_run: int
-    stopped_early: bool
-    seconds: float
-    skipped: list[tuple[str, str]]  # every image dropped during training (path, reason)
-
-
-@dataclass(frozen=True)
-class Cancelled(Event):
-    kind: ClassVar[str] = "cancelled"
-    checkpoint_dir: str | None  # the best so far (or the weights at the cancel, before any epoch ended)
-    epoch: int
-    best_val_acc: float | None
-    confusion_matrix: list[list[int]] | None = None  # of the best epoch so far; None before any epoch ended
-    class_names: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class Failed(Event):
-    kind: ClassVar[str] = "failed"
-    message: str  # for people: what went wrong and what to do
-    detail: str | None = None  # the traceback, for logs
-    checkpoint_dir: str | None = None  # the best so far, if an epoch had ended
+logger = logging.getLogger(__name__)
 
 
 class _Stop(Exception):
     """Raised at a step boundary when the cancel token is set; becomes a ``Cancelled`` event."""
+
+
+@dataclass(frozen=True)
+class _Validation:
+    """One pass over the validation set."""
+
+    loss: float
+    acc: float
+    per_class: dict[str, float | None]  # None for a class with no val image
+    confusion: list[list[int]]  # rows: true class, columns: predicted
+
+    def beats(self, best: _BestEpoch | None) -> bool:
+        """Higher accuracy wins; at equal accuracy, lower loss."""
+        return best is None or (self.acc, -self.loss) > (best.val.acc, -best.val.loss)
+
+
+@dataclass(frozen=True)
+class _BestEpoch:
+    """The epoch whose weights are the checkpoint on disk."""
+
+    epoch: int
+    train_acc: float
+    val: _Validation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,17 +124,21 @@ class Trainer:
         self.run_id = run_id or W.new_run_id(self.config.model_name)
         self.out_dir = Path(out_dir) if out_dir else W.run_path(self.run_id, Path(runs_root) if runs_root else None)
         self.device = pick_device(self.config.device)
-        self._amp_dtype = pick_amp_dtype(self.config.amp, self.device)
+        channels_last = self.config.channels_last
+        self._placement = Placement(
+            self.device,
+            channels_last=channels_last if channels_last is not None else self.device.type == "cuda",
+            amp_dtype=pick_amp_dtype(self.config.amp, self.device),
+        )
         self.model: DenseNet | None = None  # after the run: the best epoch's weights, in eval mode
         self.preprocessing: Preprocessing | None = None
         self.backbone_images = 0  # images through the backbone while caching (linear mode: each image once)
         self.skipped: list[tuple[str, str]] = []  # images found corrupt while training: (path, reason)
         self._ran = False
-        self._channels_last = False
         self._weights_label = ""
         self._steps_done = 0
         self._epoch = 0
-        self._best: dict[str, Any] | None = None  # loss, acc, per_class, confusion, epoch of the saved epoch
+        self._best: _BestEpoch | None = None  # set only once its checkpoint is on disk
 
     def run(self, cancel: CancelToken | None = None) -> Iterator[Event]:
         """Train, yielding events; ends with ``Finished``, ``Cancelled`` or ``Failed`` and never raises."""
@@ -263,9 +169,9 @@ class Trainer:
         cfg, device = self.config, self.device
         started = time.monotonic()
         torch.manual_seed(cfg.seed)
-        self._channels_last = cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
         model, self.preprocessing, self._weights_label = build_model(cfg, self.class_names)
-        model.to(device, memory_format=torch.channels_last if self._channels_last else torch.preserve_format)
+        place = self._placement
+        model.to(device, memory_format=torch.channels_last if place.channels_last else torch.preserve_format)
         self.model = model
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
@@ -278,19 +184,32 @@ class Trainer:
         steps_per_epoch = math.ceil(len(self.train_items) / cfg.batch_size)
         optimizer = make_optimizer(cfg, model)
         scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
-        scaler = torch.amp.GradScaler(device.type, enabled=self._amp_dtype == torch.float16)
-        amp_name = str(self._amp_dtype).removeprefix("torch.") if self._amp_dtype else None
+        scaler = torch.amp.GradScaler(device.type, enabled=place.amp_dtype == torch.float16)
+        amp_name = str(place.amp_dtype).removeprefix("torch.") if place.amp_dtype else None
+        logger.info(
+            "training run %s started: %s mode, %d train and %d val images, %d epochs on %s",
+            *(self.run_id, cfg.mode, len(self.train_items), len(self.val_items), cfg.epochs, device),
+        )
         yield Started(
-            self.run_id, self.class_names, len(self.train_items), len(self.val_items), steps_per_epoch,
-            cfg.epochs, str(device), cfg.mode, amp_name, self._weights_label, cfg.to_dict(),
-        )  # fmt: skip
+            run_id=self.run_id,
+            classes=self.class_names,
+            n_train=len(self.train_items),
+            n_val=len(self.val_items),
+            steps_per_epoch=steps_per_epoch,
+            epochs=cfg.epochs,
+            device=str(device),
+            mode=cfg.mode,
+            amp=amp_name,
+            weights=self._weights_label,
+            config=cfg.to_dict(),
+        )
 
         if cached:
             train_source = yield from self._cache_features(self.train_items, cancel, done=0)
             val_source = yield from self._cache_features(self.val_items, cancel, done=len(self.train_items))
         else:
-            train_source = self._loader(self.train_items, train=True)
-            val_source = self._loader(self.val_items, train=False)
+            train_source = image_loader(self.train_items, self.preprocessing, cfg, device, train=True)
+            val_source = image_loader(self.val_items, self.preprocessing, cfg, device, train=False)
 
         def forward(x: torch.Tensor) -> torch.Tensor:
             if cached:  # x holds pooled features already
@@ -307,11 +226,12 @@ class Trainer:
             self._epoch = epoch
             model.train(not linear)  # linear: the frozen backbone keeps its BatchNorm statistics
             epoch_start, seen, loss_sum, correct = time.monotonic(), 0, 0.0, 0
-            for step, (x, y) in enumerate(self._batches(train_source, epoch), start=1):
+            batches = self._batches(train_source, shuffle_seed=cfg.seed + epoch)
+            for step, (x, y) in enumerate(batches, start=1):
                 if cancel.cancelled:
                     raise _Stop
-                x, y = self._to_device(x, y)
-                with self._autocast():
+                x, y = place.to_device(x, y)
+                with place.autocast():
                     logits = forward(x)
                     loss = F.cross_entropy(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
@@ -325,21 +245,36 @@ class Trainer:
                 seen, loss_sum, correct = seen + n, loss_sum + batch_loss * n, correct + batch_correct
                 now = time.monotonic()
                 yield Step(
-                    epoch, step, steps_per_epoch, batch_loss, batch_correct / n, optimizer.param_groups[-1]["lr"],
-                    seen / max(now - epoch_start, 1e-9), _gpu_memory_mb(device),
-                    (now - loop_start) / self._steps_done * max(total_steps - self._steps_done, 0),
-                )  # fmt: skip
+                    epoch=epoch,
+                    step=step,
+                    steps=steps_per_epoch,
+                    loss=batch_loss,
+                    acc=batch_correct / n,
+                    lr=optimizer.param_groups[-1]["lr"],
+                    images_per_s=seen / max(now - epoch_start, 1e-9),
+                    gpu_memory_mb=place.peak_memory_mb(),
+                    eta_s=(now - loop_start) / self._steps_done * max(total_steps - self._steps_done, 0),
+                )
 
             val = self._evaluate(val_source, forward, cancel)
-            improved = self._best is None or (val["acc"], -val["loss"]) > (self._best["acc"], -self._best["loss"])
+            train_acc = correct / max(seen, 1)
+            improved = val.beats(self._best)
             if improved:
-                self._save_best({**val, "epoch": epoch, "train_acc": correct / max(seen, 1)})
+                self._save_best(_BestEpoch(epoch=epoch, train_acc=train_acc, val=val))
             epochs_without_best = 0 if improved else epochs_without_best + 1
             yield EpochEnd(
-                epoch, cfg.epochs, loss_sum / max(seen, 1), correct / max(seen, 1), val["loss"], val["acc"],
-                val["per_class"], time.monotonic() - epoch_start, self._best["acc"], improved,
-                self.skipped[reported:],  # the first epoch also reports what feature caching found
-            )  # fmt: skip
+                epoch=epoch,
+                epochs=cfg.epochs,
+                train_loss=loss_sum / max(seen, 1),
+                train_acc=train_acc,
+                val_loss=val.loss,
+                val_acc=val.acc,
+                per_class_val_acc=val.per_class,
+                seconds=time.monotonic() - epoch_start,
+                best_val_acc=self._best.val.acc,
+                improved=improved,
+                skipped=self.skipped[reported:],  # the first epoch also reports what feature caching found
+            )
             reported = len(self.skipped)
             if cfg.early_stopping_patience and epochs_without_best >= cfg.early_stopping_patience:
                 break
@@ -348,40 +283,31 @@ class Trainer:
         model.load_state_dict(load_file(str(self.out_dir / W.CHECKPOINT_WEIGHTS), device=str(device)))
         model.eval()
         best = self._best
+        logger.info(
+            "training run %s finished: best val acc %.4f at epoch %d of %d, saved to %s",
+            *(self.run_id, best.val.acc, best.epoch, self._epoch, self.out_dir),
+        )
         yield Finished(
-            best["acc"], best["epoch"], str(self.out_dir), best["confusion"], self.class_names, self._epoch,
-            self._epoch < cfg.epochs, time.monotonic() - started, list(self.skipped),
-        )  # fmt: skip
+            best_val_acc=best.val.acc,
+            best_epoch=best.epoch,
+            checkpoint_dir=str(self.out_dir),
+            confusion_matrix=best.val.confusion,
+            class_names=self.class_names,
+            epochs_run=self._epoch,
+            stopped_early=self._epoch < cfg.epochs,
+            seconds=time.monotonic() - started,
+            skipped=list(self.skipped),
+        )
 
     # -- data ------------------------------------------------------------------------------------
 
-    def _loader(self, items: list[Item], *, train: bool) -> torch.utils.data.DataLoader:
-        p, cfg = self.preprocessing, self.config
-        transform = p.train_transform(cfg.augment) if train else p.to_tensor
-        dataset = ImageFileDataset(items, transform, mode=p.mode, draft_size=p.resize_size)
-        workers = cfg.num_workers
-        if workers is None:  # decoding in the main process on a CPU: its cores are busy training already
-            workers = min(8, os.cpu_count() or 1) if self.device.type == "cuda" else 0
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=cfg.batch_size,
-            shuffle=train,
-            generator=torch.Generator().manual_seed(cfg.seed),
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            pin_memory=self.device.type == "cuda",
-            collate_fn=collate_skipping_failures,
-        )
-
-    def _batches(self, source: Any, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(inputs, labels) of one epoch: shuffled from the feature cache, or decoded images minus failures."""
-        if isinstance(source, tuple):  # (features, labels), on the device
-            features, labels = source
-            generator = torch.Generator().manual_seed(self.config.seed + epoch)
-            order = torch.randperm(len(labels), generator=generator) if epoch else torch.arange(len(labels))
-            for i in range(0, len(order), self.config.batch_size):
-                index = order[i : i + self.config.batch_size].to(labels.device)
-                yield features[index], labels[index]
+    def _batches(
+        self, source: FeatureCache | DataLoader, *, shuffle_seed: int | None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, labels) of one pass: from the feature cache, shuffled by ``shuffle_seed`` (None: in order),
+        or decoded images minus the failures (a loader keeps its own order: shuffled for train, not for val)."""
+        if isinstance(source, FeatureCache):
+            yield from source.batches(self.config.batch_size, shuffle_seed)
             return
         for x, y, failed in source:
             self._record_failures(failed)
@@ -392,30 +318,21 @@ class Trainer:
         known = {path for path, _ in self.skipped}
         self.skipped += [(path, reason) for path, reason in failed if path not in known]
 
-    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x.to(self.device, non_blocking=True)
-        if self._channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y.to(self.device, non_blocking=True)
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self._amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self._amp_dtype)
-
-    def _cache_features(self, items: list[Item], cancel: CancelToken, *, done: int) -> Iterator[Event]:
+    def _cache_features(
+        self, items: list[Item], cancel: CancelToken, *, done: int
+    ) -> Generator[Event, None, FeatureCache]:
         """Pooled backbone features of every image, computed once, in eval mode and without augmentation."""
         model, total = self.model, len(self.train_items) + len(self.val_items)
         model.eval()
         features, labels = [], []
-        for x, y, failed in self._loader(items, train=False):
+        for x, y, failed in image_loader(items, self.preprocessing, self.config, self.device, train=False):
             if cancel.cancelled:
                 raise _Stop
             self._record_failures(failed)
             done += len(failed)
             if x is not None:
-                x, y = self._to_device(x, y)
-                with torch.inference_mode(), self._autocast():
+                x, y = self._placement.to_device(x, y)
+                with torch.inference_mode(), self._placement.autocast():
                     features.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
                 labels.append(y)
                 self.backbone_images += len(y)
@@ -424,42 +341,53 @@ class Trainer:
         if not features:
             raise DatasetError("none of the images could be decoded; see the skipped files")
         # Outside inference mode, cat makes ordinary tensors, which autograd may save for the head's backward.
-        return torch.cat(features), torch.cat(labels)
+        return FeatureCache(torch.cat(features), torch.cat(labels))
 
     # -- evaluation and checkpoints --------------------------------------------------------------
 
-    def _evaluate(self, source: Any, forward: Any, cancel: CancelToken) -> dict[str, Any]:
+    def _evaluate(
+        self,
+        source: FeatureCache | DataLoader,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        cancel: CancelToken,
+    ) -> _Validation:
         """Loss, accuracy, per-class accuracy and confusion matrix on the validation set."""
         n = len(self.class_names)
         confusion = torch.zeros(n, n, dtype=torch.long)
         loss_sum = 0.0
         self.model.eval()
         with torch.inference_mode():
-            for x, y in self._batches(source, epoch=0):
+            for x, y in self._batches(source, shuffle_seed=None):
                 if cancel.cancelled:
                     raise _Stop
-                x, y = self._to_device(x, y)
-                with self._autocast():
+                x, y = self._placement.to_device(x, y)
+                with self._placement.autocast():
                     logits = forward(x).float()
                 loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
                 confusion += torch.bincount(y.cpu() * n + logits.argmax(1).cpu(), minlength=n * n).view(n, n)
         total, per_class_total = int(confusion.sum()), confusion.sum(1)
-        return {
-            "loss": loss_sum / max(total, 1),
-            "acc": float(confusion.diag().sum()) / max(total, 1),
-            "per_class": {
+        return _Validation(
+            loss=loss_sum / max(total, 1),
+            acc=float(confusion.diag().sum()) / max(total, 1),
+            per_class={
                 name: float(confusion[i, i] / per_class_total[i]) if per_class_total[i] else None
                 for i, name in enumerate(self.class_names)
             },
-            "confusion": confusion.tolist(),
-        }
+            confusion=confusion.tolist(),
+        )
 
-    def _save_best(self, best: dict[str, Any]) -> None:
+    def _save_best(self, best: _BestEpoch) -> None:
         """Save a new best epoch; only once it is on disk does it count as the best (a full disk keeps the old)."""
-        self._save({
-            "val_acc": best["acc"], "val_loss": best["loss"], "train_acc": best["train_acc"], "epoch": best["epoch"],
-            "per_class_val_acc": best["per_class"], "confusion_matrix": best["confusion"],
-        })  # fmt: skip
+        self._save(
+            {
+                "val_acc": best.val.acc,
+                "val_loss": best.val.loss,
+                "train_acc": best.train_acc,
+                "epoch": best.epoch,
+                "per_class_val_acc": best.val.per_class,
+                "confusion_matrix": best.val.confusion,
+            }
+        )
         self._best = best
 
     def _save(self, metrics: dict[str, Any]) -> None:
@@ -467,30 +395,46 @@ class Trainer:
         if self.report is not None:
             extra["dataset"] = {"source": self.report.source, "counts": self.report.counts}
         W.save_checkpoint(
-            self.out_dir, self.model, class_names=self.class_names, preprocessing=self.preprocessing,
-            metrics={**metrics, "n_train": len(self.train_items), "n_val": len(self.val_items)}, extra=extra,
-        )  # fmt: skip
+            self.out_dir,
+            self.model,
+            class_names=self.class_names,
+            preprocessing=self.preprocessing,
+            metrics={**metrics, "n_train": len(self.train_items), "n_val": len(self.val_items)},
+            extra=extra,
+        )
 
     def _best_dir(self) -> str | None:
         return str(self.out_dir) if self._best is not None else None
 
-    def _cancelled(self) -> Event:
+    def _cancelled(self) -> Cancelled | Failed:
         """Keep the best epoch; before any epoch has ended, keep the weights trained so far."""
-        if self._best is None and self._steps_done > 0:
+        best = self._best
+        if best is not None:
+            cancelled = Cancelled(
+                checkpoint_dir=str(self.out_dir),
+                epoch=self._epoch,
+                best_val_acc=best.val.acc,
+                confusion_matrix=best.val.confusion,
+                class_names=list(self.class_names),
+            )
+        elif self._steps_done > 0:
             try:
                 self._save({"epoch": self._epoch, "cancelled_mid_epoch": True, "steps": self._steps_done})
             except W.CheckpointError as e:
                 return self._failed(f"stopped, but {e}")
             self.model.eval()
-            return Cancelled(str(self.out_dir), self._epoch, None)
-        if self._best is None:
-            return Cancelled(None, self._epoch, None)
-        best = self._best
-        return Cancelled(str(self.out_dir), self._epoch, best["acc"], best["confusion"], list(self.class_names))
+            cancelled = Cancelled(checkpoint_dir=str(self.out_dir), epoch=self._epoch, best_val_acc=None)
+        else:
+            cancelled = Cancelled(checkpoint_dir=None, epoch=self._epoch, best_val_acc=None)
+        logger.info("training run %s stopped in epoch %d; kept: %s", self.run_id, self._epoch, cancelled.checkpoint_dir)
+        return cancelled
 
     def _failed(self, message: str) -> Failed:
+        """The run's end after an exception (called while handling it): logged at ERROR with its traceback."""
         self.model = None  # let the memory go (on a GPU, too): the best epoch, if any, is on disk
-        return Failed(message, traceback.format_exc(), self._best_dir())
+        detail = traceback.format_exc()
+        logger.error("training run %s failed: %s\n%s", self.run_id, message, detail.rstrip())
+        return Failed(message=message, detail=detail, checkpoint_dir=self._best_dir())
 
     def _oom_advice(self) -> str:
         cfg = self.config
@@ -500,7 +444,3 @@ class Trainer:
             tips.append("memory-efficient on (recomputes the concatenations in backward)")
         where = "the GPU" if self.device.type == "cuda" else "this machine"
         return f"out of memory on {where}; try " + ", ".join(tips[:-1]) + f" or {tips[-1]}"
-
-
-def _gpu_memory_mb(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None

@@ -1,11 +1,62 @@
-"""Shared fixtures: tiny models, generated images, a private weights folder per test."""
+"""Shared fixtures: tiny models, generated images, a private weights folder per test; and a check, at the end of
+the session, that no test wrote into the checkout."""
 
 from __future__ import annotations
+
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
 from densenet_demo.config import DenseNetConfig
+
+_CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache")  # written by running the tests at all: not a leak
+_CHECKOUT_BEFORE = pytest.StashKey[set]()
+
+
+def _checkout_entries() -> set[str]:
+    """Every file under the checkout's weights/, and what git sees beyond the tracked files (caches left out)."""
+    root = _repo_root()
+    entries = {f"weights/{p.relative_to(root / 'weights')}" for p in (root / "weights").rglob("*") if p.is_file()}
+    try:
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--ignored"], cwd=root, capture_output=True, text=True, timeout=60
+        ).stdout
+    except (OSError, subprocess.SubprocessError):  # no git (an unpacked copy): weights/ alone is checked
+        status = ""
+    return entries | {line for line in status.splitlines() if not any(cache in line for cache in _CACHES)}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test on the shared app server starts the app: it must carry the e2e mark, or the fast loop would not be."""
+    unmarked = [
+        item.nodeid
+        for item in items
+        if "app_server" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("e2e")
+    ]
+    if unmarked:
+        raise pytest.UsageError("tests that use app_server must be marked @pytest.mark.e2e: " + ", ".join(unmarked))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config.stash[_CHECKOUT_BEFORE] = _checkout_entries()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when the checkout gained files: a test wrote where only its tmp folders should be."""
+    before = session.config.stash.get(_CHECKOUT_BEFORE, None)
+    if before is None:
+        return
+    new = sorted(_checkout_entries() - before)
+    if new:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write("\n")
+            reporter.write_sep("=", "tests wrote into the checkout (use tmp_path and monkeypatch.context())", red=True)
+            for entry in new:
+                reporter.write_line(entry)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(autouse=True)
@@ -126,9 +177,7 @@ class AppServer:
         self._log.close()
 
 
-def _repo_root():
-    from pathlib import Path
-
+def _repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 

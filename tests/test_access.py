@@ -89,6 +89,7 @@ def _predict_args(files: list, model: str = "densenet_bc100_k12") -> list:
     return [files, model, "Random init", None, 3, False]
 
 
+@pytest.mark.e2e
 def test_the_settings_gradio_leaves_open_are_set(app_server):
     with urllib.request.urlopen(f"{app_server.url}config", timeout=30) as r:
         config = json.load(r)
@@ -98,6 +99,7 @@ def test_the_settings_gradio_leaves_open_are_set(app_server):
     assert app_server.url.startswith("http://127.0.0.1:")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "path",
     [
@@ -116,6 +118,7 @@ def test_the_file_route_refuses_paths_outside_the_apps_folders(app_server, path)
     assert b"root:" not in body and b"import" not in body
 
 
+@pytest.mark.e2e
 def test_the_file_route_refuses_a_private_file_and_the_weights_folder(app_server, private_file):
     app_server.weights_dir.mkdir(parents=True, exist_ok=True)
     (app_server.weights_dir / "note.txt").write_text(SECRET)
@@ -125,6 +128,7 @@ def test_the_file_route_refuses_a_private_file_and_the_weights_folder(app_server
         assert SECRET.encode() not in body
 
 
+@pytest.mark.e2e
 def test_an_upload_is_served_back_and_a_path_out_of_it_is_not(app_server, photo):
     served = _upload(app_server, photo)
     status, body = _get(f"{app_server.url}gradio_api/file={served}")
@@ -133,6 +137,7 @@ def test_an_upload_is_served_back_and_a_path_out_of_it_is_not(app_server, photo)
     assert status in (403, 404) and b"root:" not in body
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("server_path", ["/etc/passwd", "private"])
 def test_a_request_naming_a_server_file_as_its_upload_is_refused(app_server, private_file, server_path):
     path = str(private_file) if server_path == "private" else server_path
@@ -143,6 +148,7 @@ def test_a_request_naming_a_server_file_as_its_upload_is_refused(app_server, pri
     assert zip_event == "error" and SECRET not in zip_data
 
 
+@pytest.mark.e2e
 def test_a_request_naming_a_server_file_as_its_weights_is_refused(app_server, photo):
     # The image is uploaded as a browser would; the weights "file" is a path the client never uploaded.
     args = [[_file_data(_upload(app_server, photo))], "densenet_bc100_k12", "Checkpoint file"]
@@ -150,18 +156,21 @@ def test_a_request_naming_a_server_file_as_its_weights_is_refused(app_server, ph
     assert event == "error" and "root:" not in data
 
 
+@pytest.mark.e2e
 def test_a_url_to_the_servers_own_loopback_is_not_fetched(app_server):
     inner = f"{app_server.url}gradio_api/file=/etc/passwd"
     event, data = _call(app_server, "predict", _predict_args([_file_data(inner)]))
     assert event == "error" and "root:" not in data
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("run_id", ["../../x", "..", "/etc", "a/../../b", "", ".hidden", "x\x00y"])
 def test_run_ids_that_could_leave_the_runs_folder_are_rejected(client, photo, run_id):
     with pytest.raises(Exception, match="(?i)run id .* is not allowed"):
         client.predict(*_predict_args([handle_file(str(photo))], f"run:{run_id}"), api_name="/predict")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("model", ["/etc", "..", "/tmp", "densenet_demo", "weights"])
 def test_a_model_named_by_a_server_path_is_rejected_without_probing_it(client, photo, model):
     with pytest.raises(Exception, match="Unknown model") as error:
@@ -169,6 +178,7 @@ def test_a_model_named_by_a_server_path_is_rejected_without_probing_it(client, p
     assert "safetensors" not in str(error.value) and "/work" not in str(error.value)
 
 
+@pytest.mark.e2e
 def test_an_upload_over_the_size_limit_gets_413_and_is_not_kept(app_server):
     limit = 200 * 1024 * 1024
     boundary = "reliability-test-boundary"
@@ -202,6 +212,7 @@ def test_an_upload_over_the_size_limit_gets_413_and_is_not_kept(app_server):
     assert "maximum allowed size" in text
 
 
+@pytest.mark.e2e
 def test_the_app_keeps_serving_after_the_refusals(client, photo):
     label, *_ = client.predict(*_predict_args([handle_file(str(photo))]), api_name="/predict")
     assert len(label["confidences"]) == 3

@@ -6,7 +6,7 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from densenet_demo.images import default_preprocessing
 from densenet_demo.model import DenseNet
 from densenet_demo.train import example_config
 
-pytestmark = pytest.mark.timeout(420)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -52,6 +52,7 @@ def test_presets_markdown_is_a_table(capsys):
     assert all(line.startswith("| ") and line.endswith(" |") and line.count(" | ") == 6 for line in lines[2:])
 
 
+@pytest.mark.e2e
 def test_presets_from_a_real_process():
     result = subprocess.run(
         [sys.executable, "-m", "densenet_demo", "presets", "--format", "json"],
@@ -155,6 +156,7 @@ def test_bad_arguments_are_one_error_line_and_exit_2(capsys, argv, message):
     assert err.count("\n") == 1 and message in err
 
 
+@pytest.mark.e2e
 def test_arch_error_from_a_real_process():
     result = subprocess.run(
         [sys.executable, "-m", "densenet_demo", "arch", "nope"],
@@ -168,6 +170,7 @@ def test_arch_error_from_a_real_process():
     assert result.stderr.startswith("error: unknown preset") and result.stderr.count("\n") == 1
 
 
+@pytest.mark.e2e
 def test_arch_piped_into_a_reader_that_stops_early_exits_quietly():
     import subprocess
     import sys

@@ -225,6 +225,7 @@ def _vm_kb(pid: int, field: str) -> int:
 # /predict
 
 
+@pytest.mark.e2e
 def test_odd_images_are_classified_exactly_like_their_plain_twins(client, corpus):
     odd = corpus["odd"]
     paths = [p for p, _ in odd.values()] + [t for _, t in odd.values() if t]
@@ -242,6 +243,7 @@ def test_odd_images_are_classified_exactly_like_their_plain_twins(client, corpus
     assert rows[rotated.name]["top-k"] != rows[upright.name]["top-k"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["zero-byte file", "text renamed .jpg", "truncated JPEG", "decompression-bomb PNG"])
 def test_a_bad_image_gets_one_clear_message_and_the_next_request_is_served(client, corpus, case):
     path, reason = corpus["bad"][case]
@@ -251,6 +253,7 @@ def test_a_bad_image_gets_one_clear_message_and_the_next_request_is_served(clien
     _still_serving(client, corpus)
 
 
+@pytest.mark.e2e
 def test_bad_images_among_good_ones_are_named_and_the_good_ones_classified(client, corpus):
     bad = [p for p, _ in corpus["bad"].values()]
     label, _, table, info = _predict(client, [corpus["plain"], *bad], top_k=3)
@@ -258,6 +261,7 @@ def test_bad_images_among_good_ones_are_named_and_the_good_ones_classified(clien
     assert all(f"❌ {p.name}:" in info for p in bad)
 
 
+@pytest.mark.e2e
 def test_memory_stays_bounded_through_bombs_and_a_huge_photo(client, corpus, app_server):
     pid = app_server.process.pid
     _still_serving(client, corpus)  # the model is built and cached before measuring
@@ -274,6 +278,7 @@ def test_memory_stays_bounded_through_bombs_and_a_huge_photo(client, corpus, app
     assert peak_growth_mb < 300, f"server peak memory grew by {peak_growth_mb:.0f} MB"
 
 
+@pytest.mark.e2e
 def test_a_pth_that_would_run_code_is_refused_and_never_runs(client, corpus):
     with pytest.raises(Exception, match="evil.pth: refused, .*could run code"):
         _predict(client, [corpus["plain"]], weights="Checkpoint file", file=corpus["evil"])
@@ -281,6 +286,7 @@ def test_a_pth_that_would_run_code_is_refused_and_never_runs(client, corpus):
     _still_serving(client, corpus)
 
 
+@pytest.mark.e2e
 def test_a_checkpoint_for_another_architecture_is_refused_with_the_mismatch(client, corpus):
     with pytest.raises(Exception, match="other_architecture.safetensors: the weights do not fit .*mismatch|missing"):
         _predict(client, [corpus["plain"]], weights="Checkpoint file", file=corpus["other_architecture"])
@@ -312,6 +318,7 @@ def _extractions(session: Path) -> list[Path]:
     return sorted(session.glob("zip_*"))
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", ["traversal", "absolute"])
 def test_a_zip_entry_pointing_outside_is_rejected_and_nothing_is_written(data_client, corpus, case):
     client, session = data_client
@@ -324,6 +331,7 @@ def test_a_zip_entry_pointing_outside_is_rejected_and_nothing_is_written(data_cl
     assert not any(p.is_file() for p in session.rglob("*") if p.name == "a.png")  # not even the good entry
 
 
+@pytest.mark.e2e
 def test_a_zip_bomb_is_rejected_before_it_is_inflated(data_client, corpus):
     client, session = data_client
     with pytest.raises(Exception, match=r"zeros.zip: .*rejected as a zip bomb"):
@@ -331,6 +339,7 @@ def test_a_zip_bomb_is_rejected_before_it_is_inflated(data_client, corpus):
     assert sum(p.stat().st_size for p in session.rglob("*") if p.is_file()) < MIB
 
 
+@pytest.mark.e2e
 def test_junk_in_a_zip_is_skipped_and_reported_and_nested_folders_count(data_client, corpus):
     client, _ = data_client
     report = _load_zip(client, corpus["zips"]["junk"])
@@ -346,6 +355,7 @@ def test_junk_in_a_zip_is_skipped_and_reported_and_nested_folders_count(data_cli
         assert line and re.search(reason, line), (entry, report)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "case, message",
     [
@@ -362,6 +372,7 @@ def test_a_zip_without_two_classes_of_images_gets_one_clear_message(data_client,
     assert "4 classes" in report
 
 
+@pytest.mark.e2e
 def test_loading_again_and_again_keeps_one_extracted_copy(data_client, corpus):
     client, session = data_client
     for _ in range(3):
@@ -371,6 +382,7 @@ def test_loading_again_and_again_keeps_one_extracted_copy(data_client, corpus):
     assert _extractions(session) == []
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "change, message",
     [
@@ -392,6 +404,7 @@ def test_absurd_training_settings_get_one_clear_message(data_client, change, mes
         )  # fmt: skip
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "growth_rate, blocks, image_size, message",
     [
@@ -412,6 +425,7 @@ def test_absurd_architecture_configs_get_one_clear_message(client, growth_rate, 
 # The CLI
 
 
+@pytest.mark.e2e
 def test_cli_predict_answers_every_file_of_the_corpus_in_one_run(corpus):
     odd, bad = corpus["odd"], corpus["bad"]
     paths = [p for p, _ in odd.values()] + [t for _, t in odd.values() if t] + [p for p, _ in bad.values()]

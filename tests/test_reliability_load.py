@@ -20,7 +20,7 @@ from PIL import Image
 
 from densenet_demo.ui.app import QUEUE_MAX_SIZE
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 MODEL = "densenet_bc100_k12"
 CONCURRENT = 40  # requests in flight at once: more than the prediction concurrency limit, within the queue

@@ -22,7 +22,7 @@ from PIL import Image
 from densenet_demo import data
 from densenet_demo import weights as W
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 MODEL = "densenet_bc100_k12"
 CORRUPT = "circle_truncated.png"
@@ -172,6 +172,8 @@ def test_an_exception_inside_a_step_fails_the_run_and_the_app_goes_on(server, zi
     log = _log(_submit(client))
     assert "Failed: training failed: RuntimeError: injected fault in a training step" in log
     assert "Traceback" not in log
+    # The page shows the plain message; the server's log has the traceback.
+    assert "Traceback" in server.log() and "RuntimeError: injected fault in a training step" in server.log()
     fault.off("step_error")
     log = _log(_submit(client))  # the same session, the same dataset
     assert "Finished: best val acc" in log

@@ -4,6 +4,7 @@ checkpoints and determinism."""
 from __future__ import annotations
 
 import io
+import logging
 import re
 from pathlib import Path
 
@@ -200,13 +201,13 @@ def test_an_exception_in_a_step_fails_the_run_and_the_next_run_succeeds(tiny_con
                 raise RuntimeError("boom in a step")
             return torch.nn.functional.cross_entropy(*args, **kwargs)
 
-    monkeypatch.setattr(train, "F", Failing())
-    _, events = _run(_config(tiny_config), colours)
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "F", Failing())
+        _, events = _run(_config(tiny_config), colours)
     assert _kinds(events) == "started failed"
     failed = events[-1]
     assert failed.message == "training failed: RuntimeError: boom in a step"
     assert "Traceback" in failed.detail and "Traceback" not in failed.message and failed.checkpoint_dir is None
-    monkeypatch.undo()
     assert isinstance(_run(_config(tiny_config), colours)[1][-1], train.Finished)
 
 
@@ -214,14 +215,39 @@ def test_out_of_memory_fails_with_advice_and_the_next_run_succeeds(tiny_config, 
     def out_of_memory(self, x):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(DenseNet, "forward", out_of_memory)
-    _, events = _run(_config(tiny_config), colours)
+    with monkeypatch.context() as patch:
+        patch.setattr(DenseNet, "forward", out_of_memory)
+        _, events = _run(_config(tiny_config), colours)
     message = events[-1].message
     assert isinstance(events[-1], train.Failed) and message.startswith("out of memory")
     assert "smaller batch size (now 6)" in message and "smaller image size (now 16)" in message
     assert "memory-efficient on" in message
-    monkeypatch.undo()
     assert isinstance(_run(_config(tiny_config), colours)[1][-1], train.Finished)
+
+
+def test_a_failed_run_logs_its_message_and_traceback_at_error(tiny_config, colours, monkeypatch, caplog):
+    def faulty_forward(self, x):
+        raise RuntimeError("injected fault in the forward pass")
+
+    with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="densenet_demo.train"):
+        patch.setattr(DenseNet, "forward", faulty_forward)
+        trainer, events = _run(_config(tiny_config), colours)
+    assert isinstance(events[-1], train.Failed)
+    (error,) = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    logged = error.getMessage()
+    assert error.levelno == logging.ERROR and trainer.run_id in logged and events[-1].message in logged
+    # The server's log gets what the page leaves out: the traceback down to the line that raised.
+    assert "Traceback" in logged and "in faulty_forward" in logged and "injected fault in the forward pass" in logged
+
+
+def test_a_run_logs_its_start_and_its_end_at_info(tiny_config, colours, caplog):
+    with caplog.at_level(logging.INFO, logger="densenet_demo.train"):
+        trainer, events = _run(_config(tiny_config, epochs=1), colours)
+    assert isinstance(events[-1], train.Finished)
+    started, finished = [record.getMessage() for record in caplog.records]
+    assert all(record.levelno == logging.INFO for record in caplog.records)
+    assert started.startswith(f"training run {trainer.run_id} started: scratch mode, 18 train and 6 val images")
+    assert finished.startswith(f"training run {trainer.run_id} finished") and events[-1].checkpoint_dir in finished
 
 
 def test_the_gpu_code_paths_run_on_the_cpu(tiny_config, colours):

@@ -313,10 +313,9 @@ def test_a_save_interrupted_between_the_two_files_is_still_whole(tmp_path, monke
             raise KeyboardInterrupt
         real_replace(src, dst)
 
-    monkeypatch.setattr(os, "replace", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+        patch.setattr(os, "replace", interrupted)
         _save(tmp_path / "run", second, accuracy=0.9)
-    monkeypatch.undo()
     # The safetensors file (weights + metadata in its header) is the authority: the new checkpoint, whole.
     loaded, info = W.load_checkpoint(tmp_path / "run")
     x = torch.randn(1, 3, 32, 32)
@@ -324,6 +323,7 @@ def test_a_save_interrupted_between_the_two_files_is_still_whole(tmp_path, monke
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model.json", "model.safetensors"]
 
 
+@pytest.mark.e2e
 def test_a_killed_save_leaves_a_loadable_checkpoint_and_only_hidden_leftovers(tmp_path):
     run = tmp_path / "run"
     script = textwrap.dedent(

@@ -1,0 +1,133 @@
+"""What a training run reports, and how it is stopped: the event dataclasses and the cancel token.
+
+``Trainer.run()`` (train.py) yields these; the UI renders them, the CLI prints them, the tests assert on them.
+Each event is a frozen dataclass; ``to_dict()`` gives its JSON form, tagged with its ``kind``.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+__all__ = [
+    "CancelToken",
+    "Event",
+    "Started",
+    "Caching",
+    "Step",
+    "EpochEnd",
+    "Finished",
+    "Cancelled",
+    "Failed",
+]
+
+
+class CancelToken:
+    """Thread-safe stop flag: the UI's Stop button calls ``cancel()``; the trainer checks between steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, with an ``"event"`` tag (``"step"``, ``"epoch_end"``, ...)."""
+        return {"event": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True)
+class Started(Event):
+    kind: ClassVar[str] = "started"
+    run_id: str
+    classes: list[str]
+    n_train: int
+    n_val: int
+    steps_per_epoch: int
+    epochs: int
+    device: str
+    mode: str
+    amp: str | None  # 'bfloat16' / 'float16' when mixed precision is on
+    weights: str  # where the starting weights came from, for people
+    config: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Caching(Event):
+    """Linear mode: features computed for ``done`` of ``total`` images (train + val), once."""
+
+    kind: ClassVar[str] = "caching"
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Step(Event):
+    kind: ClassVar[str] = "step"
+    epoch: int  # 1-based
+    step: int  # 1-based within the epoch
+    steps: int  # steps per epoch
+    loss: float
+    acc: float
+    lr: float  # the head's
+    images_per_s: float  # over the epoch so far
+    gpu_memory_mb: float | None  # peak CUDA memory allocated; None on the CPU
+    eta_s: float  # until the last epoch ends, at the pace so far
+
+
+@dataclass(frozen=True)
+class EpochEnd(Event):
+    kind: ClassVar[str] = "epoch_end"
+    epoch: int
+    epochs: int
+    train_loss: float
+    train_acc: float
+    val_loss: float
+    val_acc: float
+    per_class_val_acc: dict[str, float | None]  # None for a class with no val image
+    seconds: float
+    best_val_acc: float
+    improved: bool  # this epoch is the new best and was saved
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # found corrupt this epoch (1st: + caching)
+
+
+@dataclass(frozen=True)
+class Finished(Event):
+    kind: ClassVar[str] = "finished"
+    best_val_acc: float
+    best_epoch: int
+    checkpoint_dir: str
+    confusion_matrix: list[list[int]]  # of the best epoch on val; rows: true class, columns: predicted
+    class_names: list[str]
+    epochs_run: int
+    stopped_early: bool
+    seconds: float
+    skipped: list[tuple[str, str]]  # every image dropped during training (path, reason)
+
+
+@dataclass(frozen=True)
+class Cancelled(Event):
+    kind: ClassVar[str] = "cancelled"
+    checkpoint_dir: str | None  # the best so far (or the weights at the cancel, before any epoch ended)
+    epoch: int
+    best_val_acc: float | None
+    confusion_matrix: list[list[int]] | None = None  # of the best epoch so far; None before any epoch ended
+    class_names: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Failed(Event):
+    kind: ClassVar[str] = "failed"
+    message: str  # for people: what went wrong and what to do
+    detail: str | None = None  # the traceback, for logs (the trainer logs it at ERROR too)
+    checkpoint_dir: str | None = None  # the best so far, if an epoch had ended

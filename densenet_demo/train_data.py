@@ -1,0 +1,89 @@
+"""What the trainer feeds its model: loaders of decoded images, linear mode's feature cache, and where batches go.
+
+``image_loader`` decodes labelled files in batches that skip images failing to decode (``data``'s collate);
+``FeatureCache`` holds the pooled backbone features of every image, computed once, and hands them out in
+batches; ``Placement`` puts a batch on the run's device, in its memory format, under its mixed precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader
+
+from .data import ImageFileDataset, Item, collate_skipping_failures
+from .images import Preprocessing
+from .train_setup import TrainConfig
+
+__all__ = ["FeatureCache", "Placement", "image_loader"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a run's tensors go: its device, channels-last memory for images, mixed precision (None: off)."""
+
+    device: torch.device
+    channels_last: bool = False
+    amp_dtype: torch.dtype | None = None
+
+    def to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch (inputs, labels) on the device; images (4-d inputs) in channels-last memory when asked."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y.to(self.device, non_blocking=True)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Mixed precision for the forward pass, or nothing when it is off."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def peak_memory_mb(self) -> float | None:
+        """Peak CUDA memory allocated so far; None on the CPU."""
+        return torch.cuda.max_memory_allocated(self.device) / 2**20 if self.device.type == "cuda" else None
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    """Linear mode: the pooled backbone features of every decoded image and its label, on the device."""
+
+    features: torch.Tensor
+    labels: torch.Tensor
+
+    def batches(self, batch_size: int, shuffle_seed: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(features, labels) in batches: in a random order drawn from ``shuffle_seed``, or as stored for None."""
+        n = len(self.labels)
+        if shuffle_seed is None:
+            order = torch.arange(n)
+        else:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(shuffle_seed))
+        for i in range(0, n, batch_size):
+            index = order[i : i + batch_size].to(self.labels.device)
+            yield self.features[index], self.labels[index]
+
+
+def image_loader(
+    items: list[Item], preprocessing: Preprocessing, config: TrainConfig, device: torch.device, *, train: bool
+) -> DataLoader:
+    """Batches of (images, labels, failures): augmented and shuffled (seeded) for ``train``, plain and in order
+    otherwise. Each batch leaves out the images that failed to decode and names them in ``failures``."""
+    transform = preprocessing.train_transform(config.augment) if train else preprocessing.to_tensor
+    dataset = ImageFileDataset(items, transform, mode=preprocessing.mode, draft_size=preprocessing.resize_size)
+    workers = config.num_workers
+    if workers is None:  # decoding in the main process on a CPU: its cores are busy training already
+        workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        shuffle=train,
+        generator=torch.Generator().manual_seed(config.seed),
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+        collate_fn=collate_skipping_failures,
+    )
