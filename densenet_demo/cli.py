@@ -358,8 +358,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
         return EXIT_PARTIAL
     if result.notice:
         print(f"warning: {result.notice}", file=sys.stderr)
-    print(f"{result.onnx_path}  ({_mib(result.size_bytes)} MiB, opset {result.opset}, batch dimension dynamic)")
-    print(f"{result.bundle_path}  ({_mib(result.bundle_size_bytes)} MiB: model.onnx, model.json, README.md)")
+    print(f"{result.onnx_path}  ({mib(result.size_bytes)} MiB, opset {result.opset}, batch dimension dynamic)")
+    print(f"{result.bundle_path}  ({mib(result.bundle_size_bytes)} MiB: model.onnx, model.json, README.md)")
     print(
         f"check: onnxruntime vs PyTorch max |Δlogit| {result.max_abs_diff:.2e} (allowed {result.tolerance:.1e}) "
         f"at batch {' and '.join(map(str, result.metadata['check']['batch_sizes']))}; {result.seconds:.1f} s"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,6 @@ from .training_view import curve_frame, event_line, progress_html
 
 __all__ = ["FinetuneTab", "build_finetune_tab", "start_training", "stop_training"]
 
-logger = logging.getLogger(__name__)
 
 # The built-in example trains to >90% val accuracy in well under a minute on a laptop CPU with these.
 _EXAMPLE_SETTINGS = train.example_config()
@@ -311,8 +309,7 @@ def _finish(
         headline = "Stopped: " + ("the best checkpoint so far is kept." if checkpoint else "no checkpoint was written.")
     else:
         headline = f"Failed: {event.message}" + (" The best checkpoint so far is kept." if checkpoint else "")
-        # The page shows the plain message; the server's log gets the traceback.
-        logger.error("Training run failed: %s\n%s", event.message, event.detail or "(no traceback)")
+        # The page shows the plain message; the trainer has logged the traceback to the server's log.
     log.append(headline + (f" Checkpoint: {checkpoint}" if checkpoint else ""))
     confusion = None
     if isinstance(event, (train.Finished, train.Cancelled)) and event.confusion_matrix and event.class_names:
