@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +46,9 @@ from .train_setup import (
     pick_amp_dtype,
     pick_device,
 )
+
+if TYPE_CHECKING:
+    from .distributed import DataParallel
 
 __all__ = [
     "MODES",
@@ -105,6 +108,10 @@ class Started(Event):
     amp: str | None  # 'bfloat16' / 'float16' when mixed precision is on
     weights: str  # where the starting weights came from, for people
     config: dict[str, Any]
+    # Distributed training (torchrun): processes, images per optimizer step over all of them, the lr rule.
+    world_size: int = 1
+    global_batch_size: int | None = None
+    lr_scaling: str = "none: one process"
 
 
 @dataclass(frozen=True)
@@ -196,6 +203,7 @@ class Trainer:
         report: the dataset report, recorded in the checkpoint.
         out_dir: where the checkpoint goes; default ``weights.run_path(run_id, runs_root)``.
         run_id: the run's name; default ``weights.new_run_id(model name)``.
+        data_parallel: this process's part in a torchrun run (``distributed.data_parallel()``); None: alone.
 
     Raises ``DatasetError`` (too few images to validate on) and ``ValueError`` (no such device) at once;
     everything that goes wrong later becomes a ``Failed`` event.
@@ -210,6 +218,7 @@ class Trainer:
         out_dir: str | os.PathLike | None = None,
         run_id: str | None = None,
         runs_root: str | os.PathLike | None = None,
+        data_parallel: DataParallel | None = None,
     ) -> None:
         self.config = config.resolved()
         self.class_names = list(files.class_names)
@@ -222,6 +231,15 @@ class Trainer:
         self.run_id = run_id or W.new_run_id(self.config.model_name)
         self.out_dir = Path(out_dir) if out_dir else W.run_path(self.run_id, Path(runs_root) if runs_root else None)
         self.device = pick_device(self.config.device)
+        # -- distributed hook: each rank on its own GPU; every rank needs a validation image --
+        self.data_parallel = data_parallel
+        if data_parallel is not None:
+            self.device = data_parallel.device_for(self.device)
+            if len(self.val_items) < data_parallel.world_size:
+                raise DatasetError(
+                    f"{len(self.val_items)} validation images for {data_parallel.world_size} processes: "
+                    "give every process at least one (more images, or fewer processes)"
+                )
         self._amp_dtype = pick_amp_dtype(self.config.amp, self.device)
         self.model: DenseNet | None = None  # after the run: the best epoch's weights, in eval mode
         self.preprocessing: Preprocessing | None = None
@@ -233,6 +251,7 @@ class Trainer:
         self._steps_done = 0
         self._epoch = 0
         self._best: dict[str, Any] | None = None  # loss, acc, per_class, confusion, epoch of the saved epoch
+        self._sharded = False  # distributed, each rank on its own share of the images (not the gathered cache)
 
     def run(self, cancel: CancelToken | None = None) -> Iterator[Event]:
         """Train, yielding events; ends with ``Finished``, ``Cancelled`` or ``Failed`` and never raises."""
@@ -256,6 +275,9 @@ class Trainer:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+        # Distributed hook: name the rank that failed first, not the broken connection the others saw.
+        if isinstance(end, Failed) and self.data_parallel is not None:
+            end = self.data_parallel.explain_failure(end)
         if end is not None:
             yield end
 
@@ -275,7 +297,20 @@ class Trainer:
         cached = linear and cfg.cache_features
         if linear:
             model.requires_grad_(False).classifier.requires_grad_(True)
-        steps_per_epoch = math.ceil(len(self.train_items) / cfg.batch_size)
+        # -- distributed hook: sync BN, DDP around what trains, each rank's share of the images --
+        dp, n_train = self.data_parallel, len(self.train_items)
+        global_batch, lr_rule = cfg.batch_size, "none: one process"
+        self._sharded = dp is not None and not cached
+        ranks = dp.world_size if self._sharded else 1
+        if dp is not None:
+            model = self.model = dp.prepare(model, trains_backbone=not linear)
+            n_train = dp.samples_per_rank(n_train) if self._sharded else n_train
+            global_batch, lr_rule = dp.describe_batch(cfg.batch_size, cfg.lr, sharded=self._sharded)
+        # Distributed: ranks stop together at a training step (lockstep below); caching and evaluation run on.
+        local_cancel = cancel if dp is None else CancelToken()
+        trained = model.classifier if linear else model
+        wrapped = dp.wrap(trained, device) if dp is not None else trained
+        steps_per_epoch = math.ceil(n_train / cfg.batch_size)
         optimizer = make_optimizer(cfg, model)
         scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
         scaler = torch.amp.GradScaler(device.type, enabled=self._amp_dtype == torch.float16)
@@ -283,23 +318,29 @@ class Trainer:
         yield Started(
             self.run_id, self.class_names, len(self.train_items), len(self.val_items), steps_per_epoch,
             cfg.epochs, str(device), cfg.mode, amp_name, self._weights_label, cfg.to_dict(),
+            dp.world_size if dp is not None else 1, global_batch, lr_rule,
         )  # fmt: skip
 
-        if cached:
+        if cached and dp is not None:  # distributed hook: each rank runs the backbone on its share; gather
+            train_source = yield from self._cache_features(dp.shard(self.train_items), local_cancel, done=0)
+            val_source = yield from self._cache_features(dp.shard(self.val_items), local_cancel, done=0)
+            train_source, val_source = dp.gather_cache(*train_source), dp.gather_cache(*val_source)
+        elif cached:
             train_source = yield from self._cache_features(self.train_items, cancel, done=0)
             val_source = yield from self._cache_features(self.val_items, cancel, done=len(self.train_items))
         else:
             train_source = self._loader(self.train_items, train=True)
             val_source = self._loader(self.val_items, train=False)
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
+        def forward(x: torch.Tensor, trained: torch.nn.Module = trained) -> torch.Tensor:
+            """Logits; training passes the DDP wrapper as ``trained``, evaluation the plain module (no collectives)."""
             if cached:  # x holds pooled features already
-                return model.classifier(x)
+                return trained(x)
             if linear:  # frozen backbone, run on every batch of every epoch
                 with torch.no_grad():
                     x = model.forward_head(model.forward_features(x), pre_logits=True)
-                return model.classifier(x.float())
-            return model(x)
+                return trained(x.float())
+            return trained(x)
 
         total_steps = steps_per_epoch * cfg.epochs
         loop_start, epochs_without_best, reported = time.monotonic(), 0, 0
@@ -307,12 +348,16 @@ class Trainer:
             self._epoch = epoch
             model.train(not linear)  # linear: the frozen backbone keeps its BatchNorm statistics
             epoch_start, seen, loss_sum, correct = time.monotonic(), 0, 0.0, 0
-            for step, (x, y) in enumerate(self._batches(train_source, epoch), start=1):
+            batches = self._batches(train_source, epoch)
+            if dp is not None:  # distributed hook: a new shuffle of each share; every rank takes the same steps
+                dp.set_epoch(train_source, epoch)
+                batches = dp.lockstep(batches, cancel)
+            for step, (x, y) in enumerate(batches, start=1):
                 if cancel.cancelled:
                     raise _Stop
                 x, y = self._to_device(x, y)
                 with self._autocast():
-                    logits = forward(x)
+                    logits = forward(x, wrapped)
                     loss = F.cross_entropy(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -326,11 +371,13 @@ class Trainer:
                 now = time.monotonic()
                 yield Step(
                     epoch, step, steps_per_epoch, batch_loss, batch_correct / n, optimizer.param_groups[-1]["lr"],
-                    seen / max(now - epoch_start, 1e-9), _gpu_memory_mb(device),
+                    seen * ranks / max(now - epoch_start, 1e-9), _gpu_memory_mb(device),
                     (now - loop_start) / self._steps_done * max(total_steps - self._steps_done, 0),
                 )  # fmt: skip
 
-            val = self._evaluate(val_source, forward, cancel)
+            if self._sharded:  # distributed hook: the epoch's train loss and accuracy over every rank's share
+                seen, loss_sum, correct = dp.sum(seen, loss_sum, correct)
+            val = self._evaluate(val_source, forward, local_cancel)
             improved = self._best is None or (val["acc"], -val["loss"]) > (self._best["acc"], -self._best["loss"])
             if improved:
                 self._save_best({**val, "epoch": epoch, "train_acc": correct / max(seen, 1)})
@@ -345,7 +392,9 @@ class Trainer:
                 break
 
         # Leave the best epoch's weights in memory, so that trainer.model predicts what the checkpoint predicts.
-        model.load_state_dict(load_file(str(self.out_dir / W.CHECKPOINT_WEIGHTS), device=str(device)))
+        # (Distributed: only rank 0 wrote it, maybe on another machine; the other ranks end here anyway.)
+        if dp is None or dp.is_main:
+            model.load_state_dict(load_file(str(self.out_dir / W.CHECKPOINT_WEIGHTS), device=str(device)))
         model.eval()
         best = self._best
         yield Finished(
@@ -362,10 +411,13 @@ class Trainer:
         workers = cfg.num_workers
         if workers is None:  # decoding in the main process on a CPU: its cores are busy training already
             workers = min(8, os.cpu_count() or 1) if self.device.type == "cuda" else 0
+        # Distributed hook: each rank reads its own share (caching reads the share it is given, whole).
+        sampler = self.data_parallel.sampler(dataset, shuffle=train, seed=cfg.seed) if self._sharded else None
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=cfg.batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             generator=torch.Generator().manual_seed(cfg.seed),
             num_workers=workers,
             persistent_workers=workers > 0,
@@ -443,6 +495,9 @@ class Trainer:
                     logits = forward(x).float()
                 loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
                 confusion += torch.bincount(y.cpu() * n + logits.argmax(1).cpu(), minlength=n * n).view(n, n)
+        if self._sharded:  # distributed hook: sums over every rank's share = the whole validation set
+            confusion = self.data_parallel.sum_tensor(confusion)
+            (loss_sum,) = self.data_parallel.sum(loss_sum)
         total, per_class_total = int(confusion.sum()), confusion.sum(1)
         return {
             "loss": loss_sum / max(total, 1),
@@ -463,6 +518,9 @@ class Trainer:
         self._best = best
 
     def _save(self, metrics: dict[str, Any]) -> None:
+        # Distributed hook: rank 0 writes the one checkpoint.
+        if self.data_parallel is not None and not self.data_parallel.is_main:
+            return
         extra = {"train_config": self.config.to_dict(), "run_id": self.run_id, "initial_weights": self._weights_label}
         if self.report is not None:
             extra["dataset"] = {"source": self.report.source, "counts": self.report.counts}
