@@ -338,7 +338,7 @@ def launch_torchrun(
         start_new_session=True,  # its own process group: a signal to it reaches torchrun, not this app
     )
     lines: queue.Queue[str | None] = queue.Queue()
-    errors: deque[str] = deque(maxlen=20)
+    errors: deque[str] = deque(maxlen=200)
     readers = [
         threading.Thread(target=_pump, args=(process.stdout, lines.put, True), daemon=True),
         threading.Thread(target=_pump, args=(process.stderr, errors.append, False), daemon=True),
@@ -367,8 +367,7 @@ def launch_torchrun(
         for reader in readers:
             reader.join(timeout=5)
         if not ended:
-            tail = " | ".join(line.strip() for line in errors if line.strip())[-1500:]
-            yield Failed(f"the {nproc}-process training run ended without a result (exit code {code}): {tail}")
+            yield Failed(f"the {nproc}-process training run ended without a result (exit code {code}): {_why(errors)}")
     finally:
         if process.poll() is None:  # the consumer stopped listening: stop the ranks, too
             _signal_group(process, signal.SIGINT)
@@ -393,6 +392,13 @@ def _parse(line: str) -> Event | None:
         logger.debug("not an event: %s", line.rstrip())
         return None
     return event_from_dict(record) if isinstance(record, dict) else None
+
+
+def _why(stderr_lines: Sequence[str]) -> str:
+    """The command line's own ``error: ...`` line if it printed one, else the last lines torchrun printed."""
+    lines = [line.strip() for line in stderr_lines if line.strip()]
+    ours = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return ours[-1] if ours else " | ".join(lines[-5:])[-1500:]
 
 
 def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
