@@ -60,6 +60,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for the run's checkpoint (default: weights/runs/<run-id>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON event per line")
+    p.add_argument(
+        "--sync-bn", action="store_true", help="under torchrun on GPUs: BatchNorm statistics over all processes"
+    )
     p.set_defaults(handler=_cmd_train)
 
     p = sub.add_parser("export", help="export a model or fine-tuned run to ONNX, with a zip bundle beside it")
@@ -253,12 +256,32 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    """Under ``torchrun --nproc-per-node N -m densenet_demo train ...`` every process runs this; rank 0 prints."""
+    from .distributed import data_parallel, is_main_process
+
+    try:
+        with data_parallel(sync_batchnorm=args.sync_bn) as dp:
+            if args.sync_bn and dp is None:
+                print("warning: --sync-bn has no effect in a single process (start with torchrun)", file=sys.stderr)
+            return _train(args, dp)
+    except ValueError as e:
+        if not is_main_process():  # every rank meets the same bad input: one message is enough
+            return EXIT_USAGE
+        raise UsageError(str(e)) from None
+    except UsageError:
+        if not is_main_process():
+            return EXIT_USAGE
+        raise
+
+
+def _train(args: argparse.Namespace, dp) -> int:
     import json
     import tempfile
 
     from .data import DatasetError, example_dataset_folder, load_image_folder
     from .train import TrainConfig, Trainer, example_config
 
+    quiet = dp is not None and not dp.is_main
     with tempfile.TemporaryDirectory(prefix="densenet_demo_train_") as scratch:
         try:
             if args.data == "example":  # the same generated dataset as the app's, made once per machine
@@ -273,9 +296,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             }  # fmt: skip
             chosen = {"model": args.model, "weights": args.weights, "mode": args.mode, "seed": args.seed}
             config = TrainConfig(**{**base, **{k: v for k, v in given.items() if v is not None}, **chosen})
-            trainer = Trainer(config, files, report=report, out_dir=args.out)
+            trainer = Trainer(config, files, report=report, out_dir=args.out, data_parallel=dp)
         except (DatasetError, ValueError) as e:
             raise UsageError(str(e)) from None
+        if quiet:
+            return _print_training(trainer, as_json=args.json, quiet=True)
         if args.json:
             print(json.dumps({"event": "dataset", **report.to_dict()}), flush=True)
         else:
@@ -283,8 +308,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return _print_training(trainer, as_json=args.json)
 
 
-def _print_training(trainer, *, as_json: bool) -> int:
-    """Run a trainer, printing its events; Ctrl-C stops after the current step and keeps the best checkpoint."""
+def _print_training(trainer, *, as_json: bool, quiet: bool = False) -> int:
+    """Run a trainer, printing its events; Ctrl-C stops after the current step and keeps the best checkpoint.
+
+    ``quiet``: print nothing (the ranks of a torchrun run other than 0).
+    """
     import json
     import signal
 
@@ -294,18 +322,24 @@ def _print_training(trainer, *, as_json: bool) -> int:
 
     cancel = CancelToken()
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    # torchrun ends the other ranks with SIGTERM when one fails: finish the step and report, not die mid-write.
+    distributed = trainer.data_parallel is not None
+    previous_term = signal.signal(signal.SIGTERM, lambda *_: cancel.cancel()) if distributed else None
     bar = None
     try:
         for event in trainer.run(cancel):
             kind, end = event.kind, event
+            if quiet:
+                continue
             if as_json:
                 print(json.dumps(event.to_dict()), flush=True)
                 continue
             if kind == "started":
                 amp = f", mixed precision {event.amp}" if event.amp else ""
+                procs = f" x {event.world_size} processes (global batch {event.global_batch_size})"
                 print(
-                    f"run {event.run_id}: {event.mode} on {event.device}{amp}, weights: {event.weights}; "
-                    f"{event.n_train} train / {event.n_val} val images",
+                    f"run {event.run_id}: {event.mode} on {event.device}{procs if event.world_size > 1 else ''}{amp}, "
+                    f"weights: {event.weights}; {event.n_train} train / {event.n_val} val images",
                     file=sys.stderr,
                 )
             elif kind == "caching":
@@ -330,8 +364,13 @@ def _print_training(trainer, *, as_json: bool) -> int:
                     print(f"skipped {path}: {reason}", file=sys.stderr)
     finally:
         signal.signal(signal.SIGINT, previous)
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
         if bar is not None:
             bar.close()
+    code = EXIT_OK if isinstance(end, Finished) else (EXIT_PARTIAL if isinstance(end, Failed) else 130)
+    if quiet:
+        return code
     if isinstance(end, Finished) and not as_json:
         print(f"best val acc {end.best_val_acc:.1%} (epoch {end.best_epoch}) in {end.seconds:.1f} s", file=sys.stderr)
     elif isinstance(end, Failed):
@@ -340,7 +379,7 @@ def _print_training(trainer, *, as_json: bool) -> int:
         print("stopped; the best checkpoint so far is kept", file=sys.stderr)
     if end.checkpoint_dir:
         print(end.checkpoint_dir)
-    return EXIT_OK if isinstance(end, Finished) else (EXIT_PARTIAL if isinstance(end, Failed) else 130)
+    return code
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

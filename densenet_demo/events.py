@@ -60,6 +60,10 @@ class Started(Event):
     amp: str | None  # 'bfloat16' / 'float16' when mixed precision is on
     weights: str  # where the starting weights came from, for people
     config: dict[str, Any]
+    # Distributed training (torchrun): processes, images per optimizer step over all of them, the lr rule.
+    world_size: int = 1
+    global_batch_size: int | None = None
+    lr_scaling: str = "none: one process"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import traceback
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +53,9 @@ from .train_setup import (
 
 # The events (events.py) are re-exported: consumers import them with the Trainer.
 __all__ = ["MODES", "TrainConfig", "Trainer", "example_config", *events.__all__]
+
+if TYPE_CHECKING:
+    from .distributed import DataParallel
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +101,7 @@ class Trainer:
         report: the dataset report, recorded in the checkpoint.
         out_dir: where the checkpoint goes; default ``weights.run_path(run_id, runs_root)``.
         run_id: the run's name; default ``weights.new_run_id(model name)``.
+        data_parallel: this process's part in a torchrun run (``distributed.data_parallel()``); None: alone.
 
     Raises ``DatasetError`` (too few images to validate on) and ``ValueError`` (no such device) at once;
     everything that goes wrong later becomes a ``Failed`` event.
@@ -112,6 +116,7 @@ class Trainer:
         out_dir: str | os.PathLike | None = None,
         run_id: str | None = None,
         runs_root: str | os.PathLike | None = None,
+        data_parallel: DataParallel | None = None,
     ) -> None:
         self.config = config.resolved()
         self.class_names = list(files.class_names)
@@ -124,6 +129,15 @@ class Trainer:
         self.run_id = run_id or W.new_run_id(self.config.model_name)
         self.out_dir = Path(out_dir) if out_dir else W.run_path(self.run_id, Path(runs_root) if runs_root else None)
         self.device = pick_device(self.config.device)
+        # -- distributed hook: each rank on its own GPU; every rank needs a validation image --
+        self.data_parallel = data_parallel
+        if data_parallel is not None:
+            self.device = data_parallel.device_for(self.device)
+            if len(self.val_items) < data_parallel.world_size:
+                raise DatasetError(
+                    f"{len(self.val_items)} validation images for {data_parallel.world_size} processes: "
+                    "give every process at least one (more images, or fewer processes)"
+                )
         channels_last = self.config.channels_last
         self._placement = Placement(
             self.device,
@@ -139,6 +153,7 @@ class Trainer:
         self._steps_done = 0
         self._epoch = 0
         self._best: _BestEpoch | None = None  # set only once its checkpoint is on disk
+        self._sharded = False  # distributed, each rank on its own share of the images (not the gathered cache)
 
     def run(self, cancel: CancelToken | None = None) -> Iterator[Event]:
         """Train, yielding events; ends with ``Finished``, ``Cancelled`` or ``Failed`` and never raises."""
@@ -162,6 +177,9 @@ class Trainer:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+        # Distributed hook: name the rank that failed first, not the broken connection the others saw.
+        if isinstance(end, Failed) and self.data_parallel is not None:
+            end = self.data_parallel.explain_failure(end)
         if end is not None:
             yield end
 
@@ -181,7 +199,20 @@ class Trainer:
         cached = linear and cfg.cache_features
         if linear:
             model.requires_grad_(False).classifier.requires_grad_(True)
-        steps_per_epoch = math.ceil(len(self.train_items) / cfg.batch_size)
+        # -- distributed hook: sync BN, DDP around what trains, each rank's share of the images --
+        dp, n_train = self.data_parallel, len(self.train_items)
+        global_batch, lr_rule = cfg.batch_size, "none: one process"
+        self._sharded = dp is not None and not cached
+        ranks = dp.world_size if self._sharded else 1
+        if dp is not None:
+            model = self.model = dp.prepare(model, trains_backbone=not linear)
+            n_train = dp.samples_per_rank(n_train) if self._sharded else n_train
+            global_batch, lr_rule = dp.describe_batch(cfg.batch_size, cfg.lr, sharded=self._sharded)
+        # Distributed: ranks stop together at a training step (lockstep below); caching and evaluation run on.
+        local_cancel = cancel if dp is None else CancelToken()
+        trained = model.classifier if linear else model
+        wrapped = dp.wrap(trained, device) if dp is not None else trained
+        steps_per_epoch = math.ceil(n_train / cfg.batch_size)
         optimizer = make_optimizer(cfg, model)
         scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
         scaler = torch.amp.GradScaler(device.type, enabled=place.amp_dtype == torch.float16)
@@ -202,23 +233,32 @@ class Trainer:
             amp=amp_name,
             weights=self._weights_label,
             config=cfg.to_dict(),
+            world_size=dp.world_size if dp is not None else 1,
+            global_batch_size=global_batch,
+            lr_scaling=lr_rule,
         )
 
-        if cached:
+        if cached and dp is not None:  # distributed hook: each rank runs the backbone on its share; gather
+            train_source = yield from self._cache_features(dp.shard(self.train_items), local_cancel, done=0)
+            val_source = yield from self._cache_features(dp.shard(self.val_items), local_cancel, done=0)
+            train_source, val_source = dp.gather_cache(train_source), dp.gather_cache(val_source)
+        elif cached:
             train_source = yield from self._cache_features(self.train_items, cancel, done=0)
             val_source = yield from self._cache_features(self.val_items, cancel, done=len(self.train_items))
         else:
-            train_source = image_loader(self.train_items, self.preprocessing, cfg, device, train=True)
-            val_source = image_loader(self.val_items, self.preprocessing, cfg, device, train=False)
+            sampler = dp.sampler if self._sharded else None  # distributed hook: each rank reads its own share
+            train_source = image_loader(self.train_items, self.preprocessing, cfg, device, train=True, sampler=sampler)
+            val_source = image_loader(self.val_items, self.preprocessing, cfg, device, train=False, sampler=sampler)
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
+        def forward(x: torch.Tensor, trained: torch.nn.Module = trained) -> torch.Tensor:
+            """Logits; training passes the DDP wrapper as ``trained``, evaluation the plain module (no collectives)."""
             if cached:  # x holds pooled features already
-                return model.classifier(x)
+                return trained(x)
             if linear:  # frozen backbone, run on every batch of every epoch
                 with torch.no_grad():
                     x = model.forward_head(model.forward_features(x), pre_logits=True)
-                return model.classifier(x.float())
-            return model(x)
+                return trained(x.float())
+            return trained(x)
 
         total_steps = steps_per_epoch * cfg.epochs
         loop_start, epochs_without_best, reported = time.monotonic(), 0, 0
@@ -227,12 +267,15 @@ class Trainer:
             model.train(not linear)  # linear: the frozen backbone keeps its BatchNorm statistics
             epoch_start, seen, loss_sum, correct = time.monotonic(), 0, 0.0, 0
             batches = self._batches(train_source, shuffle_seed=cfg.seed + epoch)
+            if dp is not None:  # distributed hook: a new shuffle of each share; every rank takes the same steps
+                dp.set_epoch(train_source, epoch)
+                batches = dp.lockstep(batches, cancel)
             for step, (x, y) in enumerate(batches, start=1):
                 if cancel.cancelled:
                     raise _Stop
                 x, y = place.to_device(x, y)
                 with place.autocast():
-                    logits = forward(x)
+                    logits = forward(x, wrapped)
                     loss = F.cross_entropy(logits.float(), y)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -251,12 +294,14 @@ class Trainer:
                     loss=batch_loss,
                     acc=batch_correct / n,
                     lr=optimizer.param_groups[-1]["lr"],
-                    images_per_s=seen / max(now - epoch_start, 1e-9),
+                    images_per_s=seen * ranks / max(now - epoch_start, 1e-9),
                     gpu_memory_mb=place.peak_memory_mb(),
                     eta_s=(now - loop_start) / self._steps_done * max(total_steps - self._steps_done, 0),
                 )
 
-            val = self._evaluate(val_source, forward, cancel)
+            if self._sharded:  # distributed hook: the epoch's train loss and accuracy over every rank's share
+                seen, loss_sum, correct = dp.sum(seen, loss_sum, correct)
+            val = self._evaluate(val_source, forward, local_cancel)
             train_acc = correct / max(seen, 1)
             improved = val.beats(self._best)
             if improved:
@@ -280,7 +325,9 @@ class Trainer:
                 break
 
         # Leave the best epoch's weights in memory, so that trainer.model predicts what the checkpoint predicts.
-        model.load_state_dict(load_file(str(self.out_dir / W.CHECKPOINT_WEIGHTS), device=str(device)))
+        # (Distributed: only rank 0 wrote it, maybe on another machine; the other ranks end here anyway.)
+        if dp is None or dp.is_main:
+            model.load_state_dict(load_file(str(self.out_dir / W.CHECKPOINT_WEIGHTS), device=str(device)))
         model.eval()
         best = self._best
         logger.info(
@@ -365,6 +412,9 @@ class Trainer:
                     logits = forward(x).float()
                 loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
                 confusion += torch.bincount(y.cpu() * n + logits.argmax(1).cpu(), minlength=n * n).view(n, n)
+        if self._sharded:  # distributed hook: sums over every rank's share = the whole validation set
+            confusion = self.data_parallel.sum_tensor(confusion)
+            (loss_sum,) = self.data_parallel.sum(loss_sum)
         total, per_class_total = int(confusion.sum()), confusion.sum(1)
         return _Validation(
             loss=loss_sum / max(total, 1),
@@ -391,6 +441,9 @@ class Trainer:
         self._best = best
 
     def _save(self, metrics: dict[str, Any]) -> None:
+        # Distributed hook: rank 0 writes the one checkpoint.
+        if self.data_parallel is not None and not self.data_parallel.is_main:
+            return
         extra = {"train_config": self.config.to_dict(), "run_id": self.run_id, "initial_weights": self._weights_label}
         if self.report is not None:
             extra["dataset"] = {"source": self.report.source, "counts": self.report.counts}

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from .data import ImageFileDataset, Item, collate_skipping_failures
 from .images import Preprocessing
@@ -68,19 +68,30 @@ class FeatureCache:
 
 
 def image_loader(
-    items: list[Item], preprocessing: Preprocessing, config: TrainConfig, device: torch.device, *, train: bool
+    items: list[Item],
+    preprocessing: Preprocessing,
+    config: TrainConfig,
+    device: torch.device,
+    *,
+    train: bool,
+    sampler: Callable[..., Sampler[int]] | None = None,
 ) -> DataLoader:
     """Batches of (images, labels, failures): augmented and shuffled (seeded) for ``train``, plain and in order
-    otherwise. Each batch leaves out the images that failed to decode and names them in ``failures``."""
+    otherwise. Each batch leaves out the images that failed to decode and names them in ``failures``.
+
+    ``sampler(dataset, shuffle=, seed=)`` picks this process's share of the images (distributed training).
+    """
     transform = preprocessing.train_transform(config.augment) if train else preprocessing.to_tensor
     dataset = ImageFileDataset(items, transform, mode=preprocessing.mode, draft_size=preprocessing.resize_size)
     workers = config.num_workers
     if workers is None:  # decoding in the main process on a CPU: its cores are busy training already
         workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
+    chosen = sampler(dataset, shuffle=train, seed=config.seed) if sampler is not None else None
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
-        shuffle=train,
+        shuffle=train and chosen is None,
+        sampler=chosen,
         generator=torch.Generator().manual_seed(config.seed),
         num_workers=workers,
         persistent_workers=workers > 0,
