@@ -112,7 +112,7 @@ def build_architecture_tab(reuse: gr.Dropdown) -> ArchitectureTab:
                 x="layer",
                 y="channels",
                 color="stage",
-                title="Channels after each layer (the classifier's outputs are in the table)",
+                title="Channels after each layer",  # the classifier left out: see growth_frame
                 elem_id="arch-plot",
             )
             heatmap = gr.Plot(label="Feature reuse (paper, Fig. 5)", show_label=False, elem_id="arch-heatmap")
