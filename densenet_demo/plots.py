@@ -34,25 +34,34 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[float]], class_names: Sequ
 
 
 def feature_reuse_figure(reuse: dict[str, Any], weights_label: str) -> Figure:
-    """The paper's Fig. 5 from ``architecture.feature_reuse``: one heatmap per dense block."""
+    """The paper's Fig. 5 from ``architecture.feature_reuse``: one heatmap per dense block.
+
+    At most two blocks a row, so that each panel keeps a size at which its tick labels can be read when the
+    page scales the image down to its column (four side by side shrank them to a few pixels).
+    """
     blocks = reuse["blocks"]
-    fig = Figure(figsize=(3.4 * len(blocks) + 0.8, 4.2), layout="constrained")
-    axes = fig.subplots(1, len(blocks), squeeze=False)
-    for ax, block in zip(axes[0], blocks, strict=True):
+    cols = min(2, len(blocks))
+    rows = -(-len(blocks) // cols)
+    fig = Figure(figsize=(4.4 * cols + 0.6, 3.9 * rows + 1.0), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(blocks) :]:
+        ax.set_visible(False)
+    for ax, block in zip(axes, blocks, strict=False):
         image = ax.imshow(np.ma.masked_invalid(block["matrix"]), cmap="viridis", vmin=0, vmax=1)
-        ax.set_title(f"block {block['block']}")
+        ax.set_title(f"block {block['block']}", fontsize=12)
         n = len(block["sources"])
         # Short tick labels: "in" is the block's input, numbers are its layers, the last row the layer after it.
         ticks = sorted({*range(0, n, max(1, n // 8)), n - 1})
-        ax.set_xticks(ticks, ["in" if i == 0 else str(i) for i in ticks])
+        ax.set_xticks(ticks, ["in" if i == 0 else str(i) for i in ticks], fontsize=10)
         targets = [str(i) for i in range(1, n)] + ["T" if block["targets"][-1].startswith("transition") else "C"]
-        ax.set_yticks(ticks, [targets[i] for i in ticks])
-        ax.set_xlabel("source layer")
-        ax.set_ylabel("target layer")
-    fig.colorbar(image, ax=list(axes[0]), shrink=0.8)
+        ax.set_yticks(ticks, [targets[i] for i in ticks], fontsize=10)
+        ax.set_xlabel("source layer", fontsize=11)
+        ax.set_ylabel("target layer", fontsize=11)
+    fig.colorbar(image, ax=list(axes[: len(blocks)]), shrink=0.8, label="relative mean |w|")
     fig.suptitle(
         f"Feature reuse (the paper's Fig. 5), {weights_label}\n"
-        "mean |w| of each target's first convolution per source layer, normalised per target; "
-        "T: transition, C: classifier"
+        "mean |w| of each target's first convolution per source layer, normalised per target;\n"
+        "T: the transition after the block, C: the classifier",
+        fontsize=11,
     )
     return fig

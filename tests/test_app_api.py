@@ -51,7 +51,7 @@ def test_architecture_for_preset_and_custom_config(client):
     summary, table, plot, _ = client.predict(
         "custom", 6, "2,3", 12, 0, 1.0, 0.0, "cifar", "1", 16, "none", api_name="/architecture"
     )
-    assert "**DenseNet**," in summary and "16×16×1" in summary
+    assert "Custom config: DenseNet**," in summary and "16×16×1" in summary
     assert len(table["data"]) >= 2 + 3
 
 

@@ -1,4 +1,9 @@
-"""The Architecture tab: a preset's or a custom config's channel growth, totals and feature-reuse heatmap."""
+"""The Architecture tab: a preset's or a custom config's channel growth, totals and feature-reuse heatmap.
+
+The config fields always hold the architecture that Show describes: choosing a preset fills them with its
+config, editing any of them switches the model to "custom", and choosing a fine-tuned run for the heatmap
+loads that run's config into them. The heatmap is drawn only from weights of the architecture on the page.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,35 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .. import architecture, plots, predict, units, weights
-from ..config import PRESETS, DenseNetConfig, default_image_size
+from ..config import IMAGENET_PRESETS, PRESETS, DenseNetConfig, default_image_size
 from .common import preset_choices, reuse_choices, user_errors
 
-__all__ = ["ArchitectureTab", "build_architecture_tab", "reuse_dropdown", "show_architecture"]
+__all__ = [
+    "ArchitectureTab",
+    "build_architecture_tab",
+    "config_fields",
+    "display_table",
+    "format_bytes",
+    "growth_frame",
+    "reuse_dropdown",
+    "show_architecture",
+]
+
+CUSTOM = "custom"
+DEFAULT_MODEL = "densenet121"
+
+# The page's table: the columns people read first come first; the CLI and JSON keep the raw rows.
+DISPLAY_COLUMNS = (
+    "Layer",
+    "Stage",
+    "Channels in → out",
+    "Output size",
+    "Params",
+    "MACs",
+    "Activations (naive)",
+    "Activations (memory-efficient)",
+    "Operation",
+)
 
 
 class ArchitectureTab(NamedTuple):
@@ -31,39 +61,90 @@ def reuse_dropdown() -> gr.Dropdown:
     )
 
 
+def config_fields(cfg: DenseNetConfig) -> tuple[Any, ...]:
+    """The custom-config fields' values for ``cfg``, in the order the tab lays them out."""
+    return (
+        cfg.growth_rate,
+        ",".join(str(n) for n in cfg.block_config),
+        cfg.num_init_features,
+        cfg.bn_size,
+        cfg.compression,
+        cfg.drop_rate,
+        cfg.stem,
+        str(cfg.in_channels),
+        cfg.num_classes,
+    )
+
+
 def build_architecture_tab(reuse: gr.Dropdown) -> ArchitectureTab:
     """The tab's layout and events; call inside ``gr.Tab``. ``reuse``: from ``reuse_dropdown()``, rendered here."""
+    start = dict(
+        zip(
+            ("k", "blocks", "init", "bn", "theta", "drop", "stem", "in_channels", "classes"),
+            config_fields(PRESETS[DEFAULT_MODEL].config),
+            strict=True,
+        )
+    )
     with gr.Row():
         with gr.Column(scale=1):
             preset = gr.Dropdown(
-                preset_choices() + [("custom", "custom")], value="densenet121", label="Model", elem_id="arch-preset"
+                preset_choices() + [(CUSTOM, CUSTOM)], value=DEFAULT_MODEL, label="Model", elem_id="arch-preset"
             )
             size = gr.Number(value=None, label="Image size (0: the model's own)", precision=0)
-            with gr.Accordion("Custom config (choose 'custom' above)", open=False):
-                k = gr.Slider(1, 64, value=12, step=1, label="Growth rate k")
-                blocks = gr.Textbox(value="16,16,16", label="Layers per block")
-                init = gr.Number(value=24, label="Stem channels", precision=0)
-                bn = gr.Slider(0, 8, value=4, step=1, label="Bottleneck size (0 = none)")
-                theta = gr.Slider(0.1, 1.0, value=0.5, step=0.05, label="Compression θ")
-                drop = gr.Slider(0.0, 0.5, value=0.0, step=0.05, label="Dropout")
-                stem = gr.Radio(["cifar", "imagenet"], value="cifar", label="Stem")
-                in_channels = gr.Radio(["3", "1"], value="3", label="Input channels")
+            with gr.Accordion("Config (the chosen model's; editing any field makes it 'custom')", open=False):
+                k = gr.Slider(1, 64, value=start["k"], step=1, label="Growth rate k", elem_id="arch-k")
+                blocks = gr.Textbox(value=start["blocks"], label="Layers per block", elem_id="arch-blocks")
+                init = gr.Number(value=start["init"], label="Stem channels", precision=0, elem_id="arch-init")
+                bn = gr.Slider(0, 8, value=start["bn"], step=1, label="Bottleneck size (0 = none)")
+                theta = gr.Slider(0.1, 1.0, value=start["theta"], step=0.05, label="Compression θ")
+                drop = gr.Slider(0.0, 0.5, value=start["drop"], step=0.05, label="Dropout")
+                stem = gr.Radio(["cifar", "imagenet"], value=start["stem"], label="Stem")
+                in_channels = gr.Radio(["3", "1"], value=start["in_channels"], label="Input channels")
+                classes = gr.Number(
+                    value=start["classes"], label="Classes (outputs of the classifier)", precision=0,
+                    elem_id="arch-classes",
+                )  # fmt: skip
             reuse.render()
             button = gr.Button("Show", variant="primary", elem_id="arch-button")
         with gr.Column(scale=3):
             summary = gr.Markdown(elem_id="arch-summary")
             plot = gr.LinePlot(
-                x="layer", y="channels", color="stage", title="Channels after each layer", elem_id="arch-plot"
+                x="layer",
+                y="channels",
+                color="stage",
+                title="Channels after each layer",  # the classifier left out: see growth_frame
+                elem_id="arch-plot",
             )
             heatmap = gr.Plot(label="Feature reuse (paper, Fig. 5)", show_label=False, elem_id="arch-heatmap")
-    table = gr.Dataframe(label="Per-layer channel growth", interactive=False, elem_id="arch-table")
+    table = gr.Dataframe(label="Per-layer channel growth", interactive=False, pinned_columns=1, elem_id="arch-table")
+    fields = [k, blocks, init, bn, theta, drop, stem, in_channels, classes]
+    # Only a person's choice fills the fields (.input, not .change), so filling them does not loop back.
+    preset.input(_fields_for_preset, preset, fields, api_visibility="private", queue=False)
+    for field in fields:
+        field.input(lambda: CUSTOM, None, preset, api_visibility="private", queue=False)
+    reuse.input(_fields_for_run, reuse, [preset, *fields], api_visibility="private")
     button.click(
         show_architecture,
-        [preset, k, blocks, init, bn, theta, drop, stem, in_channels, size, reuse],
+        [preset, k, blocks, init, bn, theta, drop, stem, in_channels, size, reuse, classes],
         [summary, table, plot, heatmap],
         api_name="architecture",
     )
     return ArchitectureTab(preset, reuse, summary, table, plot, heatmap)
+
+
+def _fields_for_preset(preset: str) -> list[Any]:
+    if preset not in PRESETS:  # "custom": keep what the fields hold
+        return [gr.skip()] * 9
+    return list(config_fields(PRESETS[preset].config))
+
+
+def _fields_for_run(reuse_weights: str) -> list[Any]:
+    """A fine-tuned run chosen for the heatmap: its architecture goes into the fields, as the custom model."""
+    if not reuse_weights.startswith("run:"):
+        return [gr.skip()] * 10
+    with user_errors(ValueError, weights.CheckpointError):
+        info = weights.read_checkpoint_info(weights.run_path(reuse_weights.removeprefix("run:")))
+    return [CUSTOM, *config_fields(info.config)]
 
 
 def show_architecture(
@@ -78,33 +159,52 @@ def show_architecture(
     in_channels: str,
     image_size: float,
     reuse_weights: str,
+    num_classes: float | None = 1000,
 ) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure | None]:
-    """Channel-growth table, plot, totals and feature-reuse heatmap for a preset or a custom config."""
-    if preset == "custom":
+    """Summary, per-layer table, channel plot and feature-reuse heatmap for a preset or a custom config.
+
+    ``num_classes`` (last, so that callers from before it existed keep working) sizes a custom config's head.
+    """
+    if preset == CUSTOM:
         cfg = _custom_config(
-            growth_rate, blocks_text, init_features, bn_size, compression, drop_rate, stem, in_channels
+            growth_rate, blocks_text, init_features, bn_size, compression, drop_rate, stem, in_channels, num_classes
         )
     elif preset in PRESETS:
         cfg = PRESETS[preset].config
     else:
-        raise gr.Error(f"Unknown preset {preset!r}.")
+        raise gr.Error(f"Unknown model {preset!r}: choose a preset or 'custom'.")
     size = int(image_size) if image_size else default_image_size(cfg)
     with user_errors(ValueError):
         rows = architecture.channel_growth_table(cfg, size)
         totals = architecture.totals(cfg, size)
-    macs = units.si(totals["macs"], digits=3, sep=" ")
-    naive, efficient = (units.mib(totals[f"activation_bytes_{k}"], 1) for k in ("naive", "memory_efficient"))
-    summary = (
-        f"**{cfg.variant}**, L = {cfg.depth}, k = {cfg.growth_rate}, blocks {list(cfg.block_config)}, "
-        f"θ = {cfg.compression}, input {size}×{size}×{cfg.in_channels}\n\n"
-        f"| params | MACs | training activations / image (naive) | (memory-efficient) |\n|---|---|---|---|\n"
-        f"| {totals['params']:,} | {macs} | {naive} MiB | {efficient} MiB |"
+    figure, note = _feature_reuse_plot(preset, cfg, reuse_weights)
+    if note:
+        gr.Warning(note)
+    summary = _summary(preset, cfg, size, totals) + (f"\n\n**Heatmap:** {note}" if note else "")
+    return summary, display_table(rows), growth_frame(rows), figure
+
+
+def _summary(preset: str, cfg: DenseNetConfig, size: int, totals: dict[str, Any]) -> str:
+    # A list, not a table: on a phone a 4-column table breaks its words letter by letter.
+    name = "Custom config" if preset == CUSTOM else preset
+    return (
+        f"**{name}: {cfg.variant}**, L = {cfg.depth}, k = {cfg.growth_rate}, blocks {list(cfg.block_config)}, "
+        f"θ = {cfg.compression}, {cfg.num_classes} classes, input {size}×{size}×{cfg.in_channels}\n\n"
+        f"- **Parameters:** {totals['params']:,} ({units.si(totals['params'])})\n"
+        f"- **MACs:** {units.si(totals['macs'], digits=3, sep=' ')}\n"
+        f"- **Training activations per image:** {format_bytes(totals['activation_bytes_naive'])} naive, "
+        f"{format_bytes(totals['activation_bytes_memory_efficient'])} memory-efficient"
     )
-    return summary, pd.DataFrame(rows), _growth_frame(rows), _feature_reuse_plot(preset, reuse_weights)
+
+
+def _whole(name: str, value: Any) -> int:
+    if value is None or value == "":
+        raise gr.Error(f"{name} is empty; enter a whole number.")
+    return int(value)
 
 
 def _custom_config(
-    growth_rate, blocks_text, init_features, bn_size, compression, drop_rate, stem, in_channels
+    growth_rate, blocks_text, init_features, bn_size, compression, drop_rate, stem, in_channels, num_classes
 ) -> DenseNetConfig:
     try:
         block_config = tuple(int(b) for b in str(blocks_text).replace(" ", "").split(",") if b)
@@ -116,18 +216,53 @@ def _custom_config(
         return DenseNetConfig(
             growth_rate=int(growth_rate),
             block_config=block_config,
-            num_init_features=int(init_features),
+            num_init_features=_whole("Stem channels", init_features),
             bn_size=int(bn_size),
             compression=float(compression),
             drop_rate=float(drop_rate),
             stem=stem,
             in_channels=int(in_channels),
+            num_classes=_whole("Classes", num_classes),
         )
 
 
-def _growth_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Channels after each row, one series per stage; each stage also starts from the previous stage's last
-    point, so the line is unbroken and a transition shows as the drop it is (the saw-tooth)."""
+def format_bytes(n_bytes: float) -> str:
+    """Bytes for people, in powers of 1024: ``3211264`` -> ``'3.06 MiB'``, ``512`` -> ``'512 B'``."""
+    for scale, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if abs(n_bytes) >= scale:
+            return f"{n_bytes / scale:.2f} {suffix}"
+    return f"{n_bytes:.0f} B"
+
+
+def display_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """The page's view of ``architecture.channel_growth_table``: plain-word headers, readable units."""
+    return pd.DataFrame(
+        [
+            (
+                row["name"].removeprefix("features."),
+                row["stage"],
+                f"{row['in_channels']} → {row['out_channels']}",
+                f"{row['out_h']}×{row['out_w']}",
+                units.si(row["params"]),
+                units.si(row["macs"]),
+                format_bytes(row["activation_bytes"]),
+                format_bytes(row["activation_bytes_memory_efficient"]),
+                row["op"],
+            )
+            for row in rows
+        ],
+        columns=list(DISPLAY_COLUMNS),
+    )
+
+
+def growth_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Channels after each row, one series per stage, for the plot.
+
+    Each stage also starts from the previous stage's last point, so the line is unbroken and a transition
+    shows as the drop it is (the saw-tooth). The classifier is left out: its outputs are classes, not
+    feature channels, and 1000 of them would squash the growth into the bottom of the plot.
+    """
+    rows = [row for row in rows if row["name"] != "classifier"]
     points = []
     for i, row in enumerate(rows):
         if i and row["stage"] != rows[i - 1]["stage"]:
@@ -136,15 +271,40 @@ def _growth_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(points)
 
 
-def _feature_reuse_plot(preset: str, reuse_weights: str) -> Figure | None:
+def _same_architecture(a: DenseNetConfig, b: DenseNetConfig) -> bool:
+    # Dropout and memory-efficiency change how a model trains, not its weights' shapes.
+    neutral = {"drop_rate": 0.0, "memory_efficient": False}
+    return a.replace(**neutral) == b.replace(**neutral)
+
+
+def _feature_reuse_plot(preset: str, cfg: DenseNetConfig, reuse_weights: str) -> tuple[Figure | None, str]:
+    """The heatmap of ``reuse_weights`` when they belong to ``cfg``'s architecture, else (None, why not)."""
     if reuse_weights == "none":
-        return None
+        return None, ""
+    if reuse_weights.startswith("run:"):
+        run_id = reuse_weights.removeprefix("run:")
+        with user_errors(ValueError, weights.CheckpointError):
+            source = weights.read_checkpoint_info(weights.run_path(run_id)).config
+        what, model, hint = f"fine-tuned run {run_id}", reuse_weights, "choose the run in the heatmap list again"
+    else:
+        try:
+            model = weights.imagenet_preset_for(preset if preset in PRESETS else cfg)
+        except ValueError:
+            return None, (
+                f"not drawn: there are no ImageNet weights for {'this custom config' if preset == CUSTOM else preset}; "
+                f"they exist for {', '.join(IMAGENET_PRESETS)}. Choose one of those, a fine-tuned run, or 'none'."
+            )
+        source = PRESETS[model].config
+        what, hint = f"the ImageNet weights of {model}", f"choose {model}"
+    if not _same_architecture(cfg, source):
+        return None, (
+            f"not drawn: {what} are for another architecture ({source.variant}, k = {source.growth_rate}, "
+            f"blocks {list(source.block_config)}, {source.num_classes} classes) than the one shown; "
+            f"{hint} to see its architecture, or choose 'none'."
+        )
     with user_errors(ValueError, weights.CheckpointError, OSError):
-        if reuse_weights == "imagenet":
-            weights.imagenet_preset_for(preset)  # a ValueError naming the presets that have them
-        if reuse_weights.startswith("run:"):
-            predictor = predict.get_predictor(reuse_weights)
-        else:
-            predictor = predict.get_predictor(preset, "imagenet")
+        predictor = predict.get_predictor(model, "imagenet" if reuse_weights == "imagenet" else weights.DEFAULT)
+    if predictor.notice:  # the ImageNet weights could not be had: a heatmap of random weights would mislead
+        return None, f"not drawn: {predictor.notice}"
     reuse = architecture.feature_reuse(predictor.model, predictor.cfg)
-    return plots.feature_reuse_figure(reuse, predictor.weights_label)
+    return plots.feature_reuse_figure(reuse, predictor.weights_label), ""
