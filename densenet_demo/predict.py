@@ -10,10 +10,12 @@ registering hooks on the shared model.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,15 +24,28 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from . import data
 from . import weights as W
 from .images import ImageError, ImageSource, Preprocessing, decode_image
 from .inference import InferenceDenseNet
 from .model import DenseNet
 
-__all__ = ["CACHE_SIZE", "GradCam", "Prediction", "Predictor", "build_predictor", "clear_cache", "get_predictor"]
+__all__ = [
+    "CACHE_SIZE",
+    "GradCam",
+    "Prediction",
+    "Predictor",
+    "build_predictor",
+    "checkpoint_from_upload",
+    "clear_cache",
+    "get_predictor",
+]
 
 CACHE_SIZE = 4  # models kept in memory; with its inference copy a DenseNet-121 takes ~65 MB, a 161 ~230 MB
 MAX_BATCH = 32  # images per forward pass; more are split, so a large upload cannot exhaust memory
+# A checkpoint zip holds two files; DenseNet-161's weights (the largest preset) take ~115 MB.
+MAX_CHECKPOINT_ZIP_BYTES = 1024**3
+MAX_CHECKPOINT_ZIP_ENTRIES = 16
 
 
 @dataclass
@@ -267,3 +282,73 @@ def get_predictor(model: str, weights: str | os.PathLike | None = W.DEFAULT) -> 
 def clear_cache() -> None:
     with _cache_lock:
         _cache.clear()
+
+
+def checkpoint_from_upload(path: str | os.PathLike) -> Path:
+    """An uploaded weights file as ``weights.resolve`` takes it, the checkpoint's class names kept.
+
+    - a ``.zip`` (the Fine-tune tab's download: ``<run>/model.safetensors`` + ``model.json``) is extracted
+      safely (``data.safe_extract_zip``: no paths outside, size limits) into a folder beside it, and that
+      checkpoint folder is returned;
+    - a ``.safetensors`` whose header records a checkpoint (this project's ``model.safetensors``) gets a
+      checkpoint folder of its own beside it (a hard link), so its architecture and class names come back;
+    - any other file is returned as it is (a state dict for the chosen architecture).
+
+    The same upload gives the same folder, so the predictor cache keeps serving it.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".zip":
+        return _prepared(path.with_suffix(""), lambda tmp: _extract_checkpoint(path, tmp))
+    if path.suffix.lower() != ".safetensors":
+        return path
+    try:
+        return _prepared(path.with_suffix(""), lambda tmp: _link(path, tmp / W.CHECKPOINT_WEIGHTS, tmp))
+    except W.CheckpointError:
+        return path  # a plain state dict: loaded into the chosen architecture
+
+
+def _prepared(folder: Path, make: Callable[[Path], Path]) -> Path:
+    """``folder`` once made: ``make(tmp)`` fills a temporary folder (returning the checkpoint in it) that is
+    renamed into place, so concurrent requests for one upload never see half a checkpoint."""
+    if folder.is_dir():
+        return _checkpoint_in(folder)
+    tmp = Path(tempfile.mkdtemp(prefix=".checkpoint_", dir=folder.parent))
+    try:
+        inner = make(tmp).relative_to(tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another request prepared it first
+            return _checkpoint_in(folder)
+        return folder / inner
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _extract_checkpoint(zip_path: Path, target: Path) -> Path:
+    files = data.safe_extract_zip(
+        zip_path, target, max_total_bytes=MAX_CHECKPOINT_ZIP_BYTES, max_entries=MAX_CHECKPOINT_ZIP_ENTRIES
+    )
+    found = [f.parent for f in files if f.name == W.CHECKPOINT_WEIGHTS]
+    if len(found) != 1:
+        raise W.CheckpointError(
+            f"{zip_path.name}: expected one {W.CHECKPOINT_WEIGHTS} in the zip (a run downloaded from the "
+            f"Fine-tune tab), found {len(found)}"
+        )
+    W.read_checkpoint_info(found[0])  # refuse a zip whose checkpoint cannot say its architecture
+    return found[0]
+
+
+def _link(source: Path, dest: Path, folder: Path) -> Path:
+    try:
+        os.link(source, dest)
+    except OSError:  # another file system, or links not allowed
+        shutil.copyfile(source, dest)
+    W.read_checkpoint_info(folder)  # raises for a plain state dict (no checkpoint metadata)
+    return folder
+
+
+def _checkpoint_in(folder: Path) -> Path:
+    found = sorted(p.parent for p in folder.rglob(W.CHECKPOINT_WEIGHTS))
+    if not found:
+        raise W.CheckpointError(f"{folder.name}: no {W.CHECKPOINT_WEIGHTS} in this upload")
+    return found[0]

@@ -45,6 +45,7 @@ FOLDER_UPLOAD_JS = """
 CSS = """
 .progress-outer {background: var(--neutral-200); border-radius: 6px; height: 14px; overflow: hidden;}
 .progress-inner {background: var(--color-accent); height: 14px; transition: width 0.3s;}
+#predict-gallery .caption-label {white-space: normal; max-width: calc(100% - 8px); opacity: 0.9;}
 """
 
 LAUNCH_SETTINGS: dict[str, Any] = {

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import PurePosixPath
 
 import gradio as gr
 
 from .. import weights
 from ..config import PRESETS
 
-__all__ = ["model_choices", "preset_choices", "reuse_choices", "user_errors"]
+__all__ = ["model_choices", "names_only", "preset_choices", "reuse_choices", "user_errors"]
+
+# An absolute server path in a message: a '/' that starts a word (not the '//' of a URL), up to a space,
+# quote, bracket, comma or colon.
+_SERVER_PATH = re.compile(r"(?<![\w:/.~-])/[^\s'\"()<>,;:]+")
 
 
 def preset_choices() -> list[tuple[str, str]]:
@@ -41,3 +47,8 @@ def user_errors(*errors: type[Exception]) -> Iterator[None]:
         yield
     except errors as e:
         raise gr.Error(str(e)) from None
+
+
+def names_only(text: str) -> str:
+    """``text`` with each absolute server path shortened to its last name (``/tmp/x/run.zip`` -> ``run.zip``)."""
+    return _SERVER_PATH.sub(lambda m: PurePosixPath(m.group(0)).name or m.group(0), text)

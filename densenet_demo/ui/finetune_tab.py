@@ -332,8 +332,9 @@ def _finish(
         tab.confusion: confusion,
         tab.per_class: per_class,
         tab.download: str(weights.zip_checkpoint(checkpoint, session.folder())) if checkpoint else None,
+        # Without a checkpoint only the list is refreshed: the Predict tab keeps the model it had.
         tab.predict_model: gr.update(
-            choices=model_choices(), value=f"run:{Path(checkpoint).name}" if checkpoint else gr.skip()
+            choices=model_choices(), **({"value": f"run:{Path(checkpoint).name}"} if checkpoint else {})
         ),
         tab.reuse: gr.update(choices=reuse_choices()),
     }

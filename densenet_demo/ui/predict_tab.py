@@ -1,7 +1,14 @@
-"""The Predict tab: classify uploaded images with a preset or a fine-tuned run; top-k, Grad-CAM, a table."""
+"""The Predict tab: classify a photo (upload, paste, live webcam) or a batch of files with a preset or a
+fine-tuned run; top-k per image, Grad-CAM, a table, and an ONNX download of the selected model."""
 
 from __future__ import annotations
 
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -10,21 +17,47 @@ import pandas as pd
 
 from .. import data, predict, weights
 from ..config import PRESETS
-from .common import user_errors
+from ..images import ImageError
+from .common import names_only
 
-__all__ = ["PredictTab", "build_predict_tab", "predict_images", "PREDICT_CONCURRENCY", "WEIGHTS_CHOICES"]
+__all__ = [
+    "PredictTab",
+    "build_predict_tab",
+    "classify",
+    "classify_frame",
+    "export_onnx",
+    "predict_images",
+    "EXAMPLE_PHOTOS",
+    "PREDICT_CONCURRENCY",
+    "TABLE_COLUMNS",
+    "WEIGHTS_CHOICES",
+]
+
+logger = logging.getLogger(__name__)
 
 # Prediction requests served at once (the model cache is shared, read-only). bench/serve.py on 2 CPU cores:
 # 2 serves 24% more requests/s than 1, and 4 no more than 2 while holding twice the activations in memory.
 PREDICT_CONCURRENCY = 2
+LIVE_FRAME_EVERY_S = 0.1  # how often the browser offers a webcam frame; frames that arrive while busy are dropped
+EXPORT_MAX_AGE_S = 3600  # ONNX downloads older than this are removed when the next export starts
 
 WEIGHTS_CHOICES = ("ImageNet", "Random init", "Checkpoint file")
+WEIGHTS_INFO = "ImageNet weights exist for densenet121/161/169/201; other presets start from random init."
+TABLE_COLUMNS = ["image", "top-1", "p", "top-k", "latency ms"]
+# Real photos of ImageNet classes (public domain / CC0, see examples/LICENSES.md).
+EXAMPLE_PHOTOS = Path(__file__).resolve().parents[2] / "examples"
+RANDOM_WARNING = (
+    "⚠️ **Random weights: these classes mean nothing.** {model} has not learned anything yet; pick ImageNet "
+    "weights (densenet121/161/169/201) or a fine-tuned run."
+)
 
 
 class PredictTab(NamedTuple):
     model: gr.Dropdown  # other tabs refresh its runs
     weights: gr.Radio
+    photo: gr.Image
     images: gr.File
+    warning: gr.Markdown
     label: gr.Label
     info: gr.Markdown
     gallery: gr.Gallery
@@ -43,42 +76,122 @@ def build_predict_tab(models: list[tuple[str, str]]) -> PredictTab:
                 allow_custom_value=True,  # API clients may name runs made after this page was built
             )
             weights_choice = gr.Radio(
-                list(WEIGHTS_CHOICES),
-                value="ImageNet",
-                label="Weights",
-                info="ImageNet weights for the four ImageNet presets; fine-tuned runs carry their own.",
+                list(WEIGHTS_CHOICES), value="ImageNet", label="Weights", info=WEIGHTS_INFO, elem_id="predict-weights"
             )
             weights_file = gr.File(
-                label="Checkpoint file (.safetensors / .pth)", file_types=[".safetensors", ".pth", ".pt"], visible=False
+                label="Checkpoint: the Fine-tune tab's .zip download, or a .safetensors / .pth file",
+                file_types=[".zip", ".safetensors", ".pth", ".pt"],
+                visible=False,
+                elem_id="predict-checkpoint",
             )
-            images = gr.File(label="Images", file_count="multiple", file_types=["image"], elem_id="predict-images")
-            with gr.Row():
-                top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k")
-                show_cam = gr.Checkbox(value=True, label="Grad-CAM")
-            button = gr.Button("Classify", variant="primary", elem_id="predict-button")
+            photo = gr.Image(
+                sources=["upload", "clipboard", "webcam"],
+                type="filepath",
+                label="Image: upload, paste (Ctrl+V) or take a photo with the webcam",
+                height=280,
+                elem_id="predict-photo",
+            )
+            gr.Examples(
+                [[str(p)] for p in sorted(EXAMPLE_PHOTOS.glob("*.jpg"))],
+                inputs=photo,
+                label="Example photos (ImageNet classes: try them with densenet121's ImageNet weights)",
+            )
+            with gr.Accordion("Live camera: classify what the webcam sees, continuously", open=False):
+                camera = gr.Image(
+                    sources=["webcam"],
+                    type="filepath",
+                    streaming=True,  # Gradio streams only a webcam-only input
+                    label="Live camera",
+                    height=240,
+                    elem_id="predict-camera",
+                )
+            images = gr.File(
+                label="Or several images at once", file_count="multiple", file_types=["image"], elem_id="predict-images"
+            )
+            previews = gr.Gallery(
+                show_label=False, columns=8, height=100, object_fit="contain", allow_preview=False, visible=False
+            )
             gr.Examples(
                 [[[str(path)]] for path in data.example_images()],
                 inputs=images,
                 label="Generated examples (shapes and stripes, as in the example dataset)",
             )
+            with gr.Row():
+                top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k")
+                show_cam = gr.Checkbox(value=True, label="Grad-CAM (stills)")
+            button = gr.Button("Classify", variant="primary", elem_id="predict-button")
+            with gr.Row():
+                export_button = gr.Button("Export ONNX", size="sm", elem_id="predict-export-button")
+                export_file = gr.File(label="ONNX bundle", visible=False, elem_id="predict-export")
         with gr.Column():
+            warning = gr.Markdown(elem_id="predict-warning")  # right above the label, where the eye goes first
             label = gr.Label(label="Top classes (first image)", elem_id="predict-label")
             info = gr.Markdown(elem_id="predict-info")
-            gallery = gr.Gallery(label="Grad-CAM: where the model looked", columns=3, height=300)
-            table = gr.Dataframe(label="All images", interactive=False, elem_id="predict-table")
-    model.change(_weights_for_model, [model, weights_choice], weights_choice, api_visibility="private")
+            gallery = gr.Gallery(
+                label="Each image's top classes (with Grad-CAM: where the model looked)",
+                columns=3,
+                height="auto",
+                object_fit="contain",
+                elem_id="predict-gallery",
+            )
+            table = gr.Dataframe(
+                pd.DataFrame(columns=TABLE_COLUMNS),
+                headers=TABLE_COLUMNS,
+                label="All images",
+                interactive=False,
+                elem_id="predict-table",
+            )
+            live = gr.State()  # the last webcam frame's time, for the frame rate
+    model.change(natural_weights, model, weights_choice, api_visibility="private")
+    gr.on(
+        [model.change, weights_choice.change],
+        _selection_warning,
+        [model, weights_choice],
+        warning,
+        api_visibility="private",
+    )
     weights_choice.change(
         lambda c: gr.update(visible=c == "Checkpoint file"), weights_choice, weights_file, api_visibility="private"
     )
+    images.change(_previews, images, previews, api_visibility="private", show_progress="hidden")
+    settings = [model, weights_choice, weights_file, top_k]
     button.click(
+        classify,
+        [photo, images, *settings, show_cam],
+        [warning, label, info, gallery, table],
+        api_name="classify",
+        concurrency_limit=PREDICT_CONCURRENCY,
+        concurrency_id="predict",
+    )
+    camera.stream(
+        classify_frame,
+        [camera, *settings, live],
+        [warning, label, info, live],
+        api_visibility="private",
+        stream_every=LIVE_FRAME_EVERY_S,
+        # Gradio's stream default ("multiple"): "always_last" ends the stream after its first frame (Gradio 6.31).
+        concurrency_limit=PREDICT_CONCURRENCY,
+        concurrency_id="predict",
+        show_progress="hidden",
+    )
+    # The files-only endpoint that API clients call; no button of its own.
+    gr.on(
+        [],
         predict_images,
-        [images, model, weights_choice, weights_file, top_k, show_cam],
+        [images, *settings, show_cam],
         [label, gallery, table, info],
         api_name="predict",
         concurrency_limit=PREDICT_CONCURRENCY,
         concurrency_id="predict",
     )
-    return PredictTab(model, weights_choice, images, label, info, gallery, table)
+    export_button.click(
+        export_onnx, [model, weights_choice, weights_file], export_file, api_name="export_onnx", concurrency_limit=1
+    )
+    return PredictTab(model, weights_choice, photo, images, warning, label, info, gallery, table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Handlers
 
 
 def predict_images(
@@ -89,22 +202,111 @@ def predict_images(
     top_k: float,
     show_cam: bool,
 ) -> tuple[dict[str, float], list[tuple[Any, str]], pd.DataFrame, str]:
-    """Classify one or more uploaded images: top-k of the first, Grad-CAM overlays, a table of all."""
+    """Classify uploaded image files: top-k of the first, each image with its top classes, a table of all."""
     paths = [files] if isinstance(files, str) else list(files or [])
+    result = _classify(paths, model, weights_choice, weights_file, top_k, show_cam)
+    return result.label, result.gallery, result.table, result.info
+
+
+def classify(
+    photo: str | None,
+    files: list[str] | None,
+    model: str,
+    weights_choice: str,
+    weights_file: str | None,
+    top_k: float,
+    show_cam: bool,
+) -> tuple[Any, ...]:
+    """The Classify button: the photo and the files together. A user error is one warning, not an error per panel."""
+    paths = ([photo] if photo else []) + list(files or [])
+    try:
+        result = _classify(paths, model, weights_choice, weights_file, top_k, show_cam)
+    except gr.Error as e:
+        gr.Warning(e.message)
+        return gr.skip(), None, "", [], pd.DataFrame(columns=TABLE_COLUMNS)
+    columns = max(1, min(3, len(result.gallery)))  # one image gets the whole width, not a third of it
+    return (
+        result.warning,
+        gr.update(value=result.label, label=_label_title(result.warning)),
+        result.info,
+        gr.update(value=result.gallery, columns=columns),
+        result.table,
+    )
+
+
+def classify_frame(
+    frame: str | None, model: str, weights_choice: str, weights_file: str | None, top_k: float, last: float | None
+) -> tuple[Any, ...]:
+    """One webcam frame: top-k and the frame rate. Frames come as fast as the previous one is answered."""
+    if not frame:
+        return gr.skip(), gr.skip(), gr.skip(), last
+    try:
+        predictor = _get_predictor(model, weights_choice, weights_file)
+        with _user_messages():
+            (result,) = predictor.predict([frame], top_k=int(top_k), names=["webcam"])
+    except gr.Error as e:
+        return gr.skip(), gr.skip(), f"Live: {e.message}", last
+    now = time.monotonic()
+    rate = f"{1.0 / (now - last):.1f} frames/s, " if last and now > last else ""
+    warning = _random_warning(predictor, model)
+    info = f"**Live** with **{model}** ({predictor.weights_label}): {rate}{result.latency_ms:.0f} ms per frame."
+    return warning, gr.update(value=dict(result.labels), label=_label_title(warning)), info, now
+
+
+def natural_weights(model: Any) -> Any:
+    """Each model selection gets its own weights: ImageNet where they exist, else random; a run brings its own."""
+    if not isinstance(model, str) or not model:
+        return gr.skip()
+    if model.startswith("run:"):
+        return gr.update(value=None, interactive=False, info="A fine-tuned run brings its own weights.")
+    choice = "ImageNet" if weights.default_weights(model) == "imagenet" else "Random init"
+    return gr.update(value=choice, interactive=True, info=WEIGHTS_INFO)
+
+
+def export_onnx(model: str, weights_choice: str, weights_file: str | None) -> Any:
+    """The selected model as an ONNX bundle (model, class names and preprocessing, a README) to download."""
+    name = _model_name(model)
+    weights_arg = _weights_arg(name, weights_choice, weights_file)
+    try:
+        from .. import export  # another module's work; the page works without it
+    except ImportError as e:
+        logger.warning("ONNX export unavailable: %s", e)
+        raise gr.Error(f"ONNX export is not available on this server (missing module {e.name}).") from None
+    with _user_messages(export.ExportError):
+        bundle = export.export_bundle(name, weights_arg, _export_folder())
+    return gr.update(value=str(bundle), visible=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+class _Result(NamedTuple):
+    label: dict[str, float]
+    gallery: list[tuple[Any, str]]
+    table: pd.DataFrame
+    info: str
+    warning: str
+
+
+def _classify(
+    paths: list[str], model: str, weights_choice: str, weights_file: str | None, top_k: float, show_cam: bool
+) -> _Result:
     if not paths:
-        raise gr.Error("Upload an image first.")
+        raise gr.Error("Add an image first: upload, paste or take one with the webcam, or pick an example.")
     predictor = _get_predictor(model, weights_choice, weights_file)
-    results = predictor.predict_images(paths, top_k=int(top_k), names=[Path(p).name for p in paths])
+    with _user_messages():
+        results = predictor.predict_images(paths, top_k=int(top_k), names=[Path(p).name for p in paths])
     good = [r for r in results if isinstance(r, predict.Prediction)]
     errors = [str(r) for r in results if not isinstance(r, predict.Prediction)]
     if not good:
         raise gr.Error("; ".join(errors))
     gallery: list[tuple[Any, str]] = []
-    if show_cam:
-        for path, result in zip(paths, results, strict=True):
-            if isinstance(result, predict.Prediction):
-                cam = predictor.gradcam(path)
-                gallery.append((cam.overlay, f"{result.name}: Grad-CAM for '{cam.class_name}'"))
+    for path, result in zip(paths, results, strict=True):
+        if isinstance(result, predict.Prediction):
+            caption = f"{result.name}: " + ", ".join(f"{lbl} {p:.0%}" for lbl, p in result.labels[:3])
+            image = predictor.gradcam(path).overlay if show_cam else path
+            gallery.append((image, caption))
     table = pd.DataFrame(
         [
             {
@@ -115,43 +317,86 @@ def predict_images(
                 "latency ms": round(r.latency_ms, 1),
             }
             for r in good
-        ]
+        ],
+        columns=TABLE_COLUMNS,
     )
     lines = [
         f"**{len(good)} image(s)** classified with **{model}** ({predictor.weights_label}); "
         f"latency {good[0].latency_ms:.0f} ms for the first."
     ]
     if predictor.notice:
-        lines.append(f"⚠️ {predictor.notice}")
+        lines.append(f"⚠️ {names_only(predictor.notice)}")
     lines += [f"❌ {e}" for e in errors]
-    return dict(good[0].labels), gallery, table, "\n\n".join(lines)
+    return _Result(dict(good[0].labels), gallery, table, "\n\n".join(lines), _random_warning(predictor, model))
 
 
-def _weights_arg(model: str, choice: str, file: str | None) -> str | None:
+def _random_warning(predictor: predict.Predictor, model: str) -> str:
+    return RANDOM_WARNING.format(model=model) if predictor.weights_label == weights.RANDOM_LABEL else ""
+
+
+def _label_title(warning: str) -> str:
+    return "Top classes: RANDOM WEIGHTS, meaningless" if warning else "Top classes (first image)"
+
+
+def _selection_warning(model: Any, choice: str | None) -> str:
+    """The warning for what is selected, before anything is classified (an offline fallback shows after)."""
+    if not isinstance(model, str) or model not in PRESETS:
+        return ""
+    random = choice == "Random init" or (choice == "ImageNet" and weights.default_weights(model) == "random")
+    return RANDOM_WARNING.format(model=model) if random else ""
+
+
+def _previews(files: list[str] | None) -> Any:
+    """Thumbnails of the uploaded files (the first few dozen), so people see what they are about to classify."""
+    paths = list(files or [])[:32]
+    return gr.update(value=[(p, Path(p).name) for p in paths] or None, visible=bool(paths))
+
+
+def _model_name(model: Any) -> str:
+    if not isinstance(model, str) or not model.strip():
+        raise gr.Error("Pick a model from the Model list first.")
+    return model
+
+
+def _weights_arg(model: str, choice: str | None, file: str | None) -> str | None:
     if model.startswith("run:"):
         return None
     if choice == "Checkpoint file":
         if not file:
-            raise gr.Error("Choose a .safetensors or .pth file, or pick ImageNet / Random init weights.")
-        return file
+            raise gr.Error("Choose a checkpoint (.zip, .safetensors or .pth), or pick ImageNet / Random init weights.")
+        with _user_messages():
+            return str(predict.checkpoint_from_upload(file))
     # "ImageNet" lets the model decide: its ImageNet weights where they exist, else random init.
-    return weights.DEFAULT if choice == "ImageNet" else "random"
+    return weights.DEFAULT if choice in ("ImageNet", None) else "random"
 
 
-def _weights_for_model(model: str, choice: str) -> str:
-    if model in PRESETS and weights.default_weights(model) == "random" and choice == "ImageNet":
-        gr.Info(f"{model} has no ImageNet weights: it starts from random init (fine-tune it first).", duration=8)
-        return "Random init"
-    return choice
-
-
-def _get_predictor(model: str, weights_choice: str, weights_file: str | None) -> predict.Predictor:
-    if not model:
-        raise gr.Error("Pick a model first.")
+def _get_predictor(model: Any, weights_choice: str | None, weights_file: str | None) -> predict.Predictor:
+    name = _model_name(model)
     # The engine also takes checkpoint folders by path (for the CLI); a web request may only name a preset or a
     # run in weights/runs/, so it can neither load nor probe folders elsewhere on the server.
-    if model not in PRESETS and not model.startswith("run:"):
-        raise gr.Error(f"Unknown model {model[:100]!r}: choose a preset or a fine-tuned run (run:<run-id>).")
-    weights_arg = _weights_arg(model, weights_choice, weights_file)
-    with user_errors(ValueError, weights.CheckpointError, OSError):
-        return predict.get_predictor(model, weights_arg)
+    if name not in PRESETS and not name.startswith("run:"):
+        raise gr.Error(f"Unknown model {name[:100]!r}: choose a preset or a fine-tuned run (run:<run-id>).")
+    weights_arg = _weights_arg(name, weights_choice, weights_file)
+    with _user_messages():
+        return predict.get_predictor(name, weights_arg)
+
+
+@contextmanager
+def _user_messages(*extra: type[Exception]) -> Iterator[None]:
+    """The engine's errors as messages that name files, never server paths (those go to the log)."""
+    try:
+        yield
+    except (ValueError, weights.CheckpointError, ImageError, OSError, *extra) as e:
+        logger.info("Predict request refused: %s", e)
+        raise gr.Error(names_only(str(e))) from None
+
+
+def _export_folder() -> Path:
+    """A new folder for one export, under a parent whose exports older than ``EXPORT_MAX_AGE_S`` are removed."""
+    parent = Path(tempfile.gettempdir()) / "densenet_demo_exports"
+    parent.mkdir(exist_ok=True)
+    cutoff = time.time() - EXPORT_MAX_AGE_S
+    for old in parent.iterdir():
+        if old.is_dir() and not old.is_symlink() and old.stat().st_mtime < cutoff:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=parent))

@@ -1,0 +1,249 @@
+"""The Predict tab in headless Chromium (Debian's package) with a fake camera, and through gradio_client.
+
+Covers: natural weights per model and the random-weights warning above the label, one message and no error
+panels for simple input errors, table headers before anything is classified, the example photos, upload into
+the image input, the live webcam, each image's top classes, a checkpoint zip's round trip, and Predict after a
+failed training run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import time
+
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+from playwright.sync_api import expect, sync_playwright
+
+from densenet_demo import predict, weights
+from densenet_demo.config import DenseNetConfig
+from densenet_demo.images import default_preprocessing
+from densenet_demo.model import DenseNet
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--use-fake-device-for-media-stream",  # a generated test pattern as the webcam
+    "--use-fake-ui-for-media-stream",  # camera permission granted without a prompt
+]
+SMALL = "densenet_bc100_k12"  # no ImageNet weights, 32 px input: quick on a CPU
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = shutil.which("chromium")
+    assert executable, "Debian's chromium is required for the browser tests"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_server):
+    """A fresh page on the Predict tab for each test, so no test sees another's uploads."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, permissions=["camera"])
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    page.goto(app_server.url)
+    page.get_by_role("tab", name="Predict").click()
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    return Client(app_server.url, verbose=False)
+
+
+@pytest.fixture
+def photo(tmp_path):
+    path = tmp_path / "red.png"
+    Image.new("RGB", (64, 64), (220, 40, 40)).save(path)
+    return path
+
+
+def _pick(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input")
+    box.click()
+    box.fill(value)
+    page.get_by_role("option", name=value).first.click()
+
+
+def _visible_radio(page, name: str):
+    return page.get_by_role("radio", name=name, exact=True).locator("visible=true").first
+
+
+def _no_error_badges(page) -> None:
+    for elem_id in ("predict-label", "predict-info", "predict-gallery", "predict-table", "predict-warning"):
+        expect(page.locator(f"#{elem_id}").get_by_text("Error", exact=True)).to_have_count(0)
+
+
+def test_each_model_gets_its_natural_weights_and_random_ones_are_flagged_above_the_label(page, photo):
+    weights_radio = page.locator("#predict-weights")
+    expect(weights_radio.get_by_role("radio", name="ImageNet")).to_be_checked()
+    _pick(page, "predict-model", SMALL)
+    expect(weights_radio.get_by_role("radio", name="Random init")).to_be_checked()
+    expect(page.locator("#predict-warning")).to_contain_text("Random weights")
+    _pick(page, "predict-model", "densenet169")  # the choice does not stick at Random init
+    expect(weights_radio.get_by_role("radio", name="ImageNet")).to_be_checked()
+    expect(page.locator("#predict-warning")).not_to_contain_text("Random weights")
+    _pick(page, "predict-model", SMALL)
+    page.locator("#predict-photo input[type=file]").set_input_files(str(photo))
+    page.locator("#predict-button").click()
+    expect(page.locator("#predict-label")).to_contain_text("%", timeout=60_000)  # the first build of this model
+    # The warning sits above the label, and the label's own title says so too.
+    warning_box = page.locator("#predict-warning").bounding_box()
+    label_box = page.locator("#predict-label").bounding_box()
+    assert warning_box["y"] + warning_box["height"] <= label_box["y"] + 1
+    expect(page.locator("#predict-label")).to_contain_text("RANDOM WEIGHTS")
+
+
+def test_no_image_gives_one_message_without_error_panels_and_the_table_has_headers(page):
+    table = page.locator("#predict-table")
+    for header in ("image", "top-1", "top-k", "latency ms"):
+        expect(table).to_contain_text(header)
+    page.locator("#predict-button").click()
+    expect(page.get_by_text("Add an image first").first).to_be_visible()
+    _no_error_badges(page)
+
+
+def test_an_example_photo_shows_as_a_thumbnail_and_classifies(page):
+    thumbnails = page.locator("img[src*='cat.jpg']")
+    expect(thumbnails.first).to_be_visible()
+    thumbnails.first.click()
+    expect(page.locator("#predict-photo img").first).to_be_visible()
+    _pick(page, "predict-model", SMALL)
+    page.locator("#predict-button").click()
+    expect(page.locator("#predict-table")).to_contain_text("cat.jpg")
+    expect(page.locator("#predict-label")).to_contain_text("%")
+
+
+def test_several_files_are_previewed_and_each_gets_its_top_classes(page, tmp_path):
+    files = []
+    for name, colour in (("red.png", (220, 40, 40)), ("green.png", (30, 190, 60))):
+        Image.new("RGB", (48, 48), colour).save(tmp_path / name)
+        files.append(str(tmp_path / name))
+    _pick(page, "predict-model", SMALL)
+    page.locator("#predict-images input[type=file]").set_input_files(files)
+    expect(page.locator("img[src*='green.png']").first).to_be_visible()  # the upload's thumbnails
+    page.locator("#predict-button").click()
+    gallery = page.locator("#predict-gallery")
+    expect(gallery).to_contain_text(re.compile(r"red\.png: class \d+ \d+%"))
+    expect(gallery).to_contain_text(re.compile(r"green\.png: class \d+ \d+%"))
+    _no_error_badges(page)
+
+
+def test_the_webcam_classifies_frames_continuously_and_the_page_stays_responsive(page):
+    _pick(page, "predict-model", SMALL)
+    page.get_by_text("Live camera: classify").click()
+    camera = page.locator("#predict-camera")
+    camera.get_by_text("Click to Access Webcam").click()
+    camera.get_by_role("button", name="capture photo").click()  # streaming: "Record" starts the live feed
+    info = page.locator("#predict-info")
+    expect(info).to_contain_text("frames/s", timeout=20_000)
+    seen = set()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and len(seen) < 3:
+        seen.add(info.inner_text())
+        page.wait_for_timeout(300)
+    assert len(seen) >= 3, f"the live view did not keep updating: {seen}"
+    # The page's event loop answers at once while the camera streams, and the tabs still switch.
+    start = time.monotonic()
+    page.evaluate("() => new Promise((done) => setTimeout(done, 0))")
+    assert time.monotonic() - start < 1.0
+    page.get_by_role("tab", name="Architecture").click()
+    expect(page.locator("#arch-button")).to_be_visible()
+
+
+def test_predict_still_classifies_after_a_failed_training_run(page, photo):
+    page.get_by_role("tab", name="Fine-tune").click()
+    page.locator("#train-load").click()
+    expect(page.locator("#train-report")).to_contain_text("classes", timeout=60_000)
+    _pick(page, "train-model", "densenet121")
+    _visible_radio(page, "ImageNet").check()  # offline: the ImageNet download fails and so does the run
+    _visible_radio(page, "linear").check()
+    page.locator("#train-start").click()
+    expect(page.locator("#train-progress")).to_contain_text("Failed", timeout=60_000)
+    page.get_by_role("tab", name="Predict").click()
+    expect(page.locator("#predict-model input")).not_to_have_value("[object Object]")
+    _pick(page, "predict-model", SMALL)
+    page.locator("#predict-photo input[type=file]").set_input_files(str(photo))
+    page.locator("#predict-button").click()
+    expect(page.locator("#predict-table")).to_contain_text("red.png")
+    _no_error_badges(page)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the API
+
+
+def _save_digits_run(run):
+    cfg = DenseNetConfig(growth_rate=4, block_config=(2, 2), num_init_features=8, stem="cifar", num_classes=4)
+    weights.save_checkpoint(
+        run,
+        DenseNet(cfg, generator=None),
+        class_names=[f"digit_{i}" for i in range(4)],
+        preprocessing=default_preprocessing(cfg),
+    )
+    return run
+
+
+@pytest.fixture
+def digits_run(app_server):
+    """A small fine-tuned run with named classes, in the app's runs folder."""
+    return _save_digits_run(app_server.weights_dir / "runs" / "digits-roundtrip")
+
+
+def test_a_downloaded_checkpoint_zip_loads_back_with_the_same_labels_and_predictions(
+    client, digits_run, photo, tmp_path
+):
+    label, _, _, _ = client.predict(
+        [handle_file(str(photo))], f"run:{digits_run.name}", "ImageNet", None, 4, False, api_name="/predict"
+    )
+    archive = weights.zip_checkpoint(digits_run, tmp_path)
+    for upload in (archive, digits_run / weights.CHECKPOINT_WEIGHTS):  # the zip, and the bare weights file
+        again, _, table, info = client.predict(
+            [handle_file(str(photo))], SMALL, "Checkpoint file", handle_file(str(upload)), 4, False, api_name="/predict"
+        )
+        assert again["label"].startswith("digit_")
+        assert again == label, upload.name
+        assert "checkpoint digits-roundtrip" in info or "checkpoint model" in info
+        assert "/tmp" not in info and str(tmp_path) not in info  # names only, never server paths
+
+
+def test_a_zip_without_a_checkpoint_is_refused_with_a_message_naming_only_the_file(client, photo, tmp_path):
+    import zipfile
+
+    bad = tmp_path / "notes.zip"
+    with zipfile.ZipFile(bad, "w") as zf:
+        zf.writestr("notes/readme.txt", "no weights here")
+    with pytest.raises(Exception, match=r"notes\.zip: expected one model\.safetensors") as error:
+        client.predict(
+            [handle_file(str(photo))], SMALL, "Checkpoint file", handle_file(str(bad)), 3, False, api_name="/predict"
+        )
+    assert "/tmp" not in str(error.value)
+
+
+def test_export_onnx_gives_a_bundle_or_says_clearly_why_not(client):
+    if importlib.util.find_spec("densenet_demo.export") is None:
+        with pytest.raises(Exception, match="ONNX export is not available"):
+            client.predict(SMALL, "Random init", None, api_name="/export_onnx")
+    else:
+        bundle = client.predict(SMALL, "Random init", None, api_name="/export_onnx")
+        assert str(bundle).endswith(".zip")
+
+
+def test_checkpoint_from_upload_extracts_a_zip_once_and_finds_its_folder(tmp_path):
+    archive = weights.zip_checkpoint(_save_digits_run(tmp_path / "digits-roundtrip"), tmp_path)
+    first = predict.checkpoint_from_upload(archive)
+    assert first.name == "digits-roundtrip" and (first / weights.CHECKPOINT_META).is_file()
+    assert predict.checkpoint_from_upload(archive) == first  # the same upload, the same folder (and cache entry)
