@@ -8,10 +8,12 @@ failed training run.
 
 from __future__ import annotations
 
-import importlib.util
+import json
 import re
 import shutil
 import time
+import zipfile
+from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
@@ -233,13 +235,15 @@ def test_a_zip_without_a_checkpoint_is_refused_with_a_message_naming_only_the_fi
     assert "/tmp" not in str(error.value)
 
 
-def test_export_onnx_gives_a_bundle_or_says_clearly_why_not(client):
-    if importlib.util.find_spec("densenet_demo.export") is None:
-        with pytest.raises(Exception, match="ONNX export is not available"):
-            client.predict(SMALL, "Random init", None, api_name="/export_onnx")
-    else:
-        bundle = client.predict(SMALL, "Random init", None, api_name="/export_onnx")
-        assert str(bundle).endswith(".zip")
+def test_export_onnx_downloads_the_selected_models_bundle(client):
+    update = client.predict(SMALL, "Random init", None, api_name="/export_onnx")
+    bundle = update["value"]  # the file component is also made visible
+    with zipfile.ZipFile(bundle) as zf:
+        assert sorted(zf.namelist()) == ["README.md", "model.json", "model.onnx"]
+        meta = json.loads(zf.read("model.json"))
+    assert Path(bundle).name == f"{SMALL}.zip"
+    assert meta["input"]["shape"] == ["batch", 3, 32, 32]
+    assert len(meta["class_names"]) == 10
 
 
 def test_checkpoint_from_upload_extracts_a_zip_once_and_finds_its_folder(tmp_path):

@@ -4,6 +4,7 @@ fine-tuned run; top-k per image, Grad-CAM, a table, and an ONNX download of the 
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 import time
@@ -15,7 +16,7 @@ from typing import Any, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from .. import data, predict, weights
+from .. import data, export, predict, weights
 from ..config import PRESETS
 from ..images import ImageError
 from .common import names_only
@@ -265,16 +266,11 @@ def natural_weights(model: Any) -> Any:
 
 def export_onnx(model: str, weights_choice: str, weights_file: str | None) -> Any:
     """The selected model as an ONNX bundle (model, class names and preprocessing, a README) to download."""
-    name = _model_name(model)
-    weights_arg = _weights_arg(name, weights_choice, weights_file)
-    try:
-        from .. import export  # another module's work; the page works without it
-    except ImportError as e:
-        logger.warning("ONNX export unavailable: %s", e)
-        raise gr.Error(f"ONNX export is not available on this server (missing module {e.name}).") from None
+    predictor = _get_predictor(model, weights_choice, weights_file)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", _model_name(model).removeprefix("run:")) or "model"
     with _user_messages(export.ExportError):
-        bundle = export.export_bundle(name, weights_arg, _export_folder())
-    return gr.update(value=str(bundle), visible=True)
+        result = export.export_onnx(predictor, out=_export_folder() / f"{stem}.onnx")
+    return gr.update(value=str(result.bundle_path), visible=True)
 
 
 # ---------------------------------------------------------------------------------------------
