@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 
 from .. import architecture, plots, predict, units, weights
 from ..config import PRESETS, DenseNetConfig, default_image_size
-from .common import preset_choices, reuse_choices, user_errors
+from .common import check_run, preset_choices, reuse_choices, unknown_model, user_errors
 
 __all__ = ["ArchitectureTab", "build_architecture_tab", "reuse_dropdown", "show_architecture"]
 
@@ -27,11 +27,16 @@ class ArchitectureTab(NamedTuple):
 def reuse_dropdown() -> gr.Dropdown:
     """The heatmap's weights list, made before the tabs (unrendered) so that a finished run can refresh it."""
     return gr.Dropdown(
-        reuse_choices(), value="none", label="Feature-reuse heatmap from", render=False, elem_id="arch-reuse"
+        reuse_choices(),
+        value="none",
+        label="Feature-reuse heatmap from",
+        render=False,
+        elem_id="arch-reuse",
+        allow_custom_value=True,  # a session's runs are not in the page's initial list; the handler checks them
     )
 
 
-def build_architecture_tab(reuse: gr.Dropdown) -> ArchitectureTab:
+def build_architecture_tab(reuse: gr.Dropdown, state: gr.State) -> ArchitectureTab:
     """The tab's layout and events; call inside ``gr.Tab``. ``reuse``: from ``reuse_dropdown()``, rendered here."""
     with gr.Row():
         with gr.Column(scale=1):
@@ -59,7 +64,7 @@ def build_architecture_tab(reuse: gr.Dropdown) -> ArchitectureTab:
     table = gr.Dataframe(label="Per-layer channel growth", interactive=False, elem_id="arch-table")
     button.click(
         show_architecture,
-        [preset, k, blocks, init, bn, theta, drop, stem, in_channels, size, reuse],
+        [preset, k, blocks, init, bn, theta, drop, stem, in_channels, size, reuse, state],
         [summary, table, plot, heatmap],
         api_name="architecture",
     )
@@ -78,6 +83,7 @@ def show_architecture(
     in_channels: str,
     image_size: float,
     reuse_weights: str,
+    state: dict[str, Any] | None = None,
 ) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure | None]:
     """Channel-growth table, plot, totals and feature-reuse heatmap for a preset or a custom config."""
     if preset == "custom":
@@ -100,7 +106,7 @@ def show_architecture(
         f"| params | MACs | training activations / image (naive) | (memory-efficient) |\n|---|---|---|---|\n"
         f"| {totals['params']:,} | {macs} | {naive} MiB | {efficient} MiB |"
     )
-    return summary, pd.DataFrame(rows), _growth_frame(rows), _feature_reuse_plot(preset, reuse_weights)
+    return summary, pd.DataFrame(rows), _growth_frame(rows), _feature_reuse_plot(preset, reuse_weights, state)
 
 
 def _custom_config(
@@ -136,9 +142,13 @@ def _growth_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(points)
 
 
-def _feature_reuse_plot(preset: str, reuse_weights: str) -> Figure | None:
+def _feature_reuse_plot(preset: str, reuse_weights: str, state: dict[str, Any] | None) -> Figure | None:
     if reuse_weights == "none":
         return None
+    if reuse_weights.startswith("run:"):
+        check_run(reuse_weights, state)  # the same rule as Predict: the session's own runs and the published
+    elif reuse_weights != "imagenet":
+        raise unknown_model(reuse_weights)
     with user_errors(ValueError, weights.CheckpointError, OSError):
         if reuse_weights == "imagenet":
             weights.imagenet_preset_for(preset)  # a ValueError naming the presets that have them

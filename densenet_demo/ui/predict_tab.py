@@ -10,7 +10,8 @@ import pandas as pd
 
 from .. import data, predict, weights
 from ..config import PRESETS
-from .common import user_errors
+from .common import check_run, unknown_model, user_errors
+from .run_controls import build_run_controls
 
 __all__ = ["PredictTab", "build_predict_tab", "predict_images", "PREDICT_CONCURRENCY", "WEIGHTS_CHOICES"]
 
@@ -31,8 +32,9 @@ class PredictTab(NamedTuple):
     table: gr.Dataframe
 
 
-def build_predict_tab(models: list[tuple[str, str]]) -> PredictTab:
-    """The tab's layout and events; call inside ``gr.Tab``. ``models``: the choices when the page is built."""
+def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.Dropdown) -> PredictTab:
+    """The tab's layout and events; call inside ``gr.Tab``. ``models``: the choices when the page is built;
+    ``state``: the session (whose runs it may use); ``reuse``: the Architecture list a deleted run leaves."""
     with gr.Row():
         with gr.Column():
             model = gr.Dropdown(
@@ -42,6 +44,7 @@ def build_predict_tab(models: list[tuple[str, str]]) -> PredictTab:
                 elem_id="predict-model",
                 allow_custom_value=True,  # API clients may name runs made after this page was built
             )
+            build_run_controls(model, state, reuse)
             weights_choice = gr.Radio(
                 list(WEIGHTS_CHOICES),
                 value="ImageNet",
@@ -72,7 +75,7 @@ def build_predict_tab(models: list[tuple[str, str]]) -> PredictTab:
     )
     button.click(
         predict_images,
-        [images, model, weights_choice, weights_file, top_k, show_cam],
+        [images, model, weights_choice, weights_file, top_k, show_cam, state],
         [label, gallery, table, info],
         api_name="predict",
         concurrency_limit=PREDICT_CONCURRENCY,
@@ -88,12 +91,13 @@ def predict_images(
     weights_file: str | None,
     top_k: float,
     show_cam: bool,
+    state: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], list[tuple[Any, str]], pd.DataFrame, str]:
     """Classify one or more uploaded images: top-k of the first, Grad-CAM overlays, a table of all."""
     paths = [files] if isinstance(files, str) else list(files or [])
     if not paths:
         raise gr.Error("Upload an image first.")
-    predictor = _get_predictor(model, weights_choice, weights_file)
+    predictor = _get_predictor(model, weights_choice, weights_file, state)
     results = predictor.predict_images(paths, top_k=int(top_k), names=[Path(p).name for p in paths])
     good = [r for r in results if isinstance(r, predict.Prediction)]
     errors = [str(r) for r in results if not isinstance(r, predict.Prediction)]
@@ -145,13 +149,17 @@ def _weights_for_model(model: str, choice: str) -> str:
     return choice
 
 
-def _get_predictor(model: str, weights_choice: str, weights_file: str | None) -> predict.Predictor:
+def _get_predictor(
+    model: str, weights_choice: str, weights_file: str | None, state: dict[str, Any] | None
+) -> predict.Predictor:
     if not model:
         raise gr.Error("Pick a model first.")
     # The engine also takes checkpoint folders by path (for the CLI); a web request may only name a preset or a
     # run in weights/runs/, so it can neither load nor probe folders elsewhere on the server.
     if model not in PRESETS and not model.startswith("run:"):
-        raise gr.Error(f"Unknown model {model[:100]!r}: choose a preset or a fine-tuned run (run:<run-id>).")
+        raise unknown_model(model)
+    if model.startswith("run:"):
+        check_run(model, state)  # on a shared server, only the session's own runs and the published ones
     weights_arg = _weights_arg(model, weights_choice, weights_file)
     with user_errors(ValueError, weights.CheckpointError, OSError):
         return predict.get_predictor(model, weights_arg)
