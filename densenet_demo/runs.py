@@ -134,10 +134,21 @@ def _number(name: str, default: float) -> float:
 
 
 def claim(run_id: str, owner: str) -> Path:
-    """Record ``owner`` as the owner of run ``run_id`` (before its first checkpoint), atomically."""
+    """Record ``owner`` as the owner of run ``run_id`` (before its first checkpoint), atomically.
+
+    Raises ``weights.CheckpointError`` with a plain message when it cannot be written (a full disk).
+    """
     folder = weights.run_path(run_id)
     record = {"owner": owner, "claimed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    weights.atomic_write(folder / OWNER_FILE, lambda tmp: tmp.write_text(json.dumps(record) + "\n", encoding="utf-8"))
+    try:
+        weights.atomic_write(
+            folder / OWNER_FILE, lambda tmp: tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        )
+    except OSError as e:
+        raise weights.CheckpointError(
+            f"could not start the run: there is no room to save it ({e.strerror or e}). Free some disk space "
+            "(or delete a run you no longer need) and try again."
+        ) from None
     return folder
 
 
@@ -254,7 +265,7 @@ def begin_run(run_id: str, owner: str) -> None:
     try:
         claim(run_id, owner)
     except BaseException:
-        _unpin(run_id)
+        end_run(run_id)
         raise
 
 

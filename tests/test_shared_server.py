@@ -15,7 +15,7 @@ from conftest import AppServer
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from densenet_demo import weights
+from densenet_demo import runs, weights
 from densenet_demo.images import default_preprocessing
 from densenet_demo.model import DenseNet
 
@@ -164,5 +164,55 @@ def test_caps_and_expiry_remove_old_runs_oldest_first_never_a_training_one(tmp_p
         assert (published / "demo" / "model.safetensors").is_file()
         b = Client(server.url, verbose=False)
         assert _predict(b, "run:demo", photo)["confidences"]  # the server keeps serving, published runs too
+    finally:
+        server.stop()
+
+
+def _seed_labelled_run(runs_root, run_id: str, tiny: DenseNet, *, source: str, val_acc: float) -> str:
+    """A run as the page trains one (dataset, settings and accuracy recorded); returns its label."""
+    weights.save_checkpoint(
+        runs_root / run_id,
+        tiny,
+        class_names=["a", "b", "c"],
+        preprocessing=default_preprocessing(tiny.cfg),
+        metrics={"val_acc": val_acc},
+        extra={"train_config": {"model": "densenet121", "mode": "finetune"}, "dataset": {"source": source}},
+    )
+    return runs.run_label(weights.read_checkpoint_info(runs_root / run_id))
+
+
+def test_the_page_lists_runs_by_what_they_are_and_deletes_one(tmp_path, tiny_config):
+    import shutil
+
+    from playwright.sync_api import expect, sync_playwright
+    from test_browser import CHROMIUM_ARGS
+
+    root = tmp_path / "app"
+    runs_root = root / "weights" / "runs"
+    tiny = DenseNet(tiny_config)
+    older = _seed_labelled_run(runs_root, "20260101-090000-densenet121-aaaa", tiny, source="digits.zip", val_acc=0.992)
+    time.sleep(1.1)  # a run's time has one-second resolution
+    newer = _seed_labelled_run(runs_root, "20260101-100000-densenet121-bbbb", tiny, source="pets.zip", val_acc=0.5)
+    assert older.startswith("digits · densenet121 finetune · 99.2% · ") and newer.startswith("pets · ")
+    server = AppServer.started(root)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(60_000)
+            page.goto(server.url)
+            box = page.locator("#predict-model input")
+            box.click()
+            options = page.get_by_role("option").all_inner_texts()
+            assert [o.strip() for o in options[:2]] == [newer, older]  # newest first, then the presets
+            page.get_by_role("option", name=older).click()
+            page.locator("#run-delete").click()
+            expect(page.get_by_text("Run deleted.").first).to_be_visible()
+            assert not (runs_root / "20260101-090000-densenet121-aaaa").exists()
+            box.click()
+            expect(page.get_by_role("option", name=newer)).to_be_visible()
+            assert page.get_by_role("option", name=older).count() == 0
+            assert (runs_root / "20260101-100000-densenet121-bbbb").is_dir()
+            browser.close()
     finally:
         server.stop()
