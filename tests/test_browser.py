@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from densenet_demo import weights
+from densenet_demo import runs, weights
 from densenet_demo.config import PRESETS
 from densenet_demo.images import default_preprocessing
 from densenet_demo.model import DenseNet
@@ -121,11 +121,12 @@ def fashion_run(app_server) -> str:
     return run_id
 
 
-def test_architecture_tab_shows_table_plot_and_feature_reuse(page, shots, fashion_run):
+def test_architecture_tab_shows_table_plot_and_feature_reuse(page, shots, fashion_run, app_server):
     page.reload()  # the page lists the runs that exist when it loads
     page.get_by_role("tab", name="Architecture").click()
     _pick(page, "arch-preset", "densenet_fashion")
-    _pick(page, "arch-reuse", f"fine-tuned run {fashion_run}")
+    label = runs.run_label(weights.read_checkpoint_info(app_server.weights_dir / "runs" / fashion_run))
+    _pick(page, "arch-reuse", label)
     page.locator("#arch-button").click()
     expect(page.locator("#arch-summary")).to_contain_text("757,", timeout=60_000)
     expect(page.locator("#arch-table")).to_contain_text("denselayer4")
