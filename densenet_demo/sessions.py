@@ -1,8 +1,9 @@
-"""A user's session on the server: its folder (uploads, extracted zips, downloads), reuse, expiry, sweep at launch.
+"""A user's session on the server: its folder (uploads, extracted zips, downloads), its runs, expiry, sweep at launch.
 
 One ``Session`` per browser session. It makes its folder on first use (and again if something removed it),
 keeps one extracted zip at a time so that loading again and again cannot fill the disk, never removes data
-a run is still reading, and removes everything when the session expires. A server that was killed cannot
+a run is still reading, and removes everything when the session expires. Its ``owner`` token marks the runs
+it trains as its own (see ``runs``); on a shared server they go when the session does. A server that was killed cannot
 expire its sessions; ``sweep_stale_sessions`` at the next launch removes what they left.
 """
 
@@ -10,10 +11,13 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from . import runs
 
 __all__ = ["Session", "sweep_stale_sessions", "SESSION_PREFIX", "STATE_TTL_S"]
 
@@ -29,6 +33,7 @@ class Session:
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else None  # None: the temp dir at the time of use
         self.run_in_progress = False  # a run reads the current dataset: its extracted zip must stay
+        self.owner = secrets.token_urlsafe(24)  # marks this session's runs; never leaves the server
         self._folder: Path | None = None
         self._extracted: Path | None = None
 
@@ -51,8 +56,13 @@ class Session:
         if previous is not None and previous != extracted and not self.run_in_progress:
             shutil.rmtree(previous, ignore_errors=True)
 
-    def close(self) -> None:
-        """Remove everything the session wrote; called when the session expires."""
+    def close(self, *, remove_runs: bool = False) -> None:
+        """Remove everything the session wrote; called when the session expires.
+
+        ``remove_runs``: its runs too, but for those still in use (a shared server's rule; locally they stay).
+        """
+        if remove_runs:
+            runs.expire_owner(self.owner)
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = self._extracted = None

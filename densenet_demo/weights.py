@@ -66,6 +66,8 @@ __all__ = [
     "load_weights_into",
     "weights_dir",
     "runs_dir",
+    "published_dir",
+    "find_run",
     "new_run_id",
     "validate_run_id",
     "run_path",
@@ -149,6 +151,22 @@ def weights_dir() -> Path:
 
 def runs_dir() -> Path:
     return weights_dir() / "runs"
+
+
+def published_dir() -> Path:
+    """Runs the host publishes to every visitor: ``$DENSENET_DEMO_PUBLISHED`` or ``weights/published``."""
+    env = os.environ.get("DENSENET_DEMO_PUBLISHED")
+    return Path(env) if env else weights_dir() / "published"
+
+
+def find_run(run_id: str) -> Path:
+    """The folder of run ``run_id``: in the runs folder, else among the published runs, else (absent) the former."""
+    path = run_path(run_id)
+    if not path.is_dir():
+        published = run_path(run_id, published_dir())
+        if published.is_dir():
+            return published
+    return path
 
 
 def new_run_id(model_name: str = "run") -> str:
@@ -625,7 +643,7 @@ def _checkpoint_folder(model: str) -> Path | None:
     if not isinstance(model, str) or not model:
         raise ValueError("no model given: use a preset name, run:<run-id> or a checkpoint folder")
     if model.startswith("run:"):
-        return run_path(model.removeprefix("run:"))
+        return find_run(model.removeprefix("run:"))
     if model not in PRESETS and (os.sep in model or "/" in model or Path(model).is_dir()):
         return Path(model).resolve()
     return None
@@ -673,7 +691,7 @@ def load_model(
     notice = None
     if spec.kind == "checkpoint":
         net, info = load_checkpoint(spec.path)
-        in_runs = spec.path.parent == runs_dir().resolve()
+        in_runs = spec.path.parent in (runs_dir().resolve(), published_dir().resolve())
         label = f"fine-tuned run {info.run_id}" if in_runs else f"checkpoint {spec.path.name}"
         names, preprocessing = info.class_names, info.preprocessing
     else:

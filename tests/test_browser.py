@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from densenet_demo import architecture, weights
+from densenet_demo import architecture, runs, weights
 from densenet_demo.config import PRESETS
 from densenet_demo.images import default_preprocessing
 from densenet_demo.model import DenseNet
@@ -125,7 +125,8 @@ def test_architecture_tab_shows_table_plot_and_feature_reuse(page, shots, app_se
     page.reload()  # the page lists the runs that exist when it loads
     page.get_by_role("tab", name="Architecture").click()
     _pick(page, "arch-preset", "densenet_fashion")
-    _pick(page, "arch-reuse", f"fine-tuned run {fashion_run}")
+    label = runs.run_label(weights.read_checkpoint_info(app_server.weights_dir / "runs" / fashion_run))
+    _pick(page, "arch-reuse", label)
     # The run's heatmap comes with the run's architecture (its own number of classes), never the preset's.
     expect(page.locator("#arch-preset input")).to_have_value("custom")
     page.locator("#arch-button").click()

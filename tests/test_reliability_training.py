@@ -19,10 +19,12 @@ from conftest import AppServer
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from densenet_demo import data
+from densenet_demo import data, runs
 from densenet_demo import weights as W
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+RUN_FILES = sorted([W.CHECKPOINT_META, W.CHECKPOINT_WEIGHTS, runs.OWNER_FILE])  # a run trained on the page
 
 MODEL = "densenet_bc100_k12"
 CORRUPT = "circle_truncated.png"
@@ -201,7 +203,7 @@ def test_a_full_disk_on_save_fails_clearly_and_keeps_the_previous_checkpoint(ser
     assert "could not save the checkpoint" in failure and "No space left on device" in failure
     assert "previous checkpoint, if any, is unchanged" in failure and "best checkpoint so far is kept" in failure
     run = _run_dir(log)
-    assert sorted(p.name for p in run.iterdir()) == [W.CHECKPOINT_META, W.CHECKPOINT_WEIGHTS]  # no temp file left
+    assert sorted(p.name for p in run.iterdir()) == RUN_FILES  # no temp file left
     assert W.read_checkpoint_info(run).metrics["epoch"] == 1
     W.load_checkpoint(run)
     fault.off("save_enospc")
@@ -244,7 +246,7 @@ def test_killed_while_writing_a_checkpoint_the_previous_best_stays_loadable(tmp_
     (run,) = (weights_dir / "runs").iterdir()
     half_written = Path((faults / "save_hanging").read_text())
     assert half_written.parent == run and half_written.name.startswith(".")  # hidden, never the checkpoint's name
-    assert _visible_files(run) == [W.CHECKPOINT_META, W.CHECKPOINT_WEIGHTS]
+    assert _visible_files(run) == RUN_FILES
     assert W.read_checkpoint_info(run).metrics["epoch"] == 1
     W.load_checkpoint(run)
     hour_ago = time.time() - 3700
@@ -254,6 +256,6 @@ def test_killed_while_writing_a_checkpoint_the_previous_best_stays_loadable(tmp_
         client = Client(restarted.url, verbose=False)
         _classifies_with(client, run, photo)
         assert not half_written.exists()  # the launch removed what the killed write left
-        assert sorted(p.name for p in run.iterdir()) == [W.CHECKPOINT_META, W.CHECKPOINT_WEIGHTS]
+        assert sorted(p.name for p in run.iterdir()) == RUN_FILES
     finally:
         restarted.stop()

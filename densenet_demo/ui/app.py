@@ -11,9 +11,10 @@ from typing import Any
 
 import gradio as gr
 
-from .. import sessions, weights
+from .. import runs, sessions, weights
 from .architecture_tab import build_architecture_tab, reuse_dropdown
 from .common import model_choices, reuse_choices
+from .finetune_data import session_state
 from .finetune_tab import build_finetune_tab
 from .predict_tab import build_predict_tab
 
@@ -67,18 +68,19 @@ def build_app() -> gr.Blocks:
             "([Huang et al., CVPR 2017](https://arxiv.org/abs/1608.06993))."
         )
         reuse = reuse_dropdown()  # rendered in the Architecture tab; made first so that training can refresh it
+        state = session_state()  # the session: its folders and the owner token of its runs, for every tab
         with gr.Tab("Predict", id="predict"):
-            predict = build_predict_tab(models)
+            predict = build_predict_tab(models, state, reuse)
         with gr.Tab("Fine-tune", id="finetune"):
-            build_finetune_tab(models, predict_model=predict.model, reuse=reuse)
+            build_finetune_tab(models, predict_model=predict.model, reuse=reuse, state=state)
         with gr.Tab("Architecture", id="architecture"):
-            build_architecture_tab(reuse)
-        # A page opened later sees the runs trained since the app started.
+            build_architecture_tab(reuse, state)
+        # A page opened later sees the runs (its session may use) trained since the app started.
         app.load(
-            lambda: {predict.model: gr.update(choices=model_choices()), reuse: gr.update(choices=reuse_choices())},
-            None,
+            lambda s: {predict.model: gr.update(choices=model_choices(s)), reuse: gr.update(choices=reuse_choices(s))},
+            state,
             [predict.model, reuse],
-            api_visibility="private",
+            api_name="list_runs",  # API clients read their session's runs here: (label, run:<id>) choices
         )
     return app
 
@@ -92,9 +94,18 @@ def configure_logging() -> None:
 
 
 def launch(app: gr.Blocks, **overrides: Any) -> None:
-    """Launch with the server settings the README documents; GRADIO_SERVER_NAME/PORT are honoured."""
+    """Launch with the server settings the README documents; GRADIO_SERVER_NAME/PORT are honoured.
+
+    The runs' sharing rule and caps (``runs.settings``) apply from here; over a cap, runs go before serving.
+    """
     configure_logging()
+    runs.note_launch(server_name=overrides.get("server_name"), share=bool(overrides.get("share")))
     sessions.sweep_stale_sessions()
     weights.sweep_partial_files()
+    limits = runs.settings()
+    if limits.shared:
+        runs.sweep_orphaned_runs(sessions.STATE_TTL_S)
+    runs.enforce_limits(limits=limits)
+    logging.getLogger(__name__).info("runs: %s", limits)
     app.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
     app.launch(**{**LAUNCH_SETTINGS, **overrides})

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from .. import architecture, plots, predict, units, weights
 from ..config import IMAGENET_PRESETS, PRESETS, DenseNetConfig, default_image_size
-from .common import preset_choices, reuse_choices, user_errors
+from .common import check_run, preset_choices, reuse_choices, unknown_model, user_errors
 
 __all__ = [
     "ArchitectureTab",
@@ -57,7 +57,12 @@ class ArchitectureTab(NamedTuple):
 def reuse_dropdown() -> gr.Dropdown:
     """The heatmap's weights list, made before the tabs (unrendered) so that a finished run can refresh it."""
     return gr.Dropdown(
-        reuse_choices(), value="none", label="Feature-reuse heatmap from", render=False, elem_id="arch-reuse"
+        reuse_choices(),
+        value="none",
+        label="Feature-reuse heatmap from",
+        render=False,
+        elem_id="arch-reuse",
+        allow_custom_value=True,  # a session's runs are not in the page's initial list; the handler checks them
     )
 
 
@@ -76,7 +81,7 @@ def config_fields(cfg: DenseNetConfig) -> tuple[Any, ...]:
     )
 
 
-def build_architecture_tab(reuse: gr.Dropdown) -> ArchitectureTab:
+def build_architecture_tab(reuse: gr.Dropdown, state: gr.State) -> ArchitectureTab:
     """The tab's layout and events; call inside ``gr.Tab``. ``reuse``: from ``reuse_dropdown()``, rendered here."""
     start = dict(
         zip(
@@ -122,10 +127,10 @@ def build_architecture_tab(reuse: gr.Dropdown) -> ArchitectureTab:
     preset.input(_fields_for_preset, preset, fields, api_visibility="private", queue=False)
     for field in fields:
         field.input(lambda: CUSTOM, None, preset, api_visibility="private", queue=False)
-    reuse.input(_fields_for_run, reuse, [preset, *fields], api_visibility="private")
+    reuse.input(_fields_for_run, [reuse, state], [preset, *fields], api_visibility="private")
     button.click(
         show_architecture,
-        [preset, k, blocks, init, bn, theta, drop, stem, in_channels, size, reuse, classes],
+        [preset, k, blocks, init, bn, theta, drop, stem, in_channels, size, reuse, classes, state],
         [summary, table, plot, heatmap],
         api_name="architecture",
     )
@@ -138,12 +143,13 @@ def _fields_for_preset(preset: str) -> list[Any]:
     return list(config_fields(PRESETS[preset].config))
 
 
-def _fields_for_run(reuse_weights: str) -> list[Any]:
+def _fields_for_run(reuse_weights: str, state: dict[str, Any] | None) -> list[Any]:
     """A fine-tuned run chosen for the heatmap: its architecture goes into the fields, as the custom model."""
     if not reuse_weights.startswith("run:"):
         return [gr.skip()] * 10
+    check_run(reuse_weights, state)
     with user_errors(ValueError, weights.CheckpointError):
-        info = weights.read_checkpoint_info(weights.run_path(reuse_weights.removeprefix("run:")))
+        info = weights.read_checkpoint_info(weights.find_run(reuse_weights.removeprefix("run:")))
     return [CUSTOM, *config_fields(info.config)]
 
 
@@ -160,6 +166,7 @@ def show_architecture(
     image_size: float,
     reuse_weights: str,
     num_classes: float | None = 1000,
+    state: dict[str, Any] | None = None,
 ) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure | None]:
     """Summary, per-layer table, channel plot and feature-reuse heatmap for a preset or a custom config.
 
@@ -177,7 +184,7 @@ def show_architecture(
     with user_errors(ValueError):
         rows = architecture.channel_growth_table(cfg, size)
         totals = architecture.totals(cfg, size)
-    figure, note = _feature_reuse_plot(preset, cfg, reuse_weights)
+    figure, note = _feature_reuse_plot(preset, cfg, reuse_weights, state)
     if note:
         gr.Warning(note)
     summary = _summary(preset, cfg, size, totals) + (f"\n\n**Heatmap:** {note}" if note else "")
@@ -277,15 +284,20 @@ def _same_architecture(a: DenseNetConfig, b: DenseNetConfig) -> bool:
     return a.replace(**neutral) == b.replace(**neutral)
 
 
-def _feature_reuse_plot(preset: str, cfg: DenseNetConfig, reuse_weights: str) -> tuple[Figure | None, str]:
+def _feature_reuse_plot(
+    preset: str, cfg: DenseNetConfig, reuse_weights: str, state: dict[str, Any] | None
+) -> tuple[Figure | None, str]:
     """The heatmap of ``reuse_weights`` when they belong to ``cfg``'s architecture, else (None, why not)."""
     if reuse_weights == "none":
         return None, ""
     if reuse_weights.startswith("run:"):
+        check_run(reuse_weights, state)  # the same rule as Predict: the session's own runs and the published
         run_id = reuse_weights.removeprefix("run:")
         with user_errors(ValueError, weights.CheckpointError):
-            source = weights.read_checkpoint_info(weights.run_path(run_id)).config
+            source = weights.read_checkpoint_info(weights.find_run(run_id)).config
         what, model, hint = f"fine-tuned run {run_id}", reuse_weights, "choose the run in the heatmap list again"
+    elif reuse_weights != "imagenet":
+        raise unknown_model(reuse_weights)
     else:
         try:
             model = weights.imagenet_preset_for(preset if preset in PRESETS else cfg)

@@ -1,4 +1,8 @@
-"""What the tabs share: the model lists (presets and fine-tuned runs) and engine errors turned into messages."""
+"""What the tabs share: the model lists (presets and the session's runs), run access, errors turned into messages.
+
+The session state (``gr.State`` dict, see finetune_data.py) carries the ``sessions.Session`` whose owner token
+decides which runs a page may list and use (``runs.visible_runs`` / ``runs.can_use``).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +10,25 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import PurePosixPath
+from typing import Any
 
 import gradio as gr
 
-from .. import weights
+from .. import runs, weights
 from ..config import PRESETS
 
-__all__ = ["model_choices", "names_only", "preset_choices", "reuse_choices", "user_errors"]
+__all__ = [
+    "check_run",
+    "limits_note",
+    "model_choices",
+    "names_only",
+    "owner",
+    "preset_choices",
+    "reuse_choices",
+    "run_choices",
+    "unknown_model",
+    "user_errors",
+]
 
 # An absolute server path in a message: a '/' that starts a word (not the '//' of a URL), up to a space,
 # quote, bracket, comma or colon.
@@ -24,20 +40,48 @@ def preset_choices() -> list[tuple[str, str]]:
     return [(f"{name} — {preset.summary}", name) for name, preset in PRESETS.items()]
 
 
-def model_choices() -> list[tuple[str, str]]:
-    """The fine-tuned runs (newest first, ``run:<id>``) and then the presets, for the Predict tab."""
-    runs = []
-    for run in weights.list_runs():
-        acc = run.metrics.get("best_val_acc")
-        label = f"Fine-tuned: {run.run_id}" + (f" (val acc {acc:.0%})" if isinstance(acc, (int, float)) else "")
-        runs.insert(0, (label, f"run:{run.run_id}"))
-    return runs + preset_choices()
+def owner(state: dict[str, Any] | None) -> str | None:
+    """The owner token of the page's session, or None before the session has one (it has no runs then)."""
+    session = (state or {}).get("session")
+    return getattr(session, "owner", None)
 
 
-def reuse_choices() -> list[tuple[str, str]]:
+def run_choices(state: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The runs this session may use, newest first: (``dataset · model mode · acc · time``, ``run:<id>``)."""
+    return runs.run_labels(runs.visible_runs(owner(state), runs.settings().shared))
+
+
+def model_choices(state: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """The session's fine-tuned runs (newest first) and then the presets, for the Predict tab."""
+    return run_choices(state) + preset_choices()
+
+
+def reuse_choices(state: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """Where the Architecture tab's feature-reuse heatmap may take its weights from."""
-    runs = [(f"fine-tuned run {r.run_id}", f"run:{r.run_id}") for r in weights.list_runs()]
-    return [("none", "none"), ("ImageNet weights (when available)", "imagenet")] + runs
+    return [("none", "none"), ("ImageNet weights (when available)", "imagenet")] + run_choices(state)
+
+
+def unknown_model(model: str) -> gr.Error:
+    """The one message for a model that does not exist or is not this session's: ids cannot be probed."""
+    return gr.Error(f"Unknown model {model[:100]!r}: choose a preset or one of your fine-tuned runs (run:<run-id>).")
+
+
+def check_run(model: str, state: dict[str, Any] | None) -> None:
+    """Refuse ``run:<id>`` unless this session may use it (the same message for unknown and others' runs)."""
+    with user_errors(weights.CheckpointError):
+        weights.validate_run_id(model.removeprefix("run:"))  # a malformed id says so; it names no run either way
+    if not runs.can_use(model.removeprefix("run:"), owner(state), runs.settings().shared):
+        raise unknown_model(model)
+
+
+def limits_note(removed: list[str]) -> list[str]:
+    """A log line for the runs the server's caps removed (no ids: they may be other sessions' runs)."""
+    if not removed:
+        return []
+    limits = runs.settings()
+    caps = [f"{limits.per_session} runs per session"] * bool(limits.per_session)
+    caps += [f"{limits.max_mb:g} MB of runs"] * bool(limits.max_mb)
+    return [f"Removed {len(removed)} older run(s) to stay within this server's limits ({', '.join(caps)})."]
 
 
 @contextmanager

@@ -14,10 +14,18 @@ from typing import Any
 
 import gradio as gr
 
-from .. import data, sessions
+from .. import data, runs, sessions
 from .common import user_errors
 
-__all__ = ["SOURCE_CHOICES", "add_class", "close_session", "load_dataset", "pair_folder_upload", "session_of"]
+__all__ = [
+    "SOURCE_CHOICES",
+    "add_class",
+    "close_session",
+    "load_dataset",
+    "pair_folder_upload",
+    "session_of",
+    "session_state",
+]
 
 SOURCE_CHOICES = ("Example dataset", "Zip file", "Folder", "Classes by hand")
 
@@ -26,10 +34,16 @@ def session_of(state: dict[str, Any]) -> sessions.Session:
     return state.setdefault("session", sessions.Session())
 
 
+def session_state() -> gr.State:
+    """The page's per-session state (all tabs share it); when it expires, ``close_session`` runs."""
+    return gr.State({}, time_to_live=sessions.STATE_TTL_S, delete_callback=close_session)
+
+
 def close_session(state: dict[str, Any] | None) -> None:
-    """The state's time to live is over (or the page was closed): the session's folders go."""
+    """The state's time to live is over (or the page was closed): the session's folders go, and on a shared
+    server its runs too (unless published or in use)."""
     if state and state.get("session"):
-        state["session"].close()
+        state["session"].close(remove_runs=runs.settings().shared)
 
 
 def pair_folder_upload(files: list[str], relpaths_json: str) -> list[tuple[str, str]]:

@@ -11,10 +11,10 @@ from typing import Any, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from .. import plots, sessions, train, weights
+from .. import plots, runs, train, weights
 from ..config import PRESETS
-from .common import model_choices, reuse_choices, user_errors
-from .finetune_data import SOURCE_CHOICES, add_class, close_session, load_dataset, session_of
+from .common import limits_note, model_choices, reuse_choices, user_errors
+from .finetune_data import SOURCE_CHOICES, add_class, load_dataset, session_of
 from .training_view import curve_frame, event_line, progress_html
 
 __all__ = ["FinetuneTab", "build_finetune_tab", "start_training", "stop_training"]
@@ -64,14 +64,18 @@ class FinetuneTab(NamedTuple):
         ]
 
 
-def build_finetune_tab(models: list[tuple[str, str]], predict_model: gr.Dropdown, reuse: gr.Dropdown) -> FinetuneTab:
-    """The tab's layout and events; call inside ``gr.Tab``. A finished run refreshes ``predict_model`` and ``reuse``."""
+def build_finetune_tab(
+    models: list[tuple[str, str]], predict_model: gr.Dropdown, reuse: gr.Dropdown, state: gr.State
+) -> FinetuneTab:
+    """The tab's layout and events; call inside ``gr.Tab``. A finished run refreshes ``predict_model`` and ``reuse``.
+
+    ``state``: the session (``finetune_data.session_state``), shared with the other tabs: its runs are its own.
+    """
     ex = _EXAMPLE_SETTINGS
     gr.Markdown(
         "**1. Data**: a zip or folder of class subfolders (or `train/` + `val/`), the built-in "
         "example, or classes you build by hand. **2. Settings. 3. Start** and watch it learn."
     )
-    state = gr.State({}, time_to_live=sessions.STATE_TTL_S, delete_callback=close_session)
     with gr.Row():
         with gr.Column():
             source = gr.Radio(list(SOURCE_CHOICES), value="Example dataset", label="Data")
@@ -266,6 +270,8 @@ def start_training(
         trainer = train.Trainer(config, files, report=report)
     session = session_of(state)
     state["cancel"] = cancel = train.CancelToken()
+    with user_errors(weights.CheckpointError):
+        runs.begin_run(trainer.run_id, session.owner)  # the session's run from its first file on; kept while training
     session.run_in_progress = True
     history: list[dict[str, Any]] = []
     log = [note] if note else []
@@ -287,19 +293,23 @@ def start_training(
                     update |= {tab.loss: curve_frame(history, "loss"), tab.acc: curve_frame(history, "acc")}
                 fraction, text = event_line(event, total_epochs)
                 log.append(text)
+                if isinstance(event, train.EpochEnd):  # a new best may have been saved: the caps apply now
+                    log += limits_note(runs.enforce_limits(session.owner, keep=trainer.run_id))
                 log += [f"  skipped {path}: {reason}" for path, reason in getattr(event, "skipped", ())]
             else:  # Finished, Cancelled or Failed: the last event
                 session.run_in_progress = False
-                yield update | _finish(tab, event, history, log, session)
+                yield update | _finish(tab, event, history, log, state)
                 return
             yield update | {tab.progress: progress_html(fraction, text), tab.log: "\n".join(log)}
     finally:
         session.run_in_progress = False  # also when the page went away and the run was closed mid-way
+        runs.end_run(trainer.run_id)
 
 
 def _finish(
-    tab: FinetuneTab, event: train.Event, history: list[dict[str, Any]], log: list[str], session: sessions.Session
+    tab: FinetuneTab, event: train.Event, history: list[dict[str, Any]], log: list[str], state: dict[str, Any]
 ) -> dict[Any, Any]:
+    session = session_of(state)
     checkpoint = getattr(event, "checkpoint_dir", None)
     if isinstance(event, train.Finished):
         headline = f"Finished: best val acc {event.best_val_acc:.1%} (epoch {event.best_epoch})."
@@ -311,6 +321,8 @@ def _finish(
         headline = f"Failed: {event.message}" + (" The best checkpoint so far is kept." if checkpoint else "")
         # The page shows the plain message; the trainer has logged the traceback to the server's log.
     log.append(headline + (f" Checkpoint: {checkpoint}" if checkpoint else ""))
+    if checkpoint:
+        log += limits_note(runs.enforce_limits(session.owner, keep=Path(checkpoint).name))
     confusion = None
     if isinstance(event, (train.Finished, train.Cancelled)) and event.confusion_matrix and event.class_names:
         confusion = plots.confusion_matrix_figure(event.confusion_matrix, event.class_names)
@@ -334,9 +346,9 @@ def _finish(
         tab.download: str(weights.zip_checkpoint(checkpoint, session.folder())) if checkpoint else None,
         # Without a checkpoint only the list is refreshed: the Predict tab keeps the model it had.
         tab.predict_model: gr.update(
-            choices=model_choices(), **({"value": f"run:{Path(checkpoint).name}"} if checkpoint else {})
+            choices=model_choices(state), **({"value": f"run:{Path(checkpoint).name}"} if checkpoint else {})
         ),
-        tab.reuse: gr.update(choices=reuse_choices()),
+        tab.reuse: gr.update(choices=reuse_choices(state)),
     }
 
 

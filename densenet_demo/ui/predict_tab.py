@@ -19,7 +19,8 @@ import pandas as pd
 from .. import data, export, predict, weights
 from ..config import PRESETS
 from ..images import ImageError
-from .common import names_only
+from .common import check_run, names_only, unknown_model
+from .run_controls import build_run_controls
 
 __all__ = [
     "PredictTab",
@@ -65,8 +66,9 @@ class PredictTab(NamedTuple):
     table: gr.Dataframe
 
 
-def build_predict_tab(models: list[tuple[str, str]]) -> PredictTab:
-    """The tab's layout and events; call inside ``gr.Tab``. ``models``: the choices when the page is built."""
+def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.Dropdown) -> PredictTab:
+    """The tab's layout and events; call inside ``gr.Tab``. ``models``: the choices when the page is built;
+    ``state``: the session (whose runs it may use); ``reuse``: the Architecture list a deleted run leaves."""
     with gr.Row():
         with gr.Column():
             model = gr.Dropdown(
@@ -76,6 +78,7 @@ def build_predict_tab(models: list[tuple[str, str]]) -> PredictTab:
                 elem_id="predict-model",
                 allow_custom_value=True,  # API clients may name runs made after this page was built
             )
+            build_run_controls(model, state, reuse)
             weights_choice = gr.Radio(
                 list(WEIGHTS_CHOICES), value="ImageNet", label="Weights", info=WEIGHTS_INFO, elem_id="predict-weights"
             )
@@ -158,7 +161,7 @@ def build_predict_tab(models: list[tuple[str, str]]) -> PredictTab:
     settings = [model, weights_choice, weights_file, top_k]
     button.click(
         classify,
-        [photo, images, *settings, show_cam],
+        [photo, images, *settings, show_cam, state],
         [warning, label, info, gallery, table],
         api_name="classify",
         concurrency_limit=PREDICT_CONCURRENCY,
@@ -166,7 +169,7 @@ def build_predict_tab(models: list[tuple[str, str]]) -> PredictTab:
     )
     camera.stream(
         classify_frame,
-        [camera, *settings, live],
+        [camera, *settings, live, state],
         [warning, label, info, live],
         api_visibility="private",
         stream_every=LIVE_FRAME_EVERY_S,
@@ -179,14 +182,18 @@ def build_predict_tab(models: list[tuple[str, str]]) -> PredictTab:
     gr.on(
         [],
         predict_images,
-        [images, *settings, show_cam],
+        [images, *settings, show_cam, state],
         [label, gallery, table, info],
         api_name="predict",
         concurrency_limit=PREDICT_CONCURRENCY,
         concurrency_id="predict",
     )
     export_button.click(
-        export_onnx, [model, weights_choice, weights_file], export_file, api_name="export_onnx", concurrency_limit=1
+        export_onnx,
+        [model, weights_choice, weights_file, state],
+        export_file,
+        api_name="export_onnx",
+        concurrency_limit=1,
     )
     return PredictTab(model, weights_choice, photo, images, warning, label, info, gallery, table)
 
@@ -202,10 +209,11 @@ def predict_images(
     weights_file: str | None,
     top_k: float,
     show_cam: bool,
+    state: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], list[tuple[Any, str]], pd.DataFrame, str]:
     """Classify uploaded image files: top-k of the first, each image with its top classes, a table of all."""
     paths = [files] if isinstance(files, str) else list(files or [])
-    result = _classify(paths, model, weights_choice, weights_file, top_k, show_cam)
+    result = _classify(paths, model, weights_choice, weights_file, top_k, show_cam, state)
     return result.label, result.gallery, result.table, result.info
 
 
@@ -217,11 +225,12 @@ def classify(
     weights_file: str | None,
     top_k: float,
     show_cam: bool,
+    state: dict[str, Any] | None = None,
 ) -> tuple[Any, ...]:
     """The Classify button: the photo and the files together. A user error is one warning, not an error per panel."""
     paths = ([photo] if photo else []) + list(files or [])
     try:
-        result = _classify(paths, model, weights_choice, weights_file, top_k, show_cam)
+        result = _classify(paths, model, weights_choice, weights_file, top_k, show_cam, state)
     except gr.Error as e:
         gr.Warning(e.message)
         return gr.skip(), None, "", [], pd.DataFrame(columns=TABLE_COLUMNS)
@@ -236,13 +245,19 @@ def classify(
 
 
 def classify_frame(
-    frame: str | None, model: str, weights_choice: str, weights_file: str | None, top_k: float, last: float | None
+    frame: str | None,
+    model: str,
+    weights_choice: str,
+    weights_file: str | None,
+    top_k: float,
+    last: float | None,
+    state: dict[str, Any] | None = None,
 ) -> tuple[Any, ...]:
     """One webcam frame: top-k and the frame rate. Frames come as fast as the previous one is answered."""
     if not frame:
         return gr.skip(), gr.skip(), gr.skip(), last
     try:
-        predictor = _get_predictor(model, weights_choice, weights_file)
+        predictor = _get_predictor(model, weights_choice, weights_file, state)
         with _user_messages():
             (result,) = predictor.predict([frame], top_k=int(top_k), names=["webcam"])
     except gr.Error as e:
@@ -264,9 +279,9 @@ def natural_weights(model: Any) -> Any:
     return gr.update(value=choice, interactive=True, info=WEIGHTS_INFO)
 
 
-def export_onnx(model: str, weights_choice: str, weights_file: str | None) -> Any:
+def export_onnx(model: str, weights_choice: str, weights_file: str | None, state: dict[str, Any] | None = None) -> Any:
     """The selected model as an ONNX bundle (model, class names and preprocessing, a README) to download."""
-    predictor = _get_predictor(model, weights_choice, weights_file)
+    predictor = _get_predictor(model, weights_choice, weights_file, state)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", _model_name(model).removeprefix("run:")) or "model"
     with _user_messages(export.ExportError):
         result = export.export_onnx(predictor, out=_export_folder() / f"{stem}.onnx")
@@ -286,11 +301,17 @@ class _Result(NamedTuple):
 
 
 def _classify(
-    paths: list[str], model: str, weights_choice: str, weights_file: str | None, top_k: float, show_cam: bool
+    paths: list[str],
+    model: str,
+    weights_choice: str,
+    weights_file: str | None,
+    top_k: float,
+    show_cam: bool,
+    state: dict[str, Any] | None,
 ) -> _Result:
     if not paths:
         raise gr.Error("Add an image first: upload, paste or take one with the webcam, or pick an example.")
-    predictor = _get_predictor(model, weights_choice, weights_file)
+    predictor = _get_predictor(model, weights_choice, weights_file, state)
     with _user_messages():
         results = predictor.predict_images(paths, top_k=int(top_k), names=[Path(p).name for p in paths])
     good = [r for r in results if isinstance(r, predict.Prediction)]
@@ -366,12 +387,16 @@ def _weights_arg(model: str, choice: str | None, file: str | None) -> str | None
     return weights.DEFAULT if choice in ("ImageNet", None) else "random"
 
 
-def _get_predictor(model: Any, weights_choice: str | None, weights_file: str | None) -> predict.Predictor:
+def _get_predictor(
+    model: Any, weights_choice: str | None, weights_file: str | None, state: dict[str, Any] | None
+) -> predict.Predictor:
     name = _model_name(model)
     # The engine also takes checkpoint folders by path (for the CLI); a web request may only name a preset or a
     # run in weights/runs/, so it can neither load nor probe folders elsewhere on the server.
     if name not in PRESETS and not name.startswith("run:"):
-        raise gr.Error(f"Unknown model {name[:100]!r}: choose a preset or a fine-tuned run (run:<run-id>).")
+        raise unknown_model(name)
+    if name.startswith("run:"):
+        check_run(name, state)  # on a shared server, only the session's own runs and the published ones
     weights_arg = _weights_arg(name, weights_choice, weights_file)
     with _user_messages():
         return predict.get_predictor(name, weights_arg)
