@@ -214,9 +214,9 @@ def _cmd_arch(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import json
 
+    from .checkpoints import CheckpointError
     from .images import ImageError
     from .predict import get_predictor
-    from .weights import CheckpointError
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
@@ -383,8 +383,8 @@ def _print_training(trainer, *, as_json: bool, quiet: bool = False) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError
     from .export import EXPORT_FORMATS, ExportError, export_onnx
-    from .weights import CheckpointError
 
     if args.format not in EXPORT_FORMATS:
         raise UsageError(f"unknown export format {args.format!r}; choose one of: {', '.join(EXPORT_FORMATS)}")

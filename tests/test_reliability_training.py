@@ -19,8 +19,7 @@ from conftest import AppServer
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from densenet_demo import data
-from densenet_demo import weights as W
+from densenet_demo import checkpoints, data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -148,7 +147,7 @@ def test_stop_mid_epoch_keeps_the_weights_so_far_and_a_new_run_starts(server, zi
     assert "Stopped: the best checkpoint so far is kept." in log
     assert "Epoch 1/3" not in log  # no epoch had ended
     run = _run_dir(log)
-    assert W.read_checkpoint_info(run).metrics["cancelled_mid_epoch"] is True
+    assert checkpoints.read_checkpoint_info(run).metrics["cancelled_mid_epoch"] is True
     _classifies_with(client, run, photo)
     assert "Finished" in _log(_submit(client))
 
@@ -162,7 +161,7 @@ def test_an_image_found_corrupt_while_training_is_skipped_reported_and_training_
     skipped = [line for line in log.splitlines() if "skipped" in line]
     assert len(skipped) == 1 and CORRUPT in skipped[0] and "truncated" in skipped[0]
     assert "Finished: best val acc" in log
-    info = W.read_checkpoint_info(_run_dir(log))
+    info = checkpoints.read_checkpoint_info(_run_dir(log))
     assert info.metrics["n_train"] + info.metrics["n_val"] == 61  # 60 good images and the corrupt one
 
 
@@ -201,9 +200,12 @@ def test_a_full_disk_on_save_fails_clearly_and_keeps_the_previous_checkpoint(ser
     assert "could not save the checkpoint" in failure and "No space left on device" in failure
     assert "previous checkpoint, if any, is unchanged" in failure and "best checkpoint so far is kept" in failure
     run = _run_dir(log)
-    assert sorted(p.name for p in run.iterdir()) == [W.CHECKPOINT_META, W.CHECKPOINT_WEIGHTS]  # no temp file left
-    assert W.read_checkpoint_info(run).metrics["epoch"] == 1
-    W.load_checkpoint(run)
+    assert sorted(p.name for p in run.iterdir()) == [
+        checkpoints.CHECKPOINT_META,
+        checkpoints.CHECKPOINT_WEIGHTS,
+    ]  # no temp file left
+    assert checkpoints.read_checkpoint_info(run).metrics["epoch"] == 1
+    checkpoints.load_checkpoint(run)
     fault.off("save_enospc")
     _classifies_with(client, run, photo)
 
@@ -222,7 +224,7 @@ def test_two_users_training_at_once_the_second_waits_and_both_finish(server, zip
     logs = [_log(job) for job in jobs]
     assert all("Finished: best val acc" in log for log in logs)
     runs = {_run_dir(log) for log in logs}
-    assert len(runs) == 2 and all((run / W.CHECKPOINT_WEIGHTS).is_file() for run in runs)
+    assert len(runs) == 2 and all((run / checkpoints.CHECKPOINT_WEIGHTS).is_file() for run in runs)
 
 
 def test_killed_while_writing_a_checkpoint_the_previous_best_stays_loadable(tmp_path, zips, photo):
@@ -244,9 +246,9 @@ def test_killed_while_writing_a_checkpoint_the_previous_best_stays_loadable(tmp_
     (run,) = (weights_dir / "runs").iterdir()
     half_written = Path((faults / "save_hanging").read_text())
     assert half_written.parent == run and half_written.name.startswith(".")  # hidden, never the checkpoint's name
-    assert _visible_files(run) == [W.CHECKPOINT_META, W.CHECKPOINT_WEIGHTS]
-    assert W.read_checkpoint_info(run).metrics["epoch"] == 1
-    W.load_checkpoint(run)
+    assert _visible_files(run) == [checkpoints.CHECKPOINT_META, checkpoints.CHECKPOINT_WEIGHTS]
+    assert checkpoints.read_checkpoint_info(run).metrics["epoch"] == 1
+    checkpoints.load_checkpoint(run)
     hour_ago = time.time() - 3700
     os.utime(half_written, (hour_ago, hour_ago))  # as a restart an hour later finds it
     restarted = _start(tmp_path / "restarted", weights_dir)
@@ -254,6 +256,6 @@ def test_killed_while_writing_a_checkpoint_the_previous_best_stays_loadable(tmp_
         client = Client(restarted.url, verbose=False)
         _classifies_with(client, run, photo)
         assert not half_written.exists()  # the launch removed what the killed write left
-        assert sorted(p.name for p in run.iterdir()) == [W.CHECKPOINT_META, W.CHECKPOINT_WEIGHTS]
+        assert sorted(p.name for p in run.iterdir()) == [checkpoints.CHECKPOINT_META, checkpoints.CHECKPOINT_WEIGHTS]
     finally:
         restarted.stop()

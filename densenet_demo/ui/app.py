@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from .. import sessions, weights
+from .. import checkpoints, sessions
 from .architecture_tab import build_architecture_tab, reuse_dropdown
 from .common import model_choices, reuse_choices
 from .finetune_tab import build_finetune_tab
@@ -95,6 +95,6 @@ def launch(app: gr.Blocks, **overrides: Any) -> None:
     """Launch with the server settings the README documents; GRADIO_SERVER_NAME/PORT are honoured."""
     configure_logging()
     sessions.sweep_stale_sessions()
-    weights.sweep_partial_files()
+    checkpoints.sweep_partial_files()
     app.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
     app.launch(**{**LAUNCH_SETTINGS, **overrides})

@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .. import architecture, plots, predict, units, weights
+from .. import architecture, checkpoints, plots, predict, pretrained, units, weights
 from ..config import IMAGENET_PRESETS, PRESETS, DenseNetConfig, default_image_size
 from .common import preset_choices, reuse_choices, user_errors
 
@@ -143,7 +143,7 @@ def _fields_for_run(reuse_weights: str) -> list[Any]:
     if not reuse_weights.startswith("run:"):
         return [gr.skip()] * 10
     with user_errors(ValueError, weights.CheckpointError):
-        info = weights.read_checkpoint_info(weights.run_path(reuse_weights.removeprefix("run:")))
+        info = checkpoints.read_checkpoint_info(checkpoints.run_path(reuse_weights.removeprefix("run:")))
     return [CUSTOM, *config_fields(info.config)]
 
 
@@ -284,11 +284,11 @@ def _feature_reuse_plot(preset: str, cfg: DenseNetConfig, reuse_weights: str) ->
     if reuse_weights.startswith("run:"):
         run_id = reuse_weights.removeprefix("run:")
         with user_errors(ValueError, weights.CheckpointError):
-            source = weights.read_checkpoint_info(weights.run_path(run_id)).config
+            source = checkpoints.read_checkpoint_info(checkpoints.run_path(run_id)).config
         what, model, hint = f"fine-tuned run {run_id}", reuse_weights, "choose the run in the heatmap list again"
     else:
         try:
-            model = weights.imagenet_preset_for(preset if preset in PRESETS else cfg)
+            model = pretrained.imagenet_preset_for(preset if preset in PRESETS else cfg)
         except ValueError:
             return None, (
                 f"not drawn: there are no ImageNet weights for {'this custom config' if preset == CUSTOM else preset}; "

@@ -9,7 +9,7 @@ from pathlib import PurePosixPath
 
 import gradio as gr
 
-from .. import weights
+from .. import checkpoints
 from ..config import PRESETS
 
 __all__ = ["model_choices", "names_only", "preset_choices", "reuse_choices", "user_errors"]
@@ -27,7 +27,7 @@ def preset_choices() -> list[tuple[str, str]]:
 def model_choices() -> list[tuple[str, str]]:
     """The fine-tuned runs (newest first, ``run:<id>``) and then the presets, for the Predict tab."""
     runs = []
-    for run in weights.list_runs():
+    for run in checkpoints.list_runs():
         acc = run.metrics.get("best_val_acc")
         label = f"Fine-tuned: {run.run_id}" + (f" (val acc {acc:.0%})" if isinstance(acc, (int, float)) else "")
         runs.insert(0, (label, f"run:{run.run_id}"))
@@ -36,7 +36,7 @@ def model_choices() -> list[tuple[str, str]]:
 
 def reuse_choices() -> list[tuple[str, str]]:
     """Where the Architecture tab's feature-reuse heatmap may take its weights from."""
-    runs = [(f"fine-tuned run {r.run_id}", f"run:{r.run_id}") for r in weights.list_runs()]
+    runs = [(f"fine-tuned run {r.run_id}", f"run:{r.run_id}") for r in checkpoints.list_runs()]
     return [("none", "none"), ("ImageNet weights (when available)", "imagenet")] + runs
 
 
