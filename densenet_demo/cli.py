@@ -278,7 +278,8 @@ def _train(args: argparse.Namespace, dp) -> int:
     import json
     import tempfile
 
-    from .data import DatasetError, example_dataset_folder, load_image_folder
+    from .data import DatasetError, load_image_folder
+    from .examples import example_dataset_folder
     from .train import TrainConfig, Trainer, example_config
 
     quiet = dp is not None and not dp.is_main

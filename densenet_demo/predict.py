@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from . import checkpoints, data
+from . import archives, checkpoints
 from . import weights as W
 from .images import ImageError, ImageSource, Preprocessing, decode_image
 from .inference import InferenceDenseNet
@@ -288,7 +288,7 @@ def checkpoint_from_upload(path: str | os.PathLike) -> Path:
     """An uploaded weights file as ``weights.resolve`` takes it, the checkpoint's class names kept.
 
     - a ``.zip`` (the Fine-tune tab's download: ``<run>/model.safetensors`` + ``model.json``) is extracted
-      safely (``data.safe_extract_zip``: no paths outside, size limits) into a folder beside it, and that
+      safely (``archives.safe_extract_zip``: no paths outside, size limits) into a folder beside it, and that
       checkpoint folder is returned;
     - a ``.safetensors`` whose header records a checkpoint (this project's ``model.safetensors``) gets a
       checkpoint folder of its own beside it (a hard link), so its architecture and class names come back;
@@ -325,7 +325,7 @@ def _prepared(folder: Path, make: Callable[[Path], Path]) -> Path:
 
 
 def _extract_checkpoint(zip_path: Path, target: Path) -> Path:
-    files = data.safe_extract_zip(
+    files = archives.safe_extract_zip(
         zip_path, target, max_total_bytes=MAX_CHECKPOINT_ZIP_BYTES, max_entries=MAX_CHECKPOINT_ZIP_ENTRIES
     )
     found = [f.parent for f in files if f.name == checkpoints.CHECKPOINT_WEIGHTS]

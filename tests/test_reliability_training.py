@@ -19,7 +19,7 @@ from conftest import AppServer
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from densenet_demo import checkpoints, data
+from densenet_demo import checkpoints, examples
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -47,7 +47,7 @@ def _truncated_png() -> bytes:
 @pytest.fixture(scope="module")
 def zips(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("datasets")
-    data.make_example_dataset(root / "shapes", n_per_class=15, image_size=32, seed=3)
+    examples.make_example_dataset(root / "shapes", n_per_class=15, image_size=32, seed=3)
     return {
         "shapes": _zip_folder(root / "shapes", root / "shapes.zip"),
         "corrupt": _zip_folder(root / "shapes", root / "corrupt.zip", {f"circle/{CORRUPT}": _truncated_png()}),

@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from .. import data, sessions
+from .. import data, examples, sessions
 from .common import user_errors
 
 __all__ = ["SOURCE_CHOICES", "add_class", "close_session", "load_dataset", "pair_folder_upload", "session_of"]
@@ -75,7 +75,7 @@ def load_dataset(
     extracted = None
     with user_errors(data.DatasetError, zipfile.BadZipFile, OSError):
         if source == "Example dataset":
-            dataset, report = data.load_image_folder(data.example_dataset_folder())
+            dataset, report = data.load_image_folder(examples.example_dataset_folder())
             report.source = "the built-in example dataset (shapes and stripes, generated)"
         elif source == "Zip file":
             if not zip_file:
