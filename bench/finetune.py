@@ -12,7 +12,7 @@ Prints one JSON object with a section each:
   seconds per step (median of the steps after a warm-up) and peak memory of the step (on the CPU: the peak
   RSS minus the RSS before the first step, from a second run with glibc's mmap threshold at 64 KiB so that RSS
   follows the live tensors; on CUDA, peak allocated minus allocated before the first step).
-- ``example_dataset``: ``train.example_config()`` on ``data.make_example_dataset()``: seconds to reach 90%
+- ``example_dataset``: ``train.example_config()`` on ``examples.make_example_dataset()``: seconds to reach 90%
   validation accuracy, from building the model to the end of that epoch.
 - ``gpu`` (CUDA only; null on the CPU): DenseNet-121 at 224, training images/s of fp32 eager (TF32 off, and
   PyTorch's default TF32 convolutions) vs bf16 autocast + channels_last; peak CUDA memory of a step with
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from densenet_demo import data, train  # noqa: E402
+from densenet_demo import data, examples, train  # noqa: E402
 from densenet_demo.config import PRESETS  # noqa: E402
 from densenet_demo.model import DenseNet  # noqa: E402
 
@@ -59,7 +59,7 @@ def _run_to_end(config: train.TrainConfig, files: data.LabeledFiles, out_dir: Pa
 
 
 def bench_linear_cache(workdir: Path, epochs: int, per_class: int, image_size: int) -> dict:
-    files, _ = data.load_image_folder(data.make_example_dataset(workdir / "linear", n_per_class=per_class))
+    files, _ = data.load_image_folder(examples.make_example_dataset(workdir / "linear", n_per_class=per_class))
     runs = {}
     for name, cached, n in (("warm-up", True, 1), ("cached", True, epochs), ("uncached", False, epochs)):
         # The warm-up run pays for first-use costs (CUDA context, cuDNN autotuning, kernels) that the first
@@ -74,7 +74,7 @@ def bench_linear_cache(workdir: Path, epochs: int, per_class: int, image_size: i
         "model": "densenet121",
         "image_size": image_size,
         "epochs": epochs,
-        "images": per_class * len(data.EXAMPLE_CLASSES),
+        "images": per_class * len(examples.EXAMPLE_CLASSES),
         "cached_s": runs["cached"]["seconds"],
         "uncached_s": runs["uncached"]["seconds"],
         "speedup": round(runs["uncached"]["seconds"] / runs["cached"]["seconds"], 2),
@@ -226,7 +226,7 @@ def bench_memory_efficient_step(batch: int, size: int, steps: int, rounds: int) 
 
 def bench_example_dataset(workdir: Path, device: str | None = None) -> dict:
     config = train.example_config(**({"device": device} if device else {}))
-    files, report = data.load_image_folder(data.make_example_dataset(workdir / "example"))
+    files, report = data.load_image_folder(examples.make_example_dataset(workdir / "example"))
     trainer = train.Trainer(config, files, report=report, out_dir=workdir / "example_run")
     start, reached, history, first = time.perf_counter(), None, [], None
     for event in trainer.run():
@@ -288,7 +288,7 @@ def bench_gpu(workdir: Path, batch: int, size: int, steps: int) -> dict | None:
     mixed = _images_per_s(batch, size, steps, amp=True, tf32=True)
     memory = {v: _in_subprocess(v, "cuda", batch, size, 3, amp=True) for v in STEP_VARIANTS}
     memory_fp32 = {v: _in_subprocess(v, "cuda", batch, size, 3) for v in ("ours_off", "ours_on")}
-    files, _ = data.load_image_folder(data.make_example_dataset(workdir / "gpu_example", n_per_class=50))
+    files, _ = data.load_image_folder(examples.make_example_dataset(workdir / "gpu_example", n_per_class=50))
     trainer_runs = {}
     for amp in ("bf16", "fp16"):
         config = train.TrainConfig(

@@ -83,7 +83,7 @@ def main() -> None:
     torch.manual_seed(0)
     plain = torchvision.models.densenet121().eval()
     with tempfile.TemporaryDirectory() as tmp:
-        # The Predictor loads the very same weights through its own file path (weights.load_state_dict_file).
+        # The Predictor loads the very same weights through its own file path (pretrained.load_state_dict_file).
         os.environ["DENSENET_DEMO_WEIGHTS"] = tmp
         weights_file = Path(tmp) / "densenet121-torchvision.pth"
         torch.save(plain.state_dict(), weights_file)

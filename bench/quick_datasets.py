@@ -6,7 +6,7 @@
   moon's surface, a cell culture), grayscale, 64 px. Training crops come from the top three quarters of each
   photo and validation crops from the bottom quarter (``train/`` + ``val/`` folders), so no validation pixel
   was seen in training.
-- ``example``: the project's generated example dataset (``data.make_example_dataset``).
+- ``example``: the project's generated example dataset (``examples.make_example_dataset``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from densenet_demo import data
+from densenet_demo import examples
 
 DATASETS = ("digits", "textures", "example")
 TEXTURES = ("brick", "grass", "gravel", "moon", "cell")  # loaded from files inside the wheel: no download
@@ -69,5 +69,5 @@ def write_dataset(name: str, target: Path) -> tuple[Path, int]:
     if name == "textures":
         return write_textures(target / "textures", 64), 64
     if name == "example":
-        return data.make_example_dataset(target / "example", n_per_class=60, image_size=64), 64
+        return examples.make_example_dataset(target / "example", n_per_class=60, image_size=64), 64
     raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")

@@ -214,9 +214,9 @@ def _cmd_arch(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import json
 
+    from .checkpoints import CheckpointError
     from .images import ImageError
     from .predict import get_predictor
-    from .weights import CheckpointError
 
     if args.top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
@@ -278,7 +278,8 @@ def _train(args: argparse.Namespace, dp) -> int:
     import json
     import tempfile
 
-    from .data import DatasetError, example_dataset_folder, load_image_folder
+    from .data import DatasetError, load_image_folder
+    from .examples import example_dataset_folder
     from .train import TrainConfig, Trainer, example_config
 
     quiet = dp is not None and not dp.is_main
@@ -383,8 +384,8 @@ def _print_training(trainer, *, as_json: bool, quiet: bool = False) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoints import CheckpointError
     from .export import EXPORT_FORMATS, ExportError, export_onnx
-    from .weights import CheckpointError
 
     if args.format not in EXPORT_FORMATS:
         raise UsageError(f"unknown export format {args.format!r}; choose one of: {', '.join(EXPORT_FORMATS)}")

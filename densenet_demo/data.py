@@ -10,33 +10,28 @@ Accepted layouts (the same rules for a folder on disk, a ``.zip`` and a browser 
 Hidden files, ``__MACOSX`` folders, files that are not images and images whose header cannot be read
 are skipped and reported (path + reason). An image that passes the header check but turns out corrupt
 when decoded during training is dropped from its batch by ``collate_skipping_failures`` and reported
-by the trainer. A zip is extracted by ``safe_extract_zip``: nothing lands outside the target folder, and
-zip bombs are refused before anything is written.
+by the trainer. A zip is extracted by ``archives.safe_extract_zip`` (nothing lands outside the target folder;
+zip bombs are refused before anything is written). The generated example dataset is in ``examples``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
 import random
 import shutil
-import stat
 import tempfile
 import warnings
 import zipfile
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from .archives import DatasetError, safe_extract_zip, safe_parts
 from .images import ALLOWED_FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS, ImageError, decode_image
 
 __all__ = [
@@ -48,32 +43,14 @@ __all__ = [
     "load_image_folder",
     "from_uploaded_files",
     "from_class_lists",
-    "safe_extract_zip",
     "stratified_split",
-    "make_example_dataset",
-    "example_dataset_folder",
-    "example_images",
-    "EXAMPLE_CLASSES",
     "VAL_FOLDER_NAMES",
 ]
 
 # Folder names taken as the validation split next to ``train/``, in order of preference.
 VAL_FOLDER_NAMES = ("val", "valid", "validation", "test")
 
-# Zip limits. A dataset of a few thousand photos is well under them; a zip bomb (a small file that
-# inflates to gigabytes, typically at ratios over 1000:1) is far over them. Photos barely compress
-# (JPEG/PNG are compressed already), so a ratio of 100 is generous for real data.
-MAX_ZIP_BYTES = 2 * 1024**3
-MAX_ZIP_ENTRIES = 50_000
-MAX_ZIP_RATIO = 100.0
-# Tiny files compress extremely well (an all-white 1 KB BMP); only entries above this size are held to the ratio.
-_RATIO_MIN_BYTES = 1024 * 1024
-
 Item = tuple[Path, int]
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be used; the message says what was found and what is needed."""
 
 
 @dataclass
@@ -170,7 +147,7 @@ def from_uploaded_files(
     """
     entries = []
     for relative, file in pairs:
-        parts = _safe_parts(str(relative))
+        parts = safe_parts(str(relative))
         if parts is None:
             raise DatasetError(f"upload path {relative!r} points outside the upload; rejected")
         entries.append((PurePosixPath(*parts), Path(file)))
@@ -323,122 +300,6 @@ def _check_classes(classes: list[str], counts: Counter, report: DatasetReport, s
 
 
 # ---------------------------------------------------------------------------------------------
-# Safe zip extraction
-
-
-def safe_extract_zip(
-    zip_path: str | os.PathLike,
-    target_dir: str | os.PathLike,
-    *,
-    max_total_bytes: int = MAX_ZIP_BYTES,
-    max_entries: int = MAX_ZIP_ENTRIES,
-    max_ratio: float = MAX_ZIP_RATIO,
-) -> list[Path]:
-    """Extract a zip into ``target_dir`` after checking every entry; returns the files written.
-
-    Refused before anything is written: entries with ``..``, absolute or drive paths, symbolic links,
-    encryption; more than ``max_entries`` entries, more than ``max_total_bytes`` uncompressed, or an
-    entry inflating more than ``max_ratio`` times. Sizes are enforced again while inflating (a zip can
-    lie about them); a violation then removes what this call wrote.
-    """
-    zip_path, target = Path(zip_path), Path(target_dir)
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise DatasetError(f"{zip_path.name}: not a readable zip file ({e})") from None
-    with archive:
-        plan = _plan_extraction(archive, zip_path.name, max_total_bytes, max_entries, max_ratio)
-        target.mkdir(parents=True, exist_ok=True)
-        root = target.resolve()
-        written: list[Path] = []
-        try:
-            budget = max_total_bytes
-            for info, parts in plan:
-                dest = root.joinpath(*parts)
-                if not dest.resolve().is_relative_to(root):  # a folder in the target that is a symlink
-                    raise DatasetError(f"zip entry {info.filename!r} points outside the upload; rejected")
-                if info.is_dir():
-                    dest.mkdir(parents=True, exist_ok=True)
-                    continue
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                budget -= _copy_limited(archive, info, dest, budget, zip_path.name)
-                written.append(dest)
-        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, NotImplementedError, RuntimeError) as e:
-            _remove(written)
-            raise DatasetError(f"{zip_path.name}: cannot be extracted ({e})") from None
-        except BaseException:
-            _remove(written)
-            raise
-    return written
-
-
-def _remove(paths: list[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
-
-
-def _plan_extraction(
-    archive: zipfile.ZipFile, name: str, max_total_bytes: int, max_entries: int, max_ratio: float
-) -> list[tuple[zipfile.ZipInfo, tuple[str, ...]]]:
-    infos = archive.infolist()
-    if len(infos) > max_entries:
-        raise DatasetError(f"{name}: {len(infos):,} entries is over the limit of {max_entries:,}; rejected")
-    total = sum(info.file_size for info in infos)
-    if total > max_total_bytes:
-        raise DatasetError(
-            f"{name}: unpacks to {total / 2**20:,.0f} MB, over the limit of {max_total_bytes / 2**20:,.0f} MB; rejected"
-        )
-    compressed = sum(info.compress_size for info in infos)
-    if total > _RATIO_MIN_BYTES and total > max_ratio * max(compressed, 1):
-        raise DatasetError(
-            f"{name}: inflates {total / max(compressed, 1):,.0f} times (limit {max_ratio:g}); rejected as a zip bomb"
-        )
-    plan = []
-    for info in infos:
-        parts = _safe_parts(info.filename)
-        if parts is None:
-            raise DatasetError(f"zip entry {info.filename!r} points outside the upload; rejected")
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise DatasetError(f"zip entry {info.filename!r} is a symbolic link; rejected")
-        if info.flag_bits & 0x1:
-            raise DatasetError(f"zip entry {info.filename!r} is encrypted; upload a zip without a password")
-        if info.file_size > _RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
-            raise DatasetError(
-                f"zip entry {info.filename!r} inflates {info.file_size / max(info.compress_size, 1):,.0f} times "
-                f"(limit {max_ratio:g}); rejected as a zip bomb"
-            )
-        if parts:
-            plan.append((info, parts))
-    return plan
-
-
-def _safe_parts(name: str) -> tuple[str, ...] | None:
-    """The path components of an archive or upload name, or None when it could leave its folder."""
-    normalised = name.replace("\\", "/")
-    if normalised.startswith("/") or (len(normalised) > 1 and normalised[1] == ":"):
-        return None
-    parts = tuple(p for p in normalised.split("/") if p not in ("", "."))
-    if any(p == ".." for p in parts) or any("\x00" in p for p in parts):
-        return None
-    return parts
-
-
-def _copy_limited(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, budget: int, name: str) -> int:
-    """Inflate one entry, stopping as soon as it exceeds its declared size or the remaining budget."""
-    limit = min(info.file_size, budget)
-    written = 0
-    with archive.open(info) as src, open(dest, "wb") as out:
-        while chunk := src.read(1 << 20):
-            written += len(chunk)
-            if written > limit:
-                out.close()
-                dest.unlink(missing_ok=True)
-                raise DatasetError(f"{name}: entry {info.filename!r} inflates beyond its declared size; rejected")
-            out.write(chunk)
-    return written
-
-
-# ---------------------------------------------------------------------------------------------
 # Split and torch dataset
 
 
@@ -502,126 +363,3 @@ def collate_skipping_failures(
     if not good:
         return None, None, failed
     return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), failed
-
-
-# ---------------------------------------------------------------------------------------------
-# The built-in example dataset
-
-EXAMPLE_CLASSES = ("circle", "square", "triangle", "stripes")
-EXAMPLE_VERSION = 2  # raise when make_example_dataset writes other images for the same arguments
-
-
-def make_example_dataset(
-    target_dir: str | os.PathLike, *, n_per_class: int = 200, image_size: int = 64, seed: int = 0
-) -> Path:
-    """Write a small, deterministic dataset of ``EXAMPLE_CLASSES`` to ``target_dir/<class>/*.png``.
-
-    Shapes in random colours, sizes, positions and rotations on noisy backgrounds of random colour;
-    stripes of random angle, width and colours. Same arguments, same bytes.
-    """
-    if n_per_class < 1 or image_size < 16:
-        raise ValueError("make_example_dataset needs n_per_class >= 1 and image_size >= 16")
-    target = Path(target_dir)
-    rng = np.random.default_rng(seed)
-    for name in EXAMPLE_CLASSES:
-        folder = target / name
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        for i in range(n_per_class):
-            _draw_example(name, image_size, rng).save(folder / f"{name}_{i:03d}.png", optimize=False)
-    return target
-
-
-def example_dataset_folder(name: str = "densenet_demo_example_dataset", **kwargs: Any) -> Path:
-    """The example dataset made by ``make_example_dataset(**kwargs)``, generated once per machine, shared read-only.
-
-    It lives in the temp dir under a name that carries the generator's version and arguments, so a copy left by
-    an older version is never taken for this one's; a folder of that name that is not this user's own is not
-    trusted (a private copy is made instead).
-    """
-    key = hashlib.sha256(json.dumps([EXAMPLE_VERSION, sorted(kwargs.items())]).encode()).hexdigest()[:12]
-    folder = Path(tempfile.gettempdir()) / f"{name}_{key}"
-    known = _example_folders.get(folder)
-    if known is None or not known.is_dir():
-        _example_folders[folder] = known = folder if _owned(folder) else _generate_example(folder, kwargs)
-    return known
-
-
-def example_images() -> list[Path]:
-    """One generated picture per example class, at a size a preview shows well."""
-    folder = example_dataset_folder("densenet_demo_examples", n_per_class=1, image_size=160, seed=7)
-    return sorted(folder.glob("*/*.png"))
-
-
-def _generate_example(folder: Path, kwargs: dict[str, Any]) -> Path:
-    # Made aside and renamed into place, so two processes starting together never see half of it.
-    scratch = Path(tempfile.mkdtemp(prefix=f".{folder.name}_", dir=folder.parent))
-    make_example_dataset(scratch, **kwargs)
-    try:
-        scratch.rename(folder)
-        return folder
-    except OSError:  # another process got there first (its copy is the same), or someone else holds the name
-        if not _owned(folder):
-            return scratch
-        shutil.rmtree(scratch, ignore_errors=True)
-        return folder
-
-
-def _owned(folder: Path) -> bool:
-    return folder.is_dir() and not folder.is_symlink() and folder.stat().st_uid == os.getuid()
-
-
-# Example folders this process has made or checked: read-only data, the same for every caller.
-_example_folders: dict[Path, Path] = {}
-
-
-def _draw_example(name: str, size: int, rng: np.random.Generator) -> Image.Image:
-    background, foreground = _contrasting_colours(rng)
-    if name == "stripes":
-        return _stripes(size, background, foreground, rng)
-    noise = rng.normal(0.0, 12.0, (size, size, 1))
-    pixels = np.clip(np.array(background, dtype=np.float64) + noise, 0, 255).astype(np.uint8)
-    image = Image.fromarray(pixels, "RGB")
-    radius = rng.uniform(0.18, 0.38) * size
-    cx, cy = (rng.uniform(radius + 1, size - radius - 1) for _ in range(2))
-    draw = ImageDraw.Draw(image)
-    if name == "circle":
-        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=foreground)
-    else:
-        sides = 4 if name == "square" else 3
-        angle = rng.uniform(0, 2 * math.pi)
-        corners = [
-            (
-                cx + radius * math.cos(angle + 2 * math.pi * k / sides),
-                cy + radius * math.sin(angle + 2 * math.pi * k / sides),
-            )
-            for k in range(sides)
-        ]
-        draw.polygon(corners, fill=foreground)
-    return image
-
-
-def _stripes(
-    size: int, background: tuple[int, ...], foreground: tuple[int, ...], rng: np.random.Generator
-) -> Image.Image:
-    period = rng.uniform(0.15, 0.35) * size
-    angle = rng.uniform(0, math.pi)
-    y, x = np.mgrid[0:size, 0:size]
-    phase = (x * math.cos(angle) + y * math.sin(angle)) / period + rng.uniform(0, 1)
-    mask = (phase % 1.0) < 0.5
-    pixels = np.where(mask[..., None], np.array(foreground), np.array(background))
-    pixels = np.clip(pixels + rng.normal(0.0, 12.0, (size, size, 1)), 0, 255).astype(np.uint8)
-    return Image.fromarray(pixels, "RGB")
-
-
-def _contrasting_colours(rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Two random colours whose brightness differs enough for the shape to be seen."""
-    while True:
-        a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-        if abs(_luma(a) - _luma(b)) > 60:
-            return tuple(int(v) for v in a), tuple(int(v) for v in b)
-
-
-def _luma(rgb: np.ndarray) -> float:
-    return float(0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2])

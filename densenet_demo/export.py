@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import weights as W
+from . import checkpoints
 from .predict import Predictor, get_predictor
 
 __all__ = [
@@ -310,9 +310,9 @@ def _write_outputs(out: Path, bundle: Path, data: bytes, metadata: dict[str, Any
             z.writestr(BUNDLE_README, readme, compress_type=zipfile.ZIP_DEFLATED)
 
     try:
-        W.atomic_write(bundle, write_zip)
+        checkpoints.atomic_write(bundle, write_zip)
         try:
-            W.atomic_write(out, lambda tmp: (tmp.chmod(SHARED_FILE_MODE), tmp.write_bytes(data)))
+            checkpoints.atomic_write(out, lambda tmp: (tmp.chmod(SHARED_FILE_MODE), tmp.write_bytes(data)))
         except BaseException:
             bundle.unlink(missing_ok=True)
             raise

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from . import data
+from . import archives, checkpoints
 from . import weights as W
 from .images import ImageError, ImageSource, Preprocessing, decode_image
 from .inference import InferenceDenseNet
@@ -288,7 +288,7 @@ def checkpoint_from_upload(path: str | os.PathLike) -> Path:
     """An uploaded weights file as ``weights.resolve`` takes it, the checkpoint's class names kept.
 
     - a ``.zip`` (the Fine-tune tab's download: ``<run>/model.safetensors`` + ``model.json``) is extracted
-      safely (``data.safe_extract_zip``: no paths outside, size limits) into a folder beside it, and that
+      safely (``archives.safe_extract_zip``: no paths outside, size limits) into a folder beside it, and that
       checkpoint folder is returned;
     - a ``.safetensors`` whose header records a checkpoint (this project's ``model.safetensors``) gets a
       checkpoint folder of its own beside it (a hard link), so its architecture and class names come back;
@@ -302,7 +302,7 @@ def checkpoint_from_upload(path: str | os.PathLike) -> Path:
     if path.suffix.lower() != ".safetensors":
         return path
     try:
-        return _prepared(path.with_suffix(""), lambda tmp: _link(path, tmp / W.CHECKPOINT_WEIGHTS, tmp))
+        return _prepared(path.with_suffix(""), lambda tmp: _link(path, tmp / checkpoints.CHECKPOINT_WEIGHTS, tmp))
     except W.CheckpointError:
         return path  # a plain state dict: loaded into the chosen architecture
 
@@ -325,16 +325,16 @@ def _prepared(folder: Path, make: Callable[[Path], Path]) -> Path:
 
 
 def _extract_checkpoint(zip_path: Path, target: Path) -> Path:
-    files = data.safe_extract_zip(
+    files = archives.safe_extract_zip(
         zip_path, target, max_total_bytes=MAX_CHECKPOINT_ZIP_BYTES, max_entries=MAX_CHECKPOINT_ZIP_ENTRIES
     )
-    found = [f.parent for f in files if f.name == W.CHECKPOINT_WEIGHTS]
+    found = [f.parent for f in files if f.name == checkpoints.CHECKPOINT_WEIGHTS]
     if len(found) != 1:
         raise W.CheckpointError(
-            f"{zip_path.name}: expected one {W.CHECKPOINT_WEIGHTS} in the zip (a run downloaded from the "
+            f"{zip_path.name}: expected one {checkpoints.CHECKPOINT_WEIGHTS} in the zip (a run downloaded from the "
             f"Fine-tune tab), found {len(found)}"
         )
-    W.read_checkpoint_info(found[0])  # refuse a zip whose checkpoint cannot say its architecture
+    checkpoints.read_checkpoint_info(found[0])  # refuse a zip whose checkpoint cannot say its architecture
     return found[0]
 
 
@@ -343,12 +343,12 @@ def _link(source: Path, dest: Path, folder: Path) -> Path:
         os.link(source, dest)
     except OSError:  # another file system, or links not allowed
         shutil.copyfile(source, dest)
-    W.read_checkpoint_info(folder)  # raises for a plain state dict (no checkpoint metadata)
+    checkpoints.read_checkpoint_info(folder)  # raises for a plain state dict (no checkpoint metadata)
     return folder
 
 
 def _checkpoint_in(folder: Path) -> Path:
-    found = sorted(p.parent for p in folder.rglob(W.CHECKPOINT_WEIGHTS))
+    found = sorted(p.parent for p in folder.rglob(checkpoints.CHECKPOINT_WEIGHTS))
     if not found:
-        raise W.CheckpointError(f"{folder.name}: no {W.CHECKPOINT_WEIGHTS} in this upload")
+        raise W.CheckpointError(f"{folder.name}: no {checkpoints.CHECKPOINT_WEIGHTS} in this upload")
     return found[0]

@@ -4,7 +4,7 @@ Locally (a laptop, the command line) every run is everyone's, as it always was. 
 Hugging Face Space, or a server bound to a non-loopback address; ``DENSENET_DEMO_SHARED=1/0`` overrides) a
 run belongs to the browser session that trained it: the session's owner token is recorded in the run's
 ``owner.json`` before training starts, and a session sees only its own runs plus the ones the host
-publishes (folders placed in ``weights.published_dir()``). Runs that belong to nobody (the command line's,
+publishes (folders placed in ``checkpoints.published_dir()``). Runs that belong to nobody (the command line's,
 older ones) are the host's: hidden from visitors on a shared server, never expired, but counted by the cap.
 
 Retention: a session's runs are deleted when the session expires (shared server), the host may cap the
@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import weights
+from . import checkpoints, weights
 
 __all__ = [
     "OWNER_FILE",
@@ -141,7 +141,7 @@ def claim(run_id: str, owner: str) -> Path:
     folder = weights.run_path(run_id)
     record = {"owner": owner, "claimed_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     try:
-        weights.atomic_write(
+        checkpoints.atomic_write(
             folder / OWNER_FILE, lambda tmp: tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
         )
     except OSError as e:
@@ -165,7 +165,7 @@ def owner_of(run_id: str) -> str | None:
 def is_published(run_id: str) -> bool:
     """True when ``run_id`` names a published run (and no run of the runs folder shadows it)."""
     try:
-        return weights.find_run(run_id).parent == weights.published_dir().resolve()
+        return checkpoints.find_run(run_id).parent == checkpoints.published_dir().resolve()
     except weights.CheckpointError:
         return False
 
@@ -175,32 +175,32 @@ def _owned_by(run_id: str, owner: str | None) -> bool:
     return bool(owner and recorded) and secrets.compare_digest(recorded, owner)
 
 
-def visible_runs(owner: str | None, shared: bool) -> list[weights.CheckpointInfo]:
+def visible_runs(owner: str | None, shared: bool) -> list[checkpoints.CheckpointInfo]:
     """The runs a session may list and use, newest first: locally all; shared, its own plus the published."""
-    own = weights.list_runs()
+    own = checkpoints.list_runs()
     if shared:
         own = [r for r in own if _owned_by(r.run_id, owner)]
     ids = {r.run_id for r in own}
-    published = [r for r in weights.list_runs(weights.published_dir()) if r.run_id not in ids]
+    published = [r for r in checkpoints.list_runs(checkpoints.published_dir()) if r.run_id not in ids]
     return sorted(own + published, key=lambda r: (r.created_at, r.run_id), reverse=True)
 
 
 def can_use(run_id: str, owner: str | None, shared: bool) -> bool:
     """Whether a session may use run ``run_id``; False alike for an unknown run and another session's."""
     try:
-        folder = weights.find_run(run_id)
+        folder = checkpoints.find_run(run_id)
     except weights.CheckpointError:
         return False
     if not (folder / weights.CHECKPOINT_WEIGHTS).is_file():
         return False
-    return not shared or folder.parent == weights.published_dir().resolve() or _owned_by(run_id, owner)
+    return not shared or folder.parent == checkpoints.published_dir().resolve() or _owned_by(run_id, owner)
 
 
 # ---------------------------------------------------------------------------------------------
 # Labels
 
 
-def run_label(info: weights.CheckpointInfo) -> str:
+def run_label(info: checkpoints.CheckpointInfo) -> str:
     """What a run is, for people: ``digits · densenet121 scratch · 99.2% · 14:05``."""
     train_config = info.extra.get("train_config") or {}
     model = train_config.get("model") if isinstance(train_config.get("model"), str) else info.config.variant
@@ -211,7 +211,7 @@ def run_label(info: weights.CheckpointInfo) -> str:
     return " · ".join(p for p in parts if p)
 
 
-def run_labels(runs: list[weights.CheckpointInfo]) -> list[tuple[str, str]]:
+def run_labels(runs: list[checkpoints.CheckpointInfo]) -> list[tuple[str, str]]:
     """(label, ``run:<id>``) per run, in the given order; runs that would read alike get their id's tail."""
     labels = [run_label(r) for r in runs]
     out = []
@@ -224,7 +224,7 @@ def run_labels(runs: list[weights.CheckpointInfo]) -> list[tuple[str, str]]:
     return out
 
 
-def _dataset_name(info: weights.CheckpointInfo) -> str:
+def _dataset_name(info: checkpoints.CheckpointInfo) -> str:
     source = str((info.extra.get("dataset") or {}).get("source") or "")
     if not source:
         return ""

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from . import checkpoints, pretrained
 from . import weights as W
 from .config import PRESETS, DenseNetConfig, min_image_size
 from .images import Preprocessing
@@ -92,7 +93,7 @@ class TrainConfig:
         preset = PRESETS.get(self.model) if isinstance(self.model, str) else None
         arch = preset.config if preset else (self.model if isinstance(self.model, DenseNetConfig) else None)
         if self.weights == "imagenet" and arch is not None:
-            W.imagenet_preset_for(self.model)  # a ValueError when there are none
+            pretrained.imagenet_preset_for(self.model)  # a ValueError when there are none
         if self.image_size is not None:
             low = min_image_size(arch) if arch else 1
             check_int("image_size", self.image_size, low, 1024)
@@ -153,7 +154,7 @@ def build_model(cfg: TrainConfig, class_names: list[str]) -> tuple[DenseNet, Pre
     n = len(class_names)
     spec = W.resolve(cfg.model, "random" if cfg.mode == "scratch" else cfg.weights)
     if spec.kind == "checkpoint":
-        model, info = W.load_checkpoint(spec.path)
+        model, info = checkpoints.load_checkpoint(spec.path)
         if list(info.class_names) != list(class_names):
             model.reset_classifier(n)  # other classes: keep the backbone, start a new head
         preprocessing, label = info.preprocessing, f"checkpoint {spec.path.name}"

@@ -6,7 +6,7 @@
   then waits for the test to kill the process in the middle of the write.
 
 With none of the files present this is the app itself: the faults sit in the engine's own calls
-(``torch.nn.functional.cross_entropy`` in train.py, ``safetensors.torch.save_file`` in weights.py).
+(``torch.nn.functional.cross_entropy`` in train.py, ``safetensors.torch.save_file`` in checkpoints.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from densenet_demo import train, weights  # noqa: E402
+from densenet_demo import checkpoints, train  # noqa: E402
 
 FAULTS = Path(os.environ["DENSENET_DEMO_FAULTS"])
 
@@ -42,13 +42,13 @@ class _Functional:
         return F.cross_entropy(*args, **kwargs)
 
 
-_save_file = weights.save_file
+_save_file = checkpoints.save_file
 
 
 def _save_file_with_faults(tensors, filename, metadata=None):
     """Fails only when a checkpoint is already there: the previous best that must survive."""
     temp = Path(filename)
-    if (temp.parent / weights.CHECKPOINT_WEIGHTS).exists():
+    if (temp.parent / checkpoints.CHECKPOINT_WEIGHTS).exists():
         if (FAULTS / "save_enospc").exists():
             temp.write_bytes(bytes(4096))
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(temp))
@@ -61,5 +61,5 @@ def _save_file_with_faults(tensors, filename, metadata=None):
 
 
 train.F = _Functional()
-weights.save_file = _save_file_with_faults
+checkpoints.save_file = _save_file_with_faults
 runpy.run_path(str(ROOT / "app.py"), run_name="__main__")

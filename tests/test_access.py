@@ -247,21 +247,21 @@ def test_a_launch_sweeps_session_folders_left_by_a_stopped_server_and_nothing_el
 def test_the_example_dataset_is_made_once_per_version_and_never_taken_from_someone_else(tmp_path, monkeypatch):
     import tempfile
 
-    from densenet_demo import data
+    from densenet_demo import examples
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    monkeypatch.setattr(data, "_example_folders", {})
-    first = data.example_dataset_folder("example", n_per_class=2, image_size=16)
-    assert sorted(p.name for p in first.iterdir()) == sorted(data.EXAMPLE_CLASSES)
+    monkeypatch.setattr(examples, "_example_folders", {})
+    first = examples.example_dataset_folder("example", n_per_class=2, image_size=16)
+    assert sorted(p.name for p in first.iterdir()) == sorted(examples.EXAMPLE_CLASSES)
     assert len(list(first.glob("*/*.png"))) == 8
-    assert data.example_dataset_folder("example", n_per_class=2, image_size=16) == first
+    assert examples.example_dataset_folder("example", n_per_class=2, image_size=16) == first
     # Another generator version or other arguments: another folder, never the old one.
-    monkeypatch.setattr(data, "EXAMPLE_VERSION", data.EXAMPLE_VERSION + 1)
-    assert data.example_dataset_folder("example", n_per_class=2, image_size=16) != first
-    assert data.example_dataset_folder("example", n_per_class=3, image_size=16) != first
+    monkeypatch.setattr(examples, "EXAMPLE_VERSION", examples.EXAMPLE_VERSION + 1)
+    assert examples.example_dataset_folder("example", n_per_class=2, image_size=16) != first
+    assert examples.example_dataset_folder("example", n_per_class=3, image_size=16) != first
     # A folder of the expected name that belongs to another user is not used.
-    monkeypatch.setattr(data, "EXAMPLE_VERSION", data.EXAMPLE_VERSION - 1)
-    monkeypatch.setattr(data, "_example_folders", {})
-    monkeypatch.setattr(data.os, "getuid", lambda: os.stat(first).st_uid + 1)
-    private = data.example_dataset_folder("example", n_per_class=2, image_size=16)
+    monkeypatch.setattr(examples, "EXAMPLE_VERSION", examples.EXAMPLE_VERSION - 1)
+    monkeypatch.setattr(examples, "_example_folders", {})
+    monkeypatch.setattr(examples.os, "getuid", lambda: os.stat(first).st_uid + 1)
+    private = examples.example_dataset_folder("example", n_per_class=2, image_size=16)
     assert private != first and len(list(private.glob("*/*.png"))) == 8

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from densenet_demo import architecture, runs, weights
+from densenet_demo import architecture, checkpoints, runs
 from densenet_demo.config import PRESETS
 from densenet_demo.images import default_preprocessing
 from densenet_demo.model import DenseNet
@@ -107,12 +107,12 @@ def test_finetune_tab_trains_live_and_stop_keeps_a_checkpoint(page, shots, app_s
 @pytest.fixture
 def fashion_run(app_server) -> str:
     """A densenet_fashion run: the one the fine-tune test trained when it ran first, else a fresh random one."""
-    runs = [r.run_id for r in weights.list_runs(app_server.weights_dir / "runs") if "densenet_fashion" in r.run_id]
+    runs = [r.run_id for r in checkpoints.list_runs(app_server.weights_dir / "runs") if "densenet_fashion" in r.run_id]
     if runs:
         return runs[0]
     cfg = PRESETS["densenet_fashion"].config.replace(num_classes=4)
     run_id = "browser-fashion"
-    weights.save_checkpoint(
+    checkpoints.save_checkpoint(
         app_server.weights_dir / "runs" / run_id,
         DenseNet(cfg),
         class_names=["a", "b", "c", "d"],
@@ -125,12 +125,12 @@ def test_architecture_tab_shows_table_plot_and_feature_reuse(page, shots, app_se
     page.reload()  # the page lists the runs that exist when it loads
     page.get_by_role("tab", name="Architecture").click()
     _pick(page, "arch-preset", "densenet_fashion")
-    label = runs.run_label(weights.read_checkpoint_info(app_server.weights_dir / "runs" / fashion_run))
+    label = runs.run_label(checkpoints.read_checkpoint_info(app_server.weights_dir / "runs" / fashion_run))
     _pick(page, "arch-reuse", label)
     # The run's heatmap comes with the run's architecture (its own number of classes), never the preset's.
     expect(page.locator("#arch-preset input")).to_have_value("custom")
     page.locator("#arch-button").click()
-    run_config = weights.read_checkpoint_info(app_server.weights_dir / "runs" / fashion_run).config
+    run_config = checkpoints.read_checkpoint_info(app_server.weights_dir / "runs" / fashion_run).config
     params = architecture.totals(run_config)["params"]
     expect(page.locator("#arch-summary")).to_contain_text(f"{params:,}", timeout=60_000)
     expect(page.locator("#arch-table")).to_contain_text("denselayer4")

@@ -13,7 +13,7 @@ import pytest
 from gradio_client import Client
 from playwright.sync_api import expect, sync_playwright
 
-from densenet_demo import architecture, weights
+from densenet_demo import architecture, checkpoints
 from densenet_demo.config import PRESETS, DenseNetConfig
 from densenet_demo.images import default_preprocessing
 from densenet_demo.model import DenseNet
@@ -84,7 +84,7 @@ def client(app_server):
 @pytest.fixture(scope="module")
 def tiny_run(app_server) -> str:
     """A fine-tuned run of a small custom architecture, in the app's runs folder."""
-    weights.save_checkpoint(
+    checkpoints.save_checkpoint(
         app_server.weights_dir / "runs" / RUN_ID,
         DenseNet(RUN_CONFIG),
         class_names=["a", "b", "c"],

@@ -20,7 +20,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 from playwright.sync_api import expect, sync_playwright
 
-from densenet_demo import predict, weights
+from densenet_demo import checkpoints, predict
 from densenet_demo.config import DenseNetConfig
 from densenet_demo.images import default_preprocessing
 from densenet_demo.model import DenseNet
@@ -190,7 +190,7 @@ def test_predict_still_classifies_after_a_failed_training_run(page, photo):
 
 def _save_digits_run(run):
     cfg = DenseNetConfig(growth_rate=4, block_config=(2, 2), num_init_features=8, stem="cifar", num_classes=4)
-    weights.save_checkpoint(
+    checkpoints.save_checkpoint(
         run,
         DenseNet(cfg, generator=None),
         class_names=[f"digit_{i}" for i in range(4)],
@@ -211,8 +211,8 @@ def test_a_downloaded_checkpoint_zip_loads_back_with_the_same_labels_and_predict
     label, _, _, _ = client.predict(
         [handle_file(str(photo))], f"run:{digits_run.name}", "ImageNet", None, 4, False, api_name="/predict"
     )
-    archive = weights.zip_checkpoint(digits_run, tmp_path)
-    for upload in (archive, digits_run / weights.CHECKPOINT_WEIGHTS):  # the zip, and the bare weights file
+    archive = checkpoints.zip_checkpoint(digits_run, tmp_path)
+    for upload in (archive, digits_run / checkpoints.CHECKPOINT_WEIGHTS):  # the zip, and the bare weights file
         again, _, table, info = client.predict(
             [handle_file(str(photo))], SMALL, "Checkpoint file", handle_file(str(upload)), 4, False, api_name="/predict"
         )
@@ -247,7 +247,7 @@ def test_export_onnx_downloads_the_selected_models_bundle(client):
 
 
 def test_checkpoint_from_upload_extracts_a_zip_once_and_finds_its_folder(tmp_path):
-    archive = weights.zip_checkpoint(_save_digits_run(tmp_path / "digits-roundtrip"), tmp_path)
+    archive = checkpoints.zip_checkpoint(_save_digits_run(tmp_path / "digits-roundtrip"), tmp_path)
     first = predict.checkpoint_from_upload(archive)
-    assert first.name == "digits-roundtrip" and (first / weights.CHECKPOINT_META).is_file()
+    assert first.name == "digits-roundtrip" and (first / checkpoints.CHECKPOINT_META).is_file()
     assert predict.checkpoint_from_upload(archive) == first  # the same upload, the same folder (and cache entry)

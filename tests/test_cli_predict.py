@@ -9,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from densenet_demo import predict
-from densenet_demo import weights as W
+from densenet_demo import checkpoints, predict
 from densenet_demo.cli import main
 from densenet_demo.images import Preprocessing
 from densenet_demo.model import DenseNet
@@ -27,7 +26,9 @@ def _empty_cache():
 def checkpoint(tmp_path, tiny_config) -> str:
     folder = tmp_path / "tiny-run"
     preprocessing = Preprocessing(32, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 3)
-    W.save_checkpoint(folder, DenseNet(tiny_config), class_names=["cat", "dog", "eel"], preprocessing=preprocessing)
+    checkpoints.save_checkpoint(
+        folder, DenseNet(tiny_config), class_names=["cat", "dog", "eel"], preprocessing=preprocessing
+    )
     return str(folder)
 
 

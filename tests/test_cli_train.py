@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_train import _colour_images
 
-from densenet_demo import weights as W
+from densenet_demo import checkpoints
 from densenet_demo.cli import main
 from densenet_demo.model import DenseNet
 
@@ -24,7 +24,7 @@ def tiny_checkpoint(tmp_path, tiny_config) -> Path:
     from densenet_demo.images import default_preprocessing
 
     model = DenseNet(tiny_config)
-    W.save_checkpoint(
+    checkpoints.save_checkpoint(
         tmp_path / "tiny", model, class_names=["a", "b", "c"], preprocessing=default_preprocessing(model.cfg)
     )
     return tmp_path / "tiny"
@@ -40,7 +40,7 @@ def test_json_prints_one_event_per_line_and_the_checkpoint_path_last(folder, tin
     assert kinds.count("epoch_end") == 2 and kinds.count("step") == 2 * 2
     assert events[0]["counts"] == {"blue": 6, "green": 6, "red": 6}
     assert last == str(tmp_path / "run") == events[-1]["checkpoint_dir"]
-    model, info = W.load_checkpoint(last)
+    model, info = checkpoints.load_checkpoint(last)
     assert info.class_names == ("blue", "green", "red") and model.cfg.num_classes == 3
 
 
@@ -49,7 +49,10 @@ def test_text_mode_shows_progress_on_stderr_and_prints_only_the_path_on_stdout(f
     assert main([*argv, "--image-size", "16"]) == 0
     out, err = capsys.readouterr()
     (path,) = out.strip().splitlines()
-    assert Path(path).parent == W.runs_dir().resolve() and (Path(path) / W.CHECKPOINT_WEIGHTS).is_file()
+    assert (
+        Path(path).parent == checkpoints.runs_dir().resolve()
+        and (Path(path) / checkpoints.CHECKPOINT_WEIGHTS).is_file()
+    )
     assert "18 images in 3 classes" in err and "epoch 2" in err and "val_acc=" in err and "best val acc" in err
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from densenet_demo import data
+from densenet_demo import archives, data, examples
 from densenet_demo.data import DatasetError
 
 
@@ -136,7 +136,7 @@ def test_zip_entries_pointing_outside_are_rejected_and_nothing_is_written(tmp_pa
     zip_path = _zip(tmp_path / "evil.zip", {"a/1.png": _png_bytes(), bad_name: _png_bytes()})
     target = tmp_path / "deep" / "target"
     with pytest.raises(DatasetError, match="points outside the upload; rejected"):
-        data.safe_extract_zip(zip_path, target)
+        archives.safe_extract_zip(zip_path, target)
     assert not target.exists() or not any(target.rglob("*"))
     assert not (tmp_path / "escape.png").exists() and not (tmp_path / "deep" / "escape.png").exists()
     assert not Path("/tmp/abs_escape.png").exists()
@@ -149,7 +149,7 @@ def test_a_symlink_entry_is_rejected(tmp_path):
         zf.writestr("a/1.png", _png_bytes())
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(DatasetError, match="symbolic link; rejected"):
-        data.safe_extract_zip(tmp_path / "link.zip", tmp_path / "t")
+        archives.safe_extract_zip(tmp_path / "link.zip", tmp_path / "t")
     assert not (tmp_path / "t" / "a" / "1.png").exists()
 
 
@@ -161,7 +161,7 @@ def test_a_zip_bomb_is_rejected_before_anything_is_written(tmp_path):
                 entry.write(bytes(1 << 20))
     assert (tmp_path / "bomb.zip").stat().st_size < 100_000  # 20 MB of zeros in a few KB
     with pytest.raises(DatasetError, match="bomb.zip: inflates .* times .*rejected as a zip bomb"):
-        data.safe_extract_zip(tmp_path / "bomb.zip", tmp_path / "t")
+        archives.safe_extract_zip(tmp_path / "bomb.zip", tmp_path / "t")
     assert not (tmp_path / "t").exists()
 
 
@@ -172,7 +172,7 @@ def test_a_zip_bomb_is_rejected_before_anything_is_written(tmp_path):
 def test_zip_size_and_entry_limits_are_enforced(tmp_path, limits, message):
     zip_path = _zip(tmp_path / "z.zip", {f"a/{i}.png": _png_bytes() for i in range(3)})
     with pytest.raises(DatasetError, match=message):
-        data.safe_extract_zip(zip_path, tmp_path / "t", **limits)
+        archives.safe_extract_zip(zip_path, tmp_path / "t", **limits)
     assert not (tmp_path / "t").exists()
 
 
@@ -219,13 +219,13 @@ def test_stratified_split_is_seeded_keeps_every_class_in_val_and_ignores_order(t
 
 
 def test_the_example_dataset_is_deterministic_and_has_its_classes(tmp_path):
-    one = data.make_example_dataset(tmp_path / "one", n_per_class=3, image_size=32, seed=5)
-    two = data.make_example_dataset(tmp_path / "two", n_per_class=3, image_size=32, seed=5)
+    one = examples.make_example_dataset(tmp_path / "one", n_per_class=3, image_size=32, seed=5)
+    two = examples.make_example_dataset(tmp_path / "two", n_per_class=3, image_size=32, seed=5)
     files = sorted(p.relative_to(one) for p in one.rglob("*.png"))
-    assert len(files) == 3 * len(data.EXAMPLE_CLASSES)
+    assert len(files) == 3 * len(examples.EXAMPLE_CLASSES)
     assert all((one / f).read_bytes() == (two / f).read_bytes() for f in files)
     loaded, report = data.load_image_folder(one)
-    assert loaded.class_names == tuple(sorted(data.EXAMPLE_CLASSES)) and report.skipped == []
+    assert loaded.class_names == tuple(sorted(examples.EXAMPLE_CLASSES)) and report.skipped == []
     pixels = [np.asarray(Image.open(one / f)) for f in files]
     assert len({p.tobytes() for p in pixels}) == len(pixels)  # no two images alike
 

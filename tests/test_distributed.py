@@ -16,8 +16,8 @@ import pytest
 import torch
 from test_train import _colour_images
 
+from densenet_demo import checkpoints
 from densenet_demo import distributed as D
-from densenet_demo import weights as W
 from densenet_demo.data import load_image_folder
 from densenet_demo.images import default_preprocessing
 from densenet_demo.model import DenseNet
@@ -177,7 +177,9 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = DenseNet(cfg)
     folder = tmp_path_factory.mktemp("tiny") / "tiny"
-    W.save_checkpoint(folder, model, class_names=["a", "b", "c"], preprocessing=default_preprocessing(model.cfg))
+    checkpoints.save_checkpoint(
+        folder, model, class_names=["a", "b", "c"], preprocessing=default_preprocessing(model.cfg)
+    )
     return folder
 
 
@@ -214,7 +216,7 @@ def test_two_processes_write_one_checkpoint_and_one_stream_of_events(two_process
     assert "linear scaling rule would use 0.06" in started["lr_scaling"]
     (run,) = (weights_dir / "runs").iterdir()  # one checkpoint, from rank 0
     assert result.stdout.strip().splitlines()[-1] == str(run) == events[-1]["checkpoint_dir"]
-    assert sorted(p.name for p in run.iterdir()) == [W.CHECKPOINT_META, W.CHECKPOINT_WEIGHTS]
+    assert sorted(p.name for p in run.iterdir()) == [checkpoints.CHECKPOINT_META, checkpoints.CHECKPOINT_WEIGHTS]
 
 
 @pytest.mark.e2e
@@ -285,8 +287,8 @@ def test_a_failing_rank_ends_the_run_with_its_message_and_no_half_written_checkp
     assert failed["message"].startswith("process 1 of 2 failed: ") and "injected failure on rank 1" in failed["message"]
     (run,) = (weights_dir / "runs").iterdir()  # epoch 1's checkpoint, whole, and nothing half-written beside it
     assert failed["checkpoint_dir"] == str(run)
-    assert sorted(p.name for p in run.iterdir()) == [W.CHECKPOINT_META, W.CHECKPOINT_WEIGHTS]
-    assert W.load_checkpoint(run)[1].metrics["epoch"] == 1
+    assert sorted(p.name for p in run.iterdir()) == [checkpoints.CHECKPOINT_META, checkpoints.CHECKPOINT_WEIGHTS]
+    assert checkpoints.load_checkpoint(run)[1].metrics["epoch"] == 1
 
 
 def _processes_with(text: str) -> list[int]:
@@ -317,7 +319,7 @@ def test_stop_from_the_launcher_ends_both_ranks(colours, tiny_checkpoint, tmp_pa
     end = events[-1]
     assert isinstance(end, Cancelled), end
     assert end.epoch < 500 and end.best_val_acc is not None
-    assert W.load_checkpoint(end.checkpoint_dir)[1].metrics["epoch"] >= 1
+    assert checkpoints.load_checkpoint(end.checkpoint_dir)[1].metrics["epoch"] >= 1
     assert _processes_with(str(weights_dir)) == []  # torchrun and both ranks are gone
 
 

@@ -22,8 +22,7 @@ from model_helpers import trained_looking
 from PIL import Image
 from test_train import _colour_images
 
-from densenet_demo import export, predict
-from densenet_demo import weights as W
+from densenet_demo import checkpoints, export, predict
 from densenet_demo.cli import main
 from densenet_demo.config import DenseNetConfig
 from densenet_demo.data import load_image_folder
@@ -56,7 +55,7 @@ class Exported:
 
 def _checkpoint(folder: Path, cfg: DenseNetConfig, preprocessing: Preprocessing) -> Path:
     names = [f"kind {chr(97 + i)}" for i in range(cfg.num_classes)]
-    W.save_checkpoint(folder, trained_looking(DenseNet(cfg)), class_names=names, preprocessing=preprocessing)
+    checkpoints.save_checkpoint(folder, trained_looking(DenseNet(cfg)), class_names=names, preprocessing=preprocessing)
     return folder
 
 

@@ -14,7 +14,7 @@ import torchvision
 from model_helpers import trained_looking
 from PIL import Image
 
-from densenet_demo import predict
+from densenet_demo import checkpoints, predict, pretrained
 from densenet_demo import weights as W
 from densenet_demo.config import PRESETS
 from densenet_demo.images import ImageError, Preprocessing
@@ -44,7 +44,7 @@ def make_run(tmp_path, tiny_config):
         torch.manual_seed(seed)
         model = trained_looking(DenseNet(tiny_config))
         folder = (root or tmp_path) / name
-        W.save_checkpoint(folder, model, class_names=["cat", "dog", "eel"], preprocessing=PREPROCESSING)
+        checkpoints.save_checkpoint(folder, model, class_names=["cat", "dog", "eel"], preprocessing=PREPROCESSING)
         return folder, model
 
     return make
@@ -101,7 +101,7 @@ def test_torchvision_and_legacy_keys_give_identical_predictions(tmp_path):
     a = predict.get_predictor("densenet121", current).predict([image], top_k=5)[0]
     b = predict.get_predictor("densenet121", legacy).predict([image], top_k=5)[0]
     assert a.labels == b.labels
-    assert a.labels[0][0] in W.imagenet_categories("densenet121")
+    assert a.labels[0][0] in pretrained.imagenet_categories("densenet121")
 
 
 def test_batch_gives_the_same_answers_as_one_by_one(make_run):
@@ -171,7 +171,7 @@ def test_the_cache_returns_the_same_predictor(make_run):
 
 
 def test_a_run_id_names_a_run_in_the_runs_folder(make_run):
-    folder, _ = make_run(name="20260101-000000-tiny-ab12", root=W.runs_dir())
+    folder, _ = make_run(name="20260101-000000-tiny-ab12", root=checkpoints.runs_dir())
     predictor = predict.get_predictor("run:20260101-000000-tiny-ab12")
     assert predictor.weights_label == "fine-tuned run 20260101-000000-tiny-ab12"
     assert predict.get_predictor(str(folder)) is predictor  # the same folder, the same key
@@ -227,7 +227,7 @@ def test_failed_download_gives_random_weights_with_a_notice(monkeypatch):
     predictor = predict.get_predictor("densenet121")
     assert predictor.weights_label == "random init"
     assert "RANDOM weights" in predictor.notice
-    assert f"place densenet121-a639ec97.pth from {W.imagenet_weights('densenet121').url}" in predictor.notice
+    assert f"place densenet121-a639ec97.pth from {pretrained.imagenet_weights('densenet121').url}" in predictor.notice
     assert predict.get_predictor("densenet121", "imagenet") is predictor  # no retry per request
 
 

@@ -19,12 +19,12 @@ from conftest import AppServer
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from densenet_demo import data, runs
+from densenet_demo import checkpoints, examples, runs
 from densenet_demo import weights as W
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-RUN_FILES = sorted([W.CHECKPOINT_META, W.CHECKPOINT_WEIGHTS, runs.OWNER_FILE])  # a run trained on the page
+RUN_FILES = sorted([checkpoints.CHECKPOINT_META, W.CHECKPOINT_WEIGHTS, runs.OWNER_FILE])  # a run trained on the page
 
 MODEL = "densenet_bc100_k12"
 CORRUPT = "circle_truncated.png"
@@ -50,7 +50,7 @@ def _truncated_png() -> bytes:
 @pytest.fixture(scope="module")
 def zips(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("datasets")
-    data.make_example_dataset(root / "shapes", n_per_class=15, image_size=32, seed=3)
+    examples.make_example_dataset(root / "shapes", n_per_class=15, image_size=32, seed=3)
     return {
         "shapes": _zip_folder(root / "shapes", root / "shapes.zip"),
         "corrupt": _zip_folder(root / "shapes", root / "corrupt.zip", {f"circle/{CORRUPT}": _truncated_png()}),
@@ -150,7 +150,7 @@ def test_stop_mid_epoch_keeps_the_weights_so_far_and_a_new_run_starts(server, zi
     assert "Stopped: the best checkpoint so far is kept." in log
     assert "Epoch 1/3" not in log  # no epoch had ended
     run = _run_dir(log)
-    assert W.read_checkpoint_info(run).metrics["cancelled_mid_epoch"] is True
+    assert checkpoints.read_checkpoint_info(run).metrics["cancelled_mid_epoch"] is True
     _classifies_with(client, run, photo)
     assert "Finished" in _log(_submit(client))
 
@@ -164,7 +164,7 @@ def test_an_image_found_corrupt_while_training_is_skipped_reported_and_training_
     skipped = [line for line in log.splitlines() if "skipped" in line]
     assert len(skipped) == 1 and CORRUPT in skipped[0] and "truncated" in skipped[0]
     assert "Finished: best val acc" in log
-    info = W.read_checkpoint_info(_run_dir(log))
+    info = checkpoints.read_checkpoint_info(_run_dir(log))
     assert info.metrics["n_train"] + info.metrics["n_val"] == 61  # 60 good images and the corrupt one
 
 
@@ -204,8 +204,8 @@ def test_a_full_disk_on_save_fails_clearly_and_keeps_the_previous_checkpoint(ser
     assert "previous checkpoint, if any, is unchanged" in failure and "best checkpoint so far is kept" in failure
     run = _run_dir(log)
     assert sorted(p.name for p in run.iterdir()) == RUN_FILES  # no temp file left
-    assert W.read_checkpoint_info(run).metrics["epoch"] == 1
-    W.load_checkpoint(run)
+    assert checkpoints.read_checkpoint_info(run).metrics["epoch"] == 1
+    checkpoints.load_checkpoint(run)
     fault.off("save_enospc")
     _classifies_with(client, run, photo)
 
@@ -224,7 +224,7 @@ def test_two_users_training_at_once_the_second_waits_and_both_finish(server, zip
     logs = [_log(job) for job in jobs]
     assert all("Finished: best val acc" in log for log in logs)
     runs = {_run_dir(log) for log in logs}
-    assert len(runs) == 2 and all((run / W.CHECKPOINT_WEIGHTS).is_file() for run in runs)
+    assert len(runs) == 2 and all((run / checkpoints.CHECKPOINT_WEIGHTS).is_file() for run in runs)
 
 
 def test_killed_while_writing_a_checkpoint_the_previous_best_stays_loadable(tmp_path, zips, photo):
@@ -247,8 +247,8 @@ def test_killed_while_writing_a_checkpoint_the_previous_best_stays_loadable(tmp_
     half_written = Path((faults / "save_hanging").read_text())
     assert half_written.parent == run and half_written.name.startswith(".")  # hidden, never the checkpoint's name
     assert _visible_files(run) == RUN_FILES
-    assert W.read_checkpoint_info(run).metrics["epoch"] == 1
-    W.load_checkpoint(run)
+    assert checkpoints.read_checkpoint_info(run).metrics["epoch"] == 1
+    checkpoints.load_checkpoint(run)
     hour_ago = time.time() - 3700
     os.utime(half_written, (hour_ago, hour_ago))  # as a restart an hour later finds it
     restarted = _start(tmp_path / "restarted", weights_dir)

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from densenet_demo import runs, weights
+from densenet_demo import checkpoints, runs, weights
 from densenet_demo.images import default_preprocessing
 from densenet_demo.model import DenseNet
 from densenet_demo.sessions import Session
@@ -131,7 +131,7 @@ def test_shared_a_session_sees_its_own_runs_and_the_published_ones(tiny_config):
     make_run("alices", tiny_config, owner="alice")
     make_run("bobs", tiny_config, owner="bob")
     make_run("cli", tiny_config)
-    make_run("demo", tiny_config, root=weights.published_dir())
+    make_run("demo", tiny_config, root=checkpoints.published_dir())
     assert sorted(ids(runs.visible_runs("alice", shared=True))) == ["alices", "demo"]
     assert sorted(ids(runs.visible_runs(None, shared=True))) == ["demo"]
     assert runs.can_use("alices", "alice", shared=True)
@@ -152,7 +152,7 @@ def test_an_unknown_run_and_another_sessions_run_are_refused_alike(tiny_config):
 
 
 def test_a_published_run_is_found_by_its_id_and_loads(tiny_config):
-    make_run("demo", tiny_config, root=weights.published_dir())
+    make_run("demo", tiny_config, root=checkpoints.published_dir())
     assert runs.is_published("demo") and not runs.is_published("missing")
     loaded = weights.load_model("run:demo")
     assert loaded.label == "fine-tuned run demo" and loaded.class_names == ("c0", "c1", "c2")
@@ -172,21 +172,21 @@ def test_the_owner_record_is_not_part_of_a_download(tiny_config, tmp_path):
 
 def test_a_label_says_dataset_model_mode_accuracy_and_time(tiny_config):
     make_run("r1", tiny_config, owner="alice")
-    info = weights.read_checkpoint_info(weights.run_path("r1"))
+    info = checkpoints.read_checkpoint_info(weights.run_path("r1"))
     local_time = dt.datetime.fromisoformat(info.created_at).astimezone().strftime("%H:%M")
     assert runs.run_label(info) == f"digits · densenet121 scratch · 99.2% · {local_time}"
 
 
 def test_labels_name_the_example_and_a_run_without_accuracy(tiny_config):
     make_run("r1", tiny_config, val_acc=None, source="the built-in example dataset (shapes and stripes, generated)")
-    label = runs.run_label(weights.read_checkpoint_info(weights.run_path("r1")))
+    label = runs.run_label(checkpoints.read_checkpoint_info(weights.run_path("r1")))
     assert label.startswith("example · densenet121 scratch · no val acc yet · ")
 
 
 def test_runs_that_would_read_alike_get_their_ids_tail_and_published_ones_say_so(tiny_config):
     make_run("20260101-100000-densenet121-a1b2", tiny_config)
     make_run("20260101-100000-densenet121-c3d4", tiny_config)
-    make_run("demo-run", tiny_config, root=weights.published_dir(), source="pets.zip")
+    make_run("demo-run", tiny_config, root=checkpoints.published_dir(), source="pets.zip")
     labels = dict((value, label) for label, value in runs.run_labels(runs.visible_runs(None, shared=False)))
     assert labels["run:20260101-100000-densenet121-a1b2"].endswith(" · a1b2")
     assert labels["run:20260101-100000-densenet121-c3d4"].endswith(" · c3d4")
@@ -200,7 +200,7 @@ def test_runs_that_would_read_alike_get_their_ids_tail_and_published_ones_say_so
 def test_a_session_deletes_its_own_run_but_not_a_published_or_busy_one(tiny_config):
     make_run("mine", tiny_config, owner="alice")
     make_run("busy", tiny_config, owner="alice")
-    make_run("demo", tiny_config, root=weights.published_dir())
+    make_run("demo", tiny_config, root=checkpoints.published_dir())
     runs.delete_run("mine", "alice", shared=True)
     assert not weights.run_path("mine").exists()
     with pytest.raises(runs.RunError, match="published"):
@@ -208,7 +208,7 @@ def test_a_session_deletes_its_own_run_but_not_a_published_or_busy_one(tiny_conf
     with runs.in_use("busy"):
         with pytest.raises(runs.RunError, match="training or being downloaded"):
             runs.delete_run("busy", "alice", shared=True)
-    assert weights.run_path("busy").is_dir() and weights.run_path("demo", weights.published_dir()).is_dir()
+    assert weights.run_path("busy").is_dir() and weights.run_path("demo", checkpoints.published_dir()).is_dir()
     runs.delete_run("busy", "alice", shared=True)
     assert not weights.run_path("busy").exists()
 
@@ -246,13 +246,13 @@ def test_the_disk_cap_removes_the_oldest_unpublished_runs_never_busy_or_kept_one
     make_run("cli", tiny_config, age_s=300, padding_mb=1)
     make_run("newer", tiny_config, owner="alice", age_s=200, padding_mb=1)
     make_run("just-saved", tiny_config, owner="carol", age_s=0, padding_mb=1)
-    make_run("demo", tiny_config, root=weights.published_dir(), age_s=900, padding_mb=1)
+    make_run("demo", tiny_config, root=checkpoints.published_dir(), age_s=900, padding_mb=1)
     limits = runs.RunSettings(shared=True, max_mb=2.5, per_session=0)
     with runs.in_use("busy"):
         removed = runs.enforce_limits("carol", limits, keep="just-saved")
     assert removed == ["oldest", "cli", "newer"]
     assert sorted(p.name for p in weights.runs_dir().iterdir()) == ["busy", "just-saved"]
-    assert weights.run_path("demo", weights.published_dir()).is_dir()
+    assert weights.run_path("demo", checkpoints.published_dir()).is_dir()
 
 
 def test_a_run_is_kept_while_training_and_leaves_nothing_when_it_saved_nothing(tiny_config):

@@ -15,7 +15,7 @@ from conftest import AppServer
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from densenet_demo import runs, weights
+from densenet_demo import checkpoints, runs, weights
 from densenet_demo.images import default_preprocessing
 from densenet_demo.model import DenseNet
 
@@ -178,7 +178,7 @@ def _seed_labelled_run(runs_root, run_id: str, tiny: DenseNet, *, source: str, v
         metrics={"val_acc": val_acc},
         extra={"train_config": {"model": "densenet121", "mode": "finetune"}, "dataset": {"source": source}},
     )
-    return runs.run_label(weights.read_checkpoint_info(runs_root / run_id))
+    return runs.run_label(checkpoints.read_checkpoint_info(runs_root / run_id))
 
 
 def test_the_page_lists_runs_by_what_they_are_and_deletes_one(tmp_path, tiny_config):

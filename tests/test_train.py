@@ -13,8 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from densenet_demo import data, predict, train
-from densenet_demo import weights as W
+from densenet_demo import checkpoints, data, predict, train
 from densenet_demo.model import DenseNet
 from densenet_demo.train import CancelToken, TrainConfig, Trainer
 from densenet_demo.train_setup import build_model, make_optimizer
@@ -116,7 +115,7 @@ def test_cancel_mid_epoch_yields_cancelled_with_the_best_checkpoint_so_far(tiny_
     assert _kinds(events).endswith("epoch_end step step step cancelled")  # stopped within one step
     cancelled = events[-1]
     assert cancelled.epoch == 2 and cancelled.best_val_acc == events[-5].best_val_acc
-    model, info = W.load_checkpoint(cancelled.checkpoint_dir)
+    model, info = checkpoints.load_checkpoint(cancelled.checkpoint_dir)
     assert info.metrics["epoch"] == 1 and info.class_names == ("blue", "green", "red")
     assert model(torch.zeros(1, 3, 16, 16)).shape == (1, 3)
     # The best epoch's confusion matrix comes along, for the page to show after Stop.
@@ -132,7 +131,7 @@ def test_cancel_before_any_epoch_ended_keeps_the_weights_so_far(tiny_config, col
         if isinstance(event, train.Step):
             cancel.cancel()
     assert _kinds(events) == "started step cancelled"
-    model, info = W.load_checkpoint(events[-1].checkpoint_dir)
+    model, info = checkpoints.load_checkpoint(events[-1].checkpoint_dir)
     assert info.metrics["cancelled_mid_epoch"] is True and events[-1].best_val_acc is None
     assert events[-1].confusion_matrix is None
     assert predict.get_predictor(events[-1].checkpoint_dir).class_names == ("blue", "green", "red")
@@ -155,7 +154,7 @@ def test_seeded_runs_on_the_cpu_give_identical_metrics(tiny_config, colours):
 def test_the_saved_checkpoint_predicts_what_the_trained_model_predicts(tiny_config, colours):
     trainer, events = _run(_config(tiny_config), colours)
     finished = events[-1]
-    assert Path(finished.checkpoint_dir).parent == W.runs_dir().resolve()
+    assert Path(finished.checkpoint_dir).parent == checkpoints.runs_dir().resolve()
     predictor = predict.get_predictor(finished.checkpoint_dir)
     paths = [path for path, _ in trainer.val_items]
     batch = torch.stack([predictor.preprocess(path) for path in paths])
@@ -165,7 +164,7 @@ def test_the_saved_checkpoint_predicts_what_the_trained_model_predicts(tiny_conf
     assert torch.allclose(expected, got, atol=1e-5)
     top = [labels[0][0] for labels in predictor.classify(batch, top_k=1)]
     assert top == [trainer.class_names[i] for i in expected.argmax(1).tolist()]
-    info = W.read_checkpoint_info(finished.checkpoint_dir)
+    info = checkpoints.read_checkpoint_info(finished.checkpoint_dir)
     assert info.metrics["val_acc"] == finished.best_val_acc and info.metrics["epoch"] == finished.best_epoch
     assert info.preprocessing.image_size == 16 and info.extra["train_config"]["mode"] == "scratch"
 

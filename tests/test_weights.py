@@ -21,6 +21,7 @@ from model_helpers import trained_looking
 from PIL import Image
 from safetensors.torch import save_file
 
+from densenet_demo import checkpoints, pretrained
 from densenet_demo import weights as W
 from densenet_demo.config import PRESETS
 from densenet_demo.images import Preprocessing, default_preprocessing
@@ -54,11 +55,11 @@ def no_network(monkeypatch):
 
 def test_legacy_keys_are_renamed_like_torchvision():
     state = {"features.denseblock1.denselayer3.norm.1.weight": 1, "features.denseblock1.denselayer3.conv.2.weight": 2}
-    assert W.remap_legacy_keys(state) == {
+    assert pretrained.remap_legacy_keys(state) == {
         "features.denseblock1.denselayer3.norm1.weight": 1,
         "features.denseblock1.denselayer3.conv2.weight": 2,
     }
-    assert W.remap_legacy_keys({"module.classifier.bias": 3}) == {"classifier.bias": 3}
+    assert pretrained.remap_legacy_keys({"module.classifier.bias": 3}) == {"classifier.bias": 3}
 
 
 @pytest.mark.parametrize("wrap", ["bare", "state_dict", "model", "module-prefix"])
@@ -74,7 +75,7 @@ def test_state_dict_files_load_in_every_common_layout(tmp_path, wrap, suffix, ti
     else:
         torch.save(state if wrap in ("bare", "module-prefix") else {wrap: state, "epoch": 7}, path)
     target = DenseNet(tiny_config)
-    W.load_weights_into(target, W.load_state_dict_file(path))
+    pretrained.load_weights_into(target, pretrained.load_state_dict_file(path))
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(target.eval()(x), source(x))
 
@@ -89,7 +90,7 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": {"x": torch.zeros(1)}, "payload": Payload()}, path)
     with pytest.raises(W.CheckpointError, match="evil.pth: refused"):
-        W.load_state_dict_file(path)
+        pretrained.load_state_dict_file(path)
     with pytest.raises(W.CheckpointError, match="refused"):
         W.load_model("densenet40_k12", path)
     assert not marker.exists()
@@ -99,7 +100,7 @@ def test_shape_mismatch_lists_keys_with_both_shapes(tmp_path, tiny_config):
     path = tmp_path / "other.pth"
     torch.save(DenseNet(tiny_config.replace(growth_rate=6)).state_dict(), path)
     with pytest.raises(W.CheckpointError) as error:
-        W.load_weights_into(DenseNet(tiny_config), W.load_state_dict_file(path))
+        pretrained.load_weights_into(DenseNet(tiny_config), pretrained.load_state_dict_file(path))
     message = str(error.value)
     assert "shape mismatch" in message
     assert "features.denseblock1.denselayer1.conv1.weight: file (12, 8, 1, 1) vs model (8, 8, 1, 1)" in message
@@ -110,15 +111,15 @@ def test_missing_and_unexpected_keys_are_named(tiny_config):
     state = DenseNet(tiny_config).state_dict()
     state["features.extra.weight"] = state.pop("features.norm5.weight")
     with pytest.raises(W.CheckpointError, match=r"missing key\(s\): features\.norm5\.weight.*unexpected key"):
-        W.load_weights_into(DenseNet(tiny_config), state)
+        pretrained.load_weights_into(DenseNet(tiny_config), state)
 
 
 def test_another_number_of_classes_replaces_the_head_only_when_asked(tiny_config):
     source = trained_looking(DenseNet(tiny_config))
     target = DenseNet(tiny_config.replace(num_classes=5))
     with pytest.raises(W.CheckpointError, match="replace the head"):
-        W.load_weights_into(target, source.state_dict())
-    kept = W.load_weights_into(target, source.state_dict(), replace_head=True)
+        pretrained.load_weights_into(target, source.state_dict())
+    kept = pretrained.load_weights_into(target, source.state_dict(), replace_head=True)
     assert kept == ["classifier.weight", "classifier.bias"]
     assert target.classifier.out_features == 5
     assert torch.equal(target.features.conv0.weight, source.features.conv0.weight)
@@ -128,9 +129,9 @@ def test_not_a_weights_file_is_reported(tmp_path):
     path = tmp_path / "notes.pth"
     path.write_text("hello")
     with pytest.raises(W.CheckpointError, match="notes.pth: not a readable weights file"):
-        W.load_state_dict_file(path)
+        pretrained.load_state_dict_file(path)
     with pytest.raises(W.CheckpointError, match="must be a"):
-        W.load_state_dict_file(tmp_path / "weights.onnx")
+        pretrained.load_state_dict_file(tmp_path / "weights.onnx")
 
 
 def test_file_weights_with_another_head_size_build_that_many_classes(tmp_path):
@@ -148,7 +149,7 @@ def test_file_weights_with_another_head_size_build_that_many_classes(tmp_path):
 
 def test_failed_download_names_the_file_its_url_and_the_folder(no_network, _private_weights_dir):
     with pytest.raises(W.WeightsUnavailable) as error:
-        W.load_imagenet_state_dict("densenet121")
+        pretrained.load_imagenet_state_dict("densenet121")
     message = str(error.value)
     assert "place densenet121-a639ec97.pth from https://download.pytorch.org/models/densenet121-a639ec97.pth" in message
     assert str(_private_weights_dir) in message
@@ -192,21 +193,21 @@ PAYLOAD = b"weights " * 100_000
 
 def test_download_keeps_a_file_whose_hash_matches(http_server, tmp_path):
     target = tmp_path / "w.pth"
-    W.download_file(f"{http_server}/weights", target, hashlib.sha256(PAYLOAD).hexdigest()[:8])
+    pretrained.download_file(f"{http_server}/weights", target, hashlib.sha256(PAYLOAD).hexdigest()[:8])
     assert target.read_bytes() == PAYLOAD
     assert [p.name for p in tmp_path.iterdir()] == ["w.pth"]
 
 
 def test_download_with_a_wrong_hash_keeps_nothing(http_server, tmp_path):
     with pytest.raises(RuntimeError, match="does not start with 00000000"):
-        W.download_file(f"{http_server}/weights", tmp_path / "w.pth", "00000000")
+        pretrained.download_file(f"{http_server}/weights", tmp_path / "w.pth", "00000000")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_stalled_download_times_out_and_keeps_nothing(http_server, tmp_path):
     start = time.monotonic()
     with pytest.raises(OSError, match="timed out"):
-        W.download_file(f"{http_server}/stall", tmp_path / "w.pth", timeout_s=0.5)
+        pretrained.download_file(f"{http_server}/stall", tmp_path / "w.pth", timeout_s=0.5)
     assert time.monotonic() - start < 5
     assert list(tmp_path.iterdir()) == []
 
@@ -226,7 +227,7 @@ def test_a_file_placed_by_hand_is_used_without_downloading(no_network):
     torch.manual_seed(1)
     reference = torchvision.models.densenet121().eval()
     state = {k: v for k, v in reference.state_dict().items() if not k.endswith("num_batches_tracked")}
-    path = W.imagenet_file("densenet121")
+    path = pretrained.imagenet_file("densenet121")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(_legacy(state), path, _use_new_zipfile_serialization=False)
     loaded = W.load_model("densenet121")
@@ -238,7 +239,7 @@ def test_a_file_placed_by_hand_is_used_without_downloading(no_network):
 
 
 def test_a_wrong_file_in_the_cache_is_reported_as_unavailable(no_network, tiny_config):
-    path = W.imagenet_file("densenet121")
+    path = pretrained.imagenet_file("densenet121")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(DenseNet(tiny_config).state_dict(), path)
     with pytest.raises(W.WeightsUnavailable, match="is not densenet121's ImageNet file .*place densenet121-a639ec97"):
@@ -260,7 +261,7 @@ def test_imagenet_preprocessing_gives_the_same_tensors_as_the_weights_own_transf
 
 
 def test_imagenet_categories_are_available_offline():
-    names = W.imagenet_categories("densenet201")
+    names = pretrained.imagenet_categories("densenet201")
     assert len(names) == 1000 and names[0] == "tench"
 
 
@@ -268,8 +269,8 @@ def test_imagenet_categories_are_available_offline():
 # Checkpoints of this project
 
 
-def _save(directory: Path, model: DenseNet, accuracy: float = 0.5) -> W.CheckpointInfo:
-    return W.save_checkpoint(
+def _save(directory: Path, model: DenseNet, accuracy: float = 0.5) -> checkpoints.CheckpointInfo:
+    return checkpoints.save_checkpoint(
         directory, model, class_names=["cat", "dog", "eel"], preprocessing=PREPROCESSING, metrics={"acc": accuracy}
     )
 
@@ -277,7 +278,7 @@ def _save(directory: Path, model: DenseNet, accuracy: float = 0.5) -> W.Checkpoi
 def test_checkpoint_round_trip_gives_identical_logits(tmp_path, tiny_config):
     model = trained_looking(DenseNet(tiny_config))
     info = _save(tmp_path / "run", model)
-    loaded, read = W.load_checkpoint(tmp_path / "run")
+    loaded, read = checkpoints.load_checkpoint(tmp_path / "run")
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(loaded(x), model(x))
     assert read.class_names == ("cat", "dog", "eel") and read.preprocessing == PREPROCESSING
@@ -293,10 +294,10 @@ def test_a_save_that_fails_midway_keeps_the_previous_checkpoint(tmp_path, monkey
         Path(filename).write_bytes(b"half a file")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(W, "save_file", disk_full)
+    monkeypatch.setattr(checkpoints, "save_file", disk_full)
     with pytest.raises(W.CheckpointError, match="previous checkpoint, if any, is unchanged"):
         _save(tmp_path / "run", DenseNet(tiny_config), accuracy=0.9)
-    loaded, info = W.load_checkpoint(tmp_path / "run")
+    loaded, info = checkpoints.load_checkpoint(tmp_path / "run")
     x = torch.randn(1, 3, 32, 32)
     assert torch.equal(loaded(x), first(x)) and info.metrics == {"acc": 0.1}
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model.json", "model.safetensors"]
@@ -317,7 +318,7 @@ def test_a_save_interrupted_between_the_two_files_is_still_whole(tmp_path, monke
         patch.setattr(os, "replace", interrupted)
         _save(tmp_path / "run", second, accuracy=0.9)
     # The safetensors file (weights + metadata in its header) is the authority: the new checkpoint, whole.
-    loaded, info = W.load_checkpoint(tmp_path / "run")
+    loaded, info = checkpoints.load_checkpoint(tmp_path / "run")
     x = torch.randn(1, 3, 32, 32)
     assert torch.equal(loaded(x), second(x)) and info.metrics == {"acc": 0.9}
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["model.json", "model.safetensors"]
@@ -330,7 +331,7 @@ def test_a_killed_save_leaves_a_loadable_checkpoint_and_only_hidden_leftovers(tm
         f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-        from densenet_demo import weights as W
+        from densenet_demo.checkpoints import save_checkpoint
         from densenet_demo.config import PRESETS
         from densenet_demo.images import default_preprocessing
         from densenet_demo.model import DenseNet
@@ -338,7 +339,7 @@ def test_a_killed_save_leaves_a_loadable_checkpoint_and_only_hidden_leftovers(tm
         model = DenseNet(cfg)
         names = [str(i) for i in range(10)]
         for i in range(10_000):
-            W.save_checkpoint({str(run)!r}, model, class_names=names, preprocessing=default_preprocessing(cfg))
+            save_checkpoint({str(run)!r}, model, class_names=names, preprocessing=default_preprocessing(cfg))
             if i == 0:
                 print("saved", flush=True)
         """
@@ -349,7 +350,7 @@ def test_a_killed_save_leaves_a_loadable_checkpoint_and_only_hidden_leftovers(tm
         os.kill(process.pid, signal.SIGKILL)
     finally:
         process.wait(timeout=60)
-    model, info = W.load_checkpoint(run)
+    model, info = checkpoints.load_checkpoint(run)
     assert info.config == PRESETS["densenet_fashion"].config
     visible = sorted(p.name for p in run.iterdir() if not p.name.startswith("."))
     assert visible == ["model.json", "model.safetensors"]
@@ -358,7 +359,7 @@ def test_a_killed_save_leaves_a_loadable_checkpoint_and_only_hidden_leftovers(tm
 def test_run_ids_cannot_point_outside_the_runs_folder():
     for bad in ("../x", "a/b", ".hidden", ""):
         with pytest.raises(W.CheckpointError):
-            W.run_path(bad)
+            checkpoints.run_path(bad)
 
 
 def test_partial_files_are_swept_only_when_old_and_only_the_hidden_temporaries(tmp_path):
@@ -372,5 +373,5 @@ def test_partial_files_are_swept_only_when_old_and_only_the_hidden_temporaries(t
     hour_ago = time.time() - 3700
     for f in (old, download, run / "model.safetensors", run / "notes.tmp"):
         os.utime(f, (hour_ago, hour_ago))
-    assert sorted(W.sweep_partial_files(tmp_path)) == sorted([old, download])
+    assert sorted(checkpoints.sweep_partial_files(tmp_path)) == sorted([old, download])
     assert all(f.exists() for f in keep)

@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from .. import runs, sessions, weights
+from .. import checkpoints, runs, sessions
 from .architecture_tab import build_architecture_tab, reuse_dropdown
 from .common import model_choices, reuse_choices
 from .finetune_data import session_state
@@ -101,7 +101,7 @@ def launch(app: gr.Blocks, **overrides: Any) -> None:
     configure_logging()
     runs.note_launch(server_name=overrides.get("server_name"), share=bool(overrides.get("share")))
     sessions.sweep_stale_sessions()
-    weights.sweep_partial_files()
+    checkpoints.sweep_partial_files()
     limits = runs.settings()
     if limits.shared:
         runs.sweep_orphaned_runs(sessions.STATE_TTL_S)

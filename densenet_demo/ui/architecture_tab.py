@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .. import architecture, plots, predict, units, weights
+from .. import architecture, checkpoints, plots, predict, pretrained, units, weights
 from ..config import IMAGENET_PRESETS, PRESETS, DenseNetConfig, default_image_size
 from .common import check_run, preset_choices, reuse_choices, unknown_model, user_errors
 
@@ -149,7 +149,7 @@ def _fields_for_run(reuse_weights: str, state: dict[str, Any] | None) -> list[An
         return [gr.skip()] * 10
     check_run(reuse_weights, state)
     with user_errors(ValueError, weights.CheckpointError):
-        info = weights.read_checkpoint_info(weights.find_run(reuse_weights.removeprefix("run:")))
+        info = checkpoints.read_checkpoint_info(checkpoints.find_run(reuse_weights.removeprefix("run:")))
     return [CUSTOM, *config_fields(info.config)]
 
 
@@ -294,13 +294,13 @@ def _feature_reuse_plot(
         check_run(reuse_weights, state)  # the same rule as Predict: the session's own runs and the published
         run_id = reuse_weights.removeprefix("run:")
         with user_errors(ValueError, weights.CheckpointError):
-            source = weights.read_checkpoint_info(weights.find_run(run_id)).config
+            source = checkpoints.read_checkpoint_info(checkpoints.find_run(run_id)).config
         what, model, hint = f"fine-tuned run {run_id}", reuse_weights, "choose the run in the heatmap list again"
     elif reuse_weights != "imagenet":
         raise unknown_model(reuse_weights)
     else:
         try:
-            model = weights.imagenet_preset_for(preset if preset in PRESETS else cfg)
+            model = pretrained.imagenet_preset_for(preset if preset in PRESETS else cfg)
         except ValueError:
             return None, (
                 f"not drawn: there are no ImageNet weights for {'this custom config' if preset == CUSTOM else preset}; "

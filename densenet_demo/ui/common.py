@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from .. import runs, weights
+from .. import checkpoints, runs, weights
 from ..config import PRESETS
 
 __all__ = [
@@ -69,7 +69,7 @@ def unknown_model(model: str) -> gr.Error:
 def check_run(model: str, state: dict[str, Any] | None) -> None:
     """Refuse ``run:<id>`` unless this session may use it (the same message for unknown and others' runs)."""
     with user_errors(weights.CheckpointError):
-        weights.validate_run_id(model.removeprefix("run:"))  # a malformed id says so; it names no run either way
+        checkpoints.validate_run_id(model.removeprefix("run:"))  # a malformed id says so; it names no run either way
     if not runs.can_use(model.removeprefix("run:"), owner(state), runs.settings().shared):
         raise unknown_model(model)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import gradio as gr
 
-from .. import data, runs, sessions
+from .. import data, examples, runs, sessions
 from .common import user_errors
 
 __all__ = [
@@ -89,7 +89,7 @@ def load_dataset(
     extracted = None
     with user_errors(data.DatasetError, zipfile.BadZipFile, OSError):
         if source == "Example dataset":
-            dataset, report = data.load_image_folder(data.example_dataset_folder())
+            dataset, report = data.load_image_folder(examples.example_dataset_folder())
             report.source = "the built-in example dataset (shapes and stripes, generated)"
         elif source == "Zip file":
             if not zip_file:

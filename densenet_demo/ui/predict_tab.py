@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from .. import data, export, predict, weights
+from .. import examples, export, predict, weights
 from ..config import PRESETS
 from ..images import ImageError
 from .common import check_run, names_only, unknown_model
@@ -116,7 +116,7 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
                 show_label=False, columns=8, height=100, object_fit="contain", allow_preview=False, visible=False
             )
             gr.Examples(
-                [[[str(path)]] for path in data.example_images()],
+                [[[str(path)]] for path in examples.example_images()],
                 inputs=images,
                 label="Generated examples (shapes and stripes, as in the example dataset)",
             )

@@ -6,7 +6,7 @@ from typing import Any
 
 import gradio as gr
 
-from .. import runs, weights
+from .. import checkpoints, runs
 from .common import check_run, model_choices, owner, reuse_choices
 from .finetune_data import session_of
 
@@ -46,7 +46,7 @@ def download_run(model: str, state: dict[str, Any] | None) -> tuple[dict[str, An
     with runs.in_use(run_id):  # retention must not delete it half-way through the zip
         check_run(model, state)
         try:
-            path = weights.zip_checkpoint(weights.find_run(run_id), session_of(state).folder())
+            path = checkpoints.zip_checkpoint(checkpoints.find_run(run_id), session_of(state).folder())
         except OSError as e:
             raise gr.Error(f"Could not prepare the download ({e.strerror or e}); try again.") from None
     return gr.update(value=str(path), visible=True), state
