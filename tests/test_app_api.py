@@ -86,6 +86,8 @@ def test_train_streams_events_and_the_run_becomes_a_model(client, app_server):
     report = client.predict("Example dataset", None, None, "", api_name="/load_dataset")
     assert "800 images in 4 classes from the built-in example dataset" in report
     assert "circle: 200" in report and "/tmp" not in report
+    runs_folder = app_server.weights_dir / "runs"
+    before = set(runs_folder.iterdir()) if runs_folder.is_dir() else set()  # other tests' runs on this server
     job = client.submit(
         "densenet_bc100_k12",
         "Random init",
@@ -105,7 +107,7 @@ def test_train_streams_events_and_the_run_becomes_a_model(client, app_server):
     final = job.outputs()[-1]
     log = final[3]
     assert log.index("Started") < log.index("Epoch 1") < log.index("Finished")
-    runs = list((app_server.weights_dir / "runs").iterdir())
+    runs = sorted(set(runs_folder.iterdir()) - before)
     assert len(runs) == 1 and (runs[0] / "model.safetensors").is_file()
     predict_choices = final[7]
     assert f"run:{runs[0].name}" in str(predict_choices)

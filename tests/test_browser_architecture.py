@@ -13,7 +13,7 @@ import pytest
 from gradio_client import Client
 from playwright.sync_api import expect, sync_playwright
 
-from densenet_demo import architecture, checkpoints
+from densenet_demo import architecture, checkpoints, runs
 from densenet_demo.config import PRESETS, DenseNetConfig
 from densenet_demo.images import default_preprocessing
 from densenet_demo.model import DenseNet
@@ -193,7 +193,8 @@ def test_summary_on_a_phone_breaks_no_word_across_lines(browser, app_server):
 @pytest.mark.e2e
 def test_heatmap_of_a_run_shows_that_runs_architecture_and_never_another(browser, app_server, tiny_run):
     page = _open_tab(browser, app_server.url)  # opened after the run exists, so the list offers it
-    _pick(page, "arch-reuse", f"fine-tuned run {tiny_run}")
+    label = runs.run_label(checkpoints.read_checkpoint_info(app_server.weights_dir / "runs" / tiny_run))
+    _pick(page, "arch-reuse", label)
     expect(page.locator("#arch-preset input")).to_have_value("custom")
     page.locator("#arch-button").click()
     summary = page.locator("#arch-summary")

