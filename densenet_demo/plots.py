@@ -59,7 +59,7 @@ def curves_figure(series: dict[str, list[tuple[int, float]]], *, title: str, epo
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o", markersize=5, label=name)
     ax.set_xlim(0.5, max(epochs, 1) + 0.5)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if percent:
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_xlabel("epoch")
