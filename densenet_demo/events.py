@@ -117,6 +117,7 @@ class Finished(Event):
     stopped_early: bool
     seconds: float
     skipped: list[tuple[str, str]]  # every image dropped during training (path, reason)
+    per_class_val_acc: dict[str, float | None] = field(default_factory=dict)  # of the best epoch, like the matrix
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class Cancelled(Event):
     best_val_acc: float | None
     confusion_matrix: list[list[int]] | None = None  # of the best epoch so far; None before any epoch ended
     class_names: list[str] = field(default_factory=list)
+    per_class_val_acc: dict[str, float | None] = field(default_factory=dict)  # of the best epoch so far
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Matplotlib figures for the app: the validation confusion matrix and the feature-reuse heatmap. No gradio.
+"""Matplotlib figures for the app: the confusion matrix, training curves, the feature-reuse heatmap. No gradio.
 
 Figures are made with matplotlib's object-oriented API (``Figure``, not pyplot): no backend is chosen and no
 global figure list grows on a server that draws many of them; the caller renders or saves them.
@@ -10,9 +10,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-__all__ = ["confusion_matrix_figure", "feature_reuse_figure"]
+__all__ = ["confusion_matrix_figure", "curves_figure", "feature_reuse_figure"]
+
+# Relative luminance (ITU-R BT.709) under which a cell is dark enough to need white text.
+_DARK_CELL = 0.45
 
 
 def confusion_matrix_figure(matrix: Sequence[Sequence[float]], class_names: Sequence[str]) -> Figure:
@@ -21,15 +27,46 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[float]], class_names: Sequ
     n = len(class_names)
     fig = Figure(figsize=(1.2 + 0.6 * n, 1 + 0.6 * n))
     ax = fig.subplots()
-    ax.imshow(counts, cmap="Blues")
+    cmap, norm = colormaps["Blues"], Normalize(vmin=counts.min(), vmax=max(counts.max(), counts.min() + 1))
+    ax.imshow(counts, cmap=cmap, norm=norm)
     ax.set_xticks(range(n), class_names, rotation=45, ha="right")
     ax.set_yticks(range(n), class_names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     for (i, j), v in np.ndenumerate(counts):
-        ax.text(j, i, f"{int(v)}", ha="center", va="center", color="black")
+        ax.text(j, i, f"{int(v)}", ha="center", va="center", color=text_colour_on(cmap(norm(v))))
     ax.set_title("Validation confusion matrix")
     fig.tight_layout()
+    return fig
+
+
+def text_colour_on(rgba: Sequence[float]) -> str:
+    """White on a dark cell, black on a light one, so that a count can be read on any shade."""
+    r, g, b = rgba[:3]
+    return "white" if 0.2126 * r + 0.7152 * g + 0.0722 * b < _DARK_CELL else "black"
+
+
+def curves_figure(series: dict[str, list[tuple[int, float]]], *, title: str, epochs: int, percent: bool) -> Figure:
+    """Per-epoch curves, one marked line per series (``{"train loss": [(epoch, value), ...]}``).
+
+    Every epoch is a marker, so one epoch is a visible point; the x axis spans the run's planned epochs in
+    whole numbers (a single point no longer makes an axis of ``1.000000``).
+    """
+    fig = Figure(figsize=(5, 3.2), layout="constrained")
+    ax = fig.subplots()
+    for name, points in series.items():
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", markersize=5, label=name)
+    ax.set_xlim(0.5, max(epochs, 1) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    if percent:
+        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if any(series.values()):
+        ax.legend(loc="best", fontsize=9)
     return fig
 
 

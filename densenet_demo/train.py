@@ -39,6 +39,7 @@ from .data import DatasetError, DatasetReport, Item, LabeledFiles
 from .events import Caching, Cancelled, CancelToken, EpochEnd, Event, Failed, Finished, Started, Step
 from .images import Preprocessing
 from .model import DenseNet
+from .train_cancel import stop_inside_steps
 from .train_data import FeatureCache, Placement, image_loader
 from .train_setup import (
     MODES,
@@ -154,6 +155,7 @@ class Trainer:
         self._epoch = 0
         self._best: _BestEpoch | None = None  # set only once its checkpoint is on disk
         self._sharded = False  # distributed, each rank on its own share of the images (not the gathered cache)
+        self._cancel_hooks: list[Any] = []  # Stop acts inside a step too (train_cancel.py); removed at the end
 
     def run(self, cancel: CancelToken | None = None) -> Iterator[Event]:
         """Train, yielding events; ends with ``Finished``, ``Cancelled`` or ``Failed`` and never raises."""
@@ -173,6 +175,8 @@ class Trainer:
             memory = "can't allocate memory" in str(e) or "not enough memory" in str(e)  # the CPU allocator
             end = self._failed(self._oom_advice() if memory else f"training failed: {type(e).__name__}: {e}")
         finally:
+            for hook in self._cancel_hooks:
+                hook.remove()
             # Free what the run held, the CUDA cache included, so that the next run in this process can start.
             gc.collect()
             if torch.cuda.is_available():
@@ -210,6 +214,8 @@ class Trainer:
             global_batch, lr_rule = dp.describe_batch(cfg.batch_size, cfg.lr, sharded=self._sharded)
         # Distributed: ranks stop together at a training step (lockstep below); caching and evaluation run on.
         local_cancel = cancel if dp is None else CancelToken()
+        if dp is None:  # alone, Stop need not wait for the step to end (ranks must stop at the same step)
+            self._cancel_hooks = stop_inside_steps(model, cancel, _Stop)
         trained = model.classifier if linear else model
         wrapped = dp.wrap(trained, device) if dp is not None else trained
         steps_per_epoch = math.ceil(n_train / cfg.batch_size)
@@ -344,6 +350,7 @@ class Trainer:
             stopped_early=self._epoch < cfg.epochs,
             seconds=time.monotonic() - started,
             skipped=list(self.skipped),
+            per_class_val_acc=best.val.per_class,
         )
 
     # -- data ------------------------------------------------------------------------------------
@@ -469,6 +476,7 @@ class Trainer:
                 best_val_acc=best.val.acc,
                 confusion_matrix=best.val.confusion,
                 class_names=list(self.class_names),
+                per_class_val_acc=best.val.per_class,
             )
         elif self._steps_done > 0:
             try:

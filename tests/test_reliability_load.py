@@ -110,7 +110,9 @@ def test_a_flood_gets_queue_full_and_the_app_serves_again_afterwards(server, ima
     assert statuses[:QUEUE_MAX_SIZE] == [200] * QUEUE_MAX_SIZE
     assert statuses[QUEUE_MAX_SIZE:] == [503] * 8
     # Stop skips the queue (queue=False) as the page sends it, so a full queue cannot keep a user from stopping.
-    assert _stop_as_the_page_does(server, trainer.session_hash) == ["Stopping after the current step…"]
+    assert _stop_as_the_page_does(server, trainer.session_hash) == [
+        "Stopping now (mid-step, at the next layer); the best checkpoint so far is kept…"
+    ]
     assert "Stopped" in job.result(timeout=120)[3]
     # The queued events (sessions without a dataset) each end with a message; then the app serves as before.
     deadline = time.monotonic() + 120

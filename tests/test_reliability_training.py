@@ -20,11 +20,12 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from densenet_demo import checkpoints, examples, runs
-from densenet_demo import weights as W
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-RUN_FILES = sorted([checkpoints.CHECKPOINT_META, W.CHECKPOINT_WEIGHTS, runs.OWNER_FILE])  # a run trained on the page
+RUN_FILES = sorted(
+    [checkpoints.CHECKPOINT_META, checkpoints.CHECKPOINT_WEIGHTS, runs.OWNER_FILE]
+)  # a run trained on the page
 
 MODEL = "densenet_bc100_k12"
 CORRUPT = "circle_truncated.png"
@@ -117,8 +118,9 @@ def _log(job) -> str:
     return job.outputs()[-1][3]
 
 
-def _run_dir(log: str) -> Path:
-    return Path(log.rsplit("Checkpoint: ", 1)[1].split()[0])
+def _run_dir(server: AppServer, log: str) -> Path:
+    """The run's folder: the page names the run (never its server path); runs live in the server's weights/runs."""
+    return server.weights_dir / "runs" / log.rsplit("Saved as run ", 1)[1].split()[0]
 
 
 def _classifies_with(client: Client, run_dir: Path, image: Path) -> None:
@@ -145,11 +147,14 @@ def test_stop_mid_epoch_keeps_the_weights_so_far_and_a_new_run_starts(server, zi
     for update in job:
         if "epoch 1/3, step" in update[2]:  # the progress bar shows a step: training is under way
             break
-    assert client.predict(api_name="/stop") == "Stopping after the current step…"
+    assert (
+        client.predict(api_name="/stop")
+        == "Stopping now (mid-step, at the next layer); the best checkpoint so far is kept…"
+    )
     log = _log(job)
     assert "Stopped: the best checkpoint so far is kept." in log
     assert "Epoch 1/3" not in log  # no epoch had ended
-    run = _run_dir(log)
+    run = _run_dir(server, log)
     assert checkpoints.read_checkpoint_info(run).metrics["cancelled_mid_epoch"] is True
     _classifies_with(client, run, photo)
     assert "Finished" in _log(_submit(client))
@@ -164,7 +169,7 @@ def test_an_image_found_corrupt_while_training_is_skipped_reported_and_training_
     skipped = [line for line in log.splitlines() if "skipped" in line]
     assert len(skipped) == 1 and CORRUPT in skipped[0] and "truncated" in skipped[0]
     assert "Finished: best val acc" in log
-    info = checkpoints.read_checkpoint_info(_run_dir(log))
+    info = checkpoints.read_checkpoint_info(_run_dir(server, log))
     assert info.metrics["n_train"] + info.metrics["n_val"] == 61  # 60 good images and the corrupt one
 
 
@@ -179,7 +184,7 @@ def test_an_exception_inside_a_step_fails_the_run_and_the_app_goes_on(server, zi
     fault.off("step_error")
     log = _log(_submit(client))  # the same session, the same dataset
     assert "Finished: best val acc" in log
-    _classifies_with(client, _run_dir(log), photo)
+    _classifies_with(client, _run_dir(server, log), photo)
 
 
 def test_a_failed_run_logs_its_traceback_on_the_server_and_the_page_gets_the_plain_message(server, zips, fault):
@@ -202,7 +207,7 @@ def test_a_full_disk_on_save_fails_clearly_and_keeps_the_previous_checkpoint(ser
     failure = next(line for line in log.splitlines() if line.startswith("Failed:"))
     assert "could not save the checkpoint" in failure and "No space left on device" in failure
     assert "previous checkpoint, if any, is unchanged" in failure and "best checkpoint so far is kept" in failure
-    run = _run_dir(log)
+    run = _run_dir(server, log)
     assert sorted(p.name for p in run.iterdir()) == RUN_FILES  # no temp file left
     assert checkpoints.read_checkpoint_info(run).metrics["epoch"] == 1
     checkpoints.load_checkpoint(run)
@@ -223,7 +228,7 @@ def test_two_users_training_at_once_the_second_waits_and_both_finish(server, zip
     assert "IN_QUEUE" in waiting, waiting
     logs = [_log(job) for job in jobs]
     assert all("Finished: best val acc" in log for log in logs)
-    runs = {_run_dir(log) for log in logs}
+    runs = {_run_dir(server, log) for log in logs}
     assert len(runs) == 2 and all((run / checkpoints.CHECKPOINT_WEIGHTS).is_file() for run in runs)
 
 

@@ -1,15 +1,18 @@
 """The Fine-tune tab's first step, the data: check the chosen source and keep it in the session.
 
 Per-user data lives in the tab's ``gr.State`` dict: ``session`` (a ``sessions.Session``, the user's folders),
-``dataset`` (the checked files and their report) and ``cancel`` (the token of the latest run, for Stop).
+``dataset`` (the checked files and their report), ``dataset_key`` (what was checked: Start checks again when
+the choice has changed since), ``cancel`` (the token of the latest run, for Stop) and ``run_id`` (its name).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import zipfile
-from pathlib import Path
+from collections import Counter
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import gradio as gr
@@ -21,6 +24,8 @@ __all__ = [
     "SOURCE_CHOICES",
     "add_class",
     "close_session",
+    "ensure_dataset",
+    "folder_summary",
     "load_dataset",
     "pair_folder_upload",
     "session_of",
@@ -104,7 +109,56 @@ def load_dataset(
             dataset, report = data.from_class_lists(by_hand or {})
     session.use_dataset(extracted)
     state["dataset"] = (dataset, report)
+    state["dataset_key"] = _choice_key(source, zip_file, folder_files, relpaths, by_hand)
     return f"```text\n{report.summary()}\n```", state
+
+
+def ensure_dataset(
+    source: str,
+    zip_file: str | None,
+    folder_files: list[str] | None,
+    relpaths: str,
+    by_hand: dict[str, list[str]] | None,
+    state: dict[str, Any] | None,
+) -> tuple[Any, dict[str, Any]]:
+    """Before Start: check the chosen data unless exactly this choice has been checked already."""
+    state = state or {}
+    if state.get("dataset") is not None and state.get("dataset_key") == _choice_key(
+        source, zip_file, folder_files, relpaths, by_hand
+    ):
+        return gr.skip(), state
+    return load_dataset(source, zip_file, folder_files, relpaths, by_hand, state)
+
+
+def _choice_key(
+    source: str, zip_file: str | None, folder_files: list[str] | None, relpaths: str, by_hand: dict | None
+) -> str:
+    """What identifies a data choice: the source and its files (uploads get new temp paths each time)."""
+    if source == "Example dataset":
+        return source
+    if source == "Zip file":
+        return json.dumps([source, zip_file])
+    if source == "Folder":
+        return json.dumps([source, sorted(folder_files or []), relpaths or ""])
+    return json.dumps([source, sorted((k, sorted(v)) for k, v in (by_hand or {}).items())])
+
+
+def folder_summary(folder_files: list[str] | None, relpaths_json: str) -> str:
+    """A few lines for an uploaded folder (how many files, which class folders) instead of one row per file."""
+    if not folder_files:
+        return ""
+    try:
+        entries = json.loads(relpaths_json or "[]")
+    except json.JSONDecodeError:
+        entries = []
+    paths = [e["path"] for e in entries if isinstance(e, dict) and isinstance(e.get("path"), str)]
+    folders = Counter(PurePosixPath(p).parent.name for p in paths if len(PurePosixPath(p).parts) > 2)
+    text = f"**{len(folder_files):,} files uploaded**"
+    if folders:
+        shown = ", ".join(f"{html.escape(name)} ({n:,})" for name, n in sorted(folders.items())[:12])
+        more = f", and {len(folders) - 12} more" if len(folders) > 12 else ""
+        text += f" in {len(folders)} class folder(s): {shown}{more}."
+    return text + " Press **Check dataset** (or Start) to check every image."
 
 
 def add_class(
@@ -118,5 +172,5 @@ def add_class(
     if not files:
         raise gr.Error(f"Add some images for '{name}'.")
     by_hand[name] = list(by_hand.get(name, [])) + list(files)
-    text = "\n".join(f"- **{c}**: {len(v)} image(s)" for c, v in by_hand.items())
+    text = "\n".join(f"- **{html.escape(c)}**: {len(v)} image(s)" for c, v in by_hand.items())
     return by_hand, text, "", None

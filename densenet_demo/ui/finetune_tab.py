@@ -9,13 +9,20 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import gradio as gr
-import pandas as pd
 
-from .. import plots, runs, train, weights
+from .. import memory, plots, runs, sessions, train, weights
 from ..config import PRESETS
 from .common import limits_note, model_choices, reuse_choices, user_errors
-from .finetune_data import SOURCE_CHOICES, add_class, load_dataset, session_of
-from .training_view import curve_frame, event_line, progress_html
+from .exports import export_run
+from .finetune_data import (
+    SOURCE_CHOICES,
+    add_class,
+    ensure_dataset,
+    folder_summary,
+    load_dataset,
+    session_of,
+)
+from .training_view import curves, event_line, outcome_line, per_class_frame, progress_html, skipped_lines
 
 __all__ = ["FinetuneTab", "build_finetune_tab", "start_training", "stop_training"]
 
@@ -38,8 +45,8 @@ class FinetuneTab(NamedTuple):
     lr: gr.Number
     optimizer: gr.Dropdown
     schedule: gr.Dropdown
-    loss: gr.LinePlot
-    acc: gr.LinePlot
+    loss: gr.Plot
+    acc: gr.Plot
     progress: gr.HTML
     log: gr.Textbox
     confusion: gr.Plot
@@ -80,9 +87,15 @@ def build_finetune_tab(
         with gr.Column():
             source = gr.Radio(list(SOURCE_CHOICES), value="Example dataset", label="Data")
             zip_file = gr.File(label="Zip of class subfolders", file_types=[".zip"], elem_id="train-zip", visible=False)
+            # A bounded box (it scrolls): a folder of 1,800 images would otherwise make the page 100,000 px tall.
             folder = gr.File(
-                label="Folder of class subfolders", file_count="directory", elem_id="train-folder", visible=False
+                label="Folder of class subfolders",
+                file_count="directory",
+                elem_id="train-folder",
+                visible=False,
+                height=140,
             )
+            folder_info = gr.Markdown(elem_id="train-folder-summary")
             relpaths = gr.Textbox(visible="hidden", elem_id="folder-relpaths")
             by_hand = gr.State({})
             with gr.Accordion("Classes by hand", open=False):
@@ -106,7 +119,7 @@ def build_finetune_tab(
                 "finetune: all layers, lower lr for the backbone; scratch: random init.",
             )
             with gr.Row():
-                epochs = gr.Slider(1, 100, value=ex.epochs, step=1, label="Epochs")
+                epochs = gr.Slider(1, 100, value=ex.epochs, step=1, label="Epochs", elem_id="train-epochs")
                 lr = gr.Number(value=ex.lr, label="Learning rate (empty: the mode's default)")
             with gr.Row():
                 batch = gr.Slider(1, 256, value=32, step=1, label="Batch size")
@@ -131,14 +144,21 @@ def build_finetune_tab(
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
     progress = gr.HTML(progress_html(0, "Not started."), elem_id="train-progress")
+    # min_width: side by side on a wide page, one under the other on a phone (the row wraps).
     with gr.Row():
-        loss = gr.LinePlot(x="epoch", y="value", color="series", title="Loss", elem_id="train-loss")
-        acc = gr.LinePlot(x="epoch", y="value", color="series", title="Accuracy", elem_id="train-acc")
+        loss = gr.Plot(label="Loss", elem_id="train-loss", min_width=340)
+        acc = gr.Plot(label="Accuracy", elem_id="train-acc", min_width=340)
     log = gr.Textbox(label="Log", lines=6, elem_id="train-log")
     with gr.Row():
-        confusion = gr.Plot(label="Confusion matrix", elem_id="train-confusion")
-        per_class = gr.Dataframe(label="Per-class validation accuracy", interactive=False)
-    download = gr.File(label="Best checkpoint (model.safetensors + model.json)", elem_id="train-download")
+        confusion = gr.Plot(label="Confusion matrix", elem_id="train-confusion", min_width=340)
+        per_class = gr.Dataframe(
+            label="Per-class validation accuracy (best epoch)", interactive=False, elem_id="train-per-class"
+        )
+    with gr.Row():
+        download = gr.File(label="Best checkpoint (model.safetensors + model.json)", elem_id="train-download")
+        with gr.Column():
+            export_button = gr.Button("Export ONNX", size="sm", elem_id="train-export-button")
+            export_file = gr.File(label="ONNX bundle", visible=False, elem_id="train-export")
 
     tab = FinetuneTab(
         state=state,
@@ -174,10 +194,11 @@ def build_finetune_tab(
         [by_hand, classes, class_name, class_files],
         api_visibility="private",
     )
-    load.click(
-        load_dataset, [source, zip_file, folder, relpaths, by_hand, state], [report, state], api_name="load_dataset"
-    )
-    start.click(
+    folder.change(folder_summary, [folder, relpaths], folder_info, api_visibility="private")
+    data_inputs = [source, zip_file, folder, relpaths, by_hand, state]
+    load.click(load_dataset, data_inputs, [report, state], api_name="load_dataset")
+    # Start checks the data itself when this choice has not been checked yet (the example needs no extra click).
+    start.click(ensure_dataset, data_inputs, [report, state], api_visibility="private").success(
         functools.partial(start_training, tab),
         [state, model, weights_choice, mode, epochs, lr, batch, size, memory_efficient, amp, optimizer, schedule],
         tab.training_outputs(),
@@ -186,6 +207,7 @@ def build_finetune_tab(
         concurrency_id="train",
     )
     stop.click(stop_training, state, log, api_name="stop", queue=False)
+    export_button.click(export_run, state, export_file, api_name="export_run_onnx", concurrency_limit=1)
     return tab
 
 
@@ -276,9 +298,10 @@ def start_training(
     history: list[dict[str, Any]] = []
     log = [note] if note else []
     last_update = 0.0
-    total_epochs = 1
+    total_epochs, n_val = config.epochs, len(trainer.val_items)
+    run = trainer.run(cancel)
     try:
-        for event in trainer.run(cancel):
+        for event in run:
             update: dict[Any, Any] = {tab.state: state}
             if isinstance(event, (train.Caching, train.Step)):
                 now = time.monotonic()
@@ -290,55 +313,62 @@ def start_training(
                 total_epochs = event.epochs
                 if isinstance(event, train.EpochEnd):
                     history.append(event.to_dict())
-                    update |= {tab.loss: curve_frame(history, "loss"), tab.acc: curve_frame(history, "acc")}
+                    update |= {
+                        tab.loss: curves(history, "loss", total_epochs),
+                        tab.acc: curves(history, "acc", total_epochs),
+                    }
                 fraction, text = event_line(event, total_epochs)
                 log.append(text)
                 if isinstance(event, train.EpochEnd):  # a new best may have been saved: the caps apply now
                     log += limits_note(runs.enforce_limits(session.owner, keep=trainer.run_id))
-                log += [f"  skipped {path}: {reason}" for path, reason in getattr(event, "skipped", ())]
+                log += skipped_lines(getattr(event, "skipped", []))
             else:  # Finished, Cancelled or Failed: the last event
                 session.run_in_progress = False
-                yield update | _finish(tab, event, history, log, state)
+                yield update | _finish(tab, event, history, log, session, state, n_val)
                 return
             yield update | {tab.progress: progress_html(fraction, text), tab.log: "\n".join(log)}
     finally:
         session.run_in_progress = False  # also when the page went away and the run was closed mid-way
+        # Drop the run (its model, optimizer, feature cache) and hand the freed memory back to the system:
+        # without this a server's memory grows by gigabytes over a few DenseNet-121 runs.
         runs.end_run(trainer.run_id)
+        run.close()
+        del run, trainer
+        memory.release_freed_memory()
 
 
 def _finish(
-    tab: FinetuneTab, event: train.Event, history: list[dict[str, Any]], log: list[str], state: dict[str, Any]
+    tab: FinetuneTab,
+    event: train.Event,
+    history: list[dict[str, Any]],
+    log: list[str],
+    session: sessions.Session,
+    state: dict[str, Any],
+    n_val: int,
 ) -> dict[Any, Any]:
-    session = session_of(state)
     checkpoint = getattr(event, "checkpoint_dir", None)
     if isinstance(event, train.Finished):
-        headline = f"Finished: best val acc {event.best_val_acc:.1%} (epoch {event.best_epoch})."
         # Every image dropped during the run, less those an epoch's report has listed already.
-        log += [line for path, reason in event.skipped if (line := f"  skipped {path}: {reason}") not in log]
-    elif isinstance(event, train.Cancelled):
-        headline = "Stopped: " + ("the best checkpoint so far is kept." if checkpoint else "no checkpoint was written.")
-    else:
-        headline = f"Failed: {event.message}" + (" The best checkpoint so far is kept." if checkpoint else "")
-        # The page shows the plain message; the trainer has logged the traceback to the server's log.
-    log.append(headline + (f" Checkpoint: {checkpoint}" if checkpoint else ""))
+        log += [line for line in skipped_lines(event.skipped) if line not in log]
+    # Failed: the page shows the plain message; the trainer has logged the traceback to the server's log.
+    headline = outcome_line(event, n_val)
+    log.append(headline)
+    confusion = per_class = None
     if checkpoint:
         log += limits_note(runs.enforce_limits(session.owner, keep=Path(checkpoint).name))
-    confusion = None
     if isinstance(event, (train.Finished, train.Cancelled)) and event.confusion_matrix and event.class_names:
         confusion = plots.confusion_matrix_figure(event.confusion_matrix, event.class_names)
-    per_class = None
-    if history:
-        per_class = pd.DataFrame(
-            [
-                {"class": c, "val acc": None if a is None else round(a, 4)}
-                for c, a in history[-1]["per_class_val_acc"].items()
-            ]
-        )
+        # The best epoch's, like the matrix beside it and the headline (not the last epoch's).
+        per_class = per_class_frame(event.per_class_val_acc)
+    run_name = Path(checkpoint).name if checkpoint else None
+    if run_name:
+        state["run_id"] = run_name  # what Export ONNX exports
     epochs = history[-1]["epochs"] if history else 1
     fraction = 1.0 if isinstance(event, train.Finished) else len(history) / max(1, epochs)
     return {
-        tab.loss: curve_frame(history, "loss"),
-        tab.acc: curve_frame(history, "acc"),
+        tab.state: state,
+        tab.loss: curves(history, "loss", epochs),
+        tab.acc: curves(history, "acc", epochs),
         tab.progress: progress_html(fraction, headline),
         tab.log: "\n".join(log),
         tab.confusion: confusion,
@@ -346,17 +376,17 @@ def _finish(
         tab.download: str(weights.zip_checkpoint(checkpoint, session.folder())) if checkpoint else None,
         # Without a checkpoint only the list is refreshed: the Predict tab keeps the model it had.
         tab.predict_model: gr.update(
-            choices=model_choices(state), **({"value": f"run:{Path(checkpoint).name}"} if checkpoint else {})
+            choices=model_choices(state), **({"value": f"run:{run_name}"} if run_name else {})
         ),
         tab.reuse: gr.update(choices=reuse_choices(state)),
     }
 
 
 def stop_training(state: dict[str, Any] | None) -> str:
-    """Ask the session's run to stop after its current step (it keeps the best checkpoint so far)."""
+    """Ask the session's run to stop: it leaves its step at the next layer and keeps the best checkpoint so far."""
     state = state or {}
     session = state.get("session")
     if session is None or not session.run_in_progress:
         return "Nothing is training."
     state["cancel"].cancel()
-    return "Stopping after the current step…"
+    return "Stopping now (mid-step, at the next layer); the best checkpoint so far is kept…"

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +18,7 @@ from .. import examples, export, predict, weights
 from ..config import PRESETS
 from ..images import ImageError
 from .common import check_run, names_only, unknown_model
+from .exports import export_folder
 from .run_controls import build_run_controls
 
 __all__ = [
@@ -41,7 +40,6 @@ logger = logging.getLogger(__name__)
 # 2 serves 24% more requests/s than 1, and 4 no more than 2 while holding twice the activations in memory.
 PREDICT_CONCURRENCY = 2
 LIVE_FRAME_EVERY_S = 0.1  # how often the browser offers a webcam frame; frames that arrive while busy are dropped
-EXPORT_MAX_AGE_S = 3600  # ONNX downloads older than this are removed when the next export starts
 
 WEIGHTS_CHOICES = ("ImageNet", "Random init", "Checkpoint file")
 WEIGHTS_INFO = "ImageNet weights exist for densenet121/161/169/201; other presets start from random init."
@@ -284,7 +282,7 @@ def export_onnx(model: str, weights_choice: str, weights_file: str | None, state
     predictor = _get_predictor(model, weights_choice, weights_file, state)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", _model_name(model).removeprefix("run:")) or "model"
     with _user_messages(export.ExportError):
-        result = export.export_onnx(predictor, out=_export_folder() / f"{stem}.onnx")
+        result = export.export_onnx(predictor, out=export_folder() / f"{stem}.onnx")
     return gr.update(value=str(result.bundle_path), visible=True)
 
 
@@ -410,14 +408,3 @@ def _user_messages(*extra: type[Exception]) -> Iterator[None]:
     except (ValueError, weights.CheckpointError, ImageError, OSError, *extra) as e:
         logger.info("Predict request refused: %s", e)
         raise gr.Error(names_only(str(e))) from None
-
-
-def _export_folder() -> Path:
-    """A new folder for one export, under a parent whose exports older than ``EXPORT_MAX_AGE_S`` are removed."""
-    parent = Path(tempfile.gettempdir()) / "densenet_demo_exports"
-    parent.mkdir(exist_ok=True)
-    cutoff = time.time() - EXPORT_MAX_AGE_S
-    for old in parent.iterdir():
-        if old.is_dir() and not old.is_symlink() and old.stat().st_mtime < cutoff:
-            shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(dir=parent))

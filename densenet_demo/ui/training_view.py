@@ -1,22 +1,43 @@
-"""How a training run looks on the page: its progress bar, one line of text per event, the curves' data."""
+"""How a training run looks on the page: its progress bar, one line of text per event, the curves, the outcome.
+
+Server paths stay in the server's log: the page names runs and files, never where they are on disk.
+"""
 
 from __future__ import annotations
 
+import html
+import logging
+from pathlib import PurePath
 from typing import Any
 
 import pandas as pd
+from matplotlib.figure import Figure
 
-from .. import train
+from .. import plots, train
+from .common import names_only
 
-__all__ = ["curve_frame", "event_line", "progress_html"]
+__all__ = [
+    "FEW_VAL_IMAGES",
+    "curves",
+    "event_line",
+    "outcome_line",
+    "per_class_frame",
+    "progress_html",
+    "skipped_lines",
+]
+
+logger = logging.getLogger(__name__)
+
+# Below this many validation images an accuracy moves in steps of 5% or more: say that it means little.
+FEW_VAL_IMAGES = 20
 
 
 def progress_html(fraction: float, text: str) -> str:
-    """A progress bar (styled by the app's CSS) with a status line under it."""
+    """A progress bar (styled by the app's CSS) with a status line under it; ``text`` is shown as plain text."""
     pct = max(0.0, min(1.0, fraction)) * 100
     return (
         f'<div class="progress-outer"><div class="progress-inner" style="width:{pct:.1f}%"></div></div>'
-        f'<p id="train-status">{text}</p>'
+        f'<p id="train-status">{html.escape(text)}</p>'
     )
 
 
@@ -27,7 +48,7 @@ def event_line(event: train.Event, total_epochs: int) -> tuple[float, str]:
         return 0.0, (
             f"Started run {event.run_id}: {len(event.classes)} classes, {event.n_train} train / "
             f"{event.n_val} val images, {event.steps_per_epoch} steps per epoch, {event.mode} mode "
-            f"on {event.device}{amp_text}; weights: {event.weights}."
+            f"on {event.device}{amp_text}; weights: {names_only(event.weights)}."
         )
     if isinstance(event, train.Caching):
         return event.done / max(1, event.total), f"Computing features once: {event.done}/{event.total} images"
@@ -47,12 +68,52 @@ def event_line(event: train.Event, total_epochs: int) -> tuple[float, str]:
     raise TypeError(f"no progress line for {type(event).__name__}")
 
 
-def curve_frame(history: list[dict[str, Any]], metric: str) -> pd.DataFrame:
-    """Train and val curves of ``metric`` ("loss" or "acc") per epoch, long format for a LinePlot."""
-    rows = [
-        {"epoch": h["epoch"], "value": h[key], "series": f"{split} {metric}"}
-        for h in history
-        for split, key in (("train", f"train_{metric}"), ("val", f"val_{metric}"))
-        if h.get(key) is not None
-    ]
-    return pd.DataFrame(rows, columns=["epoch", "value", "series"])
+def skipped_lines(skipped: list[tuple[str, str]]) -> list[str]:
+    """One log line per image dropped while training, by its file name."""
+    return [f"  skipped {PurePath(path).name}: {names_only(reason)}" for path, reason in skipped]
+
+
+def outcome_line(event: train.Event, n_val: int) -> str:
+    """What the run's last event means, in one line: the best accuracy (and how much it means), or why it ended."""
+    checkpoint = getattr(event, "checkpoint_dir", None)
+    if checkpoint:
+        logger.info("run %s: checkpoint at %s", PurePath(checkpoint).name, checkpoint)
+    saved = f" Saved as run {PurePath(checkpoint).name} (pick it in Predict)." if checkpoint else ""
+    if isinstance(event, train.Finished):
+        return f"Finished: best val acc {event.best_val_acc:.1%} (epoch {event.best_epoch}).{few_images(n_val)}{saved}"
+    if isinstance(event, train.Cancelled):
+        kept = "the best checkpoint so far is kept." if checkpoint else "no checkpoint was written."
+        return f"Stopped: {kept}{saved}"
+    if isinstance(event, train.Failed):
+        kept = " The best checkpoint so far is kept." if checkpoint else ""
+        return f"Failed: {names_only(event.message)}{kept}{saved}"
+    raise TypeError(f"{type(event).__name__} does not end a run")
+
+
+def few_images(n_val: int) -> str:
+    """A warning when the validation set is too small for its accuracy to mean much; empty otherwise."""
+    if n_val >= FEW_VAL_IMAGES:
+        return ""
+    return (
+        f" Measured on only {n_val} validation image(s): too few to mean much (one image moves it by "
+        f"{1 / max(n_val, 1):.0%}); add more images (at least {FEW_VAL_IMAGES})."
+    )
+
+
+def per_class_frame(per_class: dict[str, float | None]) -> pd.DataFrame | None:
+    """Per-class validation accuracy as a table; None when there is none (no epoch ended)."""
+    if not per_class:
+        return None
+    return pd.DataFrame([{"class": c, "val acc": None if a is None else round(a, 4)} for c, a in per_class.items()])
+
+
+def curves(history: list[dict[str, Any]], metric: str, epochs: int) -> Figure:
+    """Train and val curves of ``metric`` ("loss" or "acc") per epoch, over the run's ``epochs``."""
+    series = {
+        f"{split} {metric}": [
+            (h["epoch"], h[f"{split}_{metric}"]) for h in history if h.get(f"{split}_{metric}") is not None
+        ]
+        for split in ("train", "val")
+    }
+    title = "Accuracy" if metric == "acc" else "Loss"
+    return plots.curves_figure(series, title=title, epochs=epochs, percent=metric == "acc")
