@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from densenet_demo import data, memory, train
+from densenet_demo import data, examples, memory, train
 from densenet_demo.model import DenseLayer, Transition
 
 # Each run's memory is handed back: after the fourth run the process holds at most this much more than after the first.
@@ -16,7 +16,7 @@ MEMORY_MARGIN_BYTES = 64 * 2**20
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory) -> data.LabeledFiles:
-    root = data.make_example_dataset(tmp_path_factory.mktemp("shapes") / "d", n_per_class=6, image_size=32, seed=2)
+    root = examples.make_example_dataset(tmp_path_factory.mktemp("shapes") / "d", n_per_class=6, image_size=32, seed=2)
     return data.load_image_folder(root)[0]
 
 
