@@ -24,7 +24,6 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,20 +35,25 @@ from torch.utils.data import DataLoader
 from . import events
 from . import weights as W
 from .data import DatasetError, DatasetReport, Item, LabeledFiles
-from .events import Caching, Cancelled, CancelToken, EpochEnd, Event, Failed, Finished, Started, Step
+from .events import (
+    Caching,
+    Cancelled,
+    CancelToken,
+    EpochEnd,
+    Evaluated,
+    Event,
+    Failed,
+    Finished,
+    Preparing,
+    Started,
+    Step,
+)
 from .images import Preprocessing
 from .model import DenseNet
-from .train_data import FeatureCache, Placement, image_loader
-from .train_setup import (
-    MODES,
-    TrainConfig,
-    build_model,
-    example_config,
-    make_optimizer,
-    make_scheduler,
-    pick_amp_dtype,
-    pick_device,
-)
+from .pacing import LRSchedule, RunClock, RunningMetrics, cudnn_autotune_pays, mid_epoch_step
+from .train_data import FeatureCache, Placement, drops_last, image_loader
+from .train_eval import BestEpoch, ValidationResult, confusion_and_loss, oom_advice
+from .train_setup import MODES, TrainConfig, build_model, example_config, make_optimizer, pick_amp_dtype, pick_device
 
 # The events (events.py) are re-exported: consumers import them with the Trainer.
 __all__ = ["MODES", "TrainConfig", "Trainer", "example_config", *events.__all__]
@@ -62,29 +66,6 @@ logger = logging.getLogger(__name__)
 
 class _Stop(Exception):
     """Raised at a step boundary when the cancel token is set; becomes a ``Cancelled`` event."""
-
-
-@dataclass(frozen=True)
-class _Validation:
-    """One pass over the validation set."""
-
-    loss: float
-    acc: float
-    per_class: dict[str, float | None]  # None for a class with no val image
-    confusion: list[list[int]]  # rows: true class, columns: predicted
-
-    def beats(self, best: _BestEpoch | None) -> bool:
-        """Higher accuracy wins; at equal accuracy, lower loss."""
-        return best is None or (self.acc, -self.loss) > (best.val.acc, -best.val.loss)
-
-
-@dataclass(frozen=True)
-class _BestEpoch:
-    """The epoch whose weights are the checkpoint on disk."""
-
-    epoch: int
-    train_acc: float
-    val: _Validation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +114,8 @@ class Trainer:
         self.data_parallel = data_parallel
         if data_parallel is not None:
             self.device = data_parallel.device_for(self.device)
+            if self.config.time_budget_s is not None:  # each rank's clock would stop it at another step
+                raise ValueError("a time budget is not supported under torchrun yet; give --epochs instead")
             if len(self.val_items) < data_parallel.world_size:
                 raise DatasetError(
                     f"{len(self.val_items)} validation images for {data_parallel.world_size} processes: "
@@ -152,7 +135,8 @@ class Trainer:
         self._weights_label = ""
         self._steps_done = 0
         self._epoch = 0
-        self._best: _BestEpoch | None = None  # set only once its checkpoint is on disk
+        self._best: BestEpoch | None = None  # set only once its checkpoint is on disk
+        self._last_validation: tuple[ValidationResult, bool] | None = None  # and whether it was the new best
         self._sharded = False  # distributed, each rank on its own share of the images (not the gathered cache)
 
     def run(self, cancel: CancelToken | None = None) -> Iterator[Event]:
@@ -187,13 +171,11 @@ class Trainer:
         cfg, device = self.config, self.device
         started = time.monotonic()
         torch.manual_seed(cfg.seed)
+        yield Preparing(f"building {cfg.model_name} ({cfg.weights} weights) on {device}")
         model, self.preprocessing, self._weights_label = build_model(cfg, self.class_names)
         place = self._placement
         model.to(device, memory_format=torch.channels_last if place.channels_last else torch.preserve_format)
         self.model = model
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
-            torch.cuda.reset_peak_memory_stats(device)
 
         linear = cfg.mode == "linear"
         cached = linear and cfg.cache_features
@@ -212,9 +194,18 @@ class Trainer:
         local_cancel = cancel if dp is None else CancelToken()
         trained = model.classifier if linear else model
         wrapped = dp.wrap(trained, device) if dp is not None else trained
-        steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+        batches_of = math.floor if drops_last(n_train, cfg.batch_size) and not cached else math.ceil
+        steps_per_epoch = batches_of(n_train / cfg.batch_size)
+        total_steps = steps_per_epoch * cfg.epochs
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = cudnn_autotune_pays(total_steps, cfg.time_budget_s)
+            torch.cuda.reset_peak_memory_stats(device)
         optimizer = make_optimizer(cfg, model)
-        scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
+        schedule = LRSchedule(optimizer, cfg.schedule, cfg.warmup)
+        clock = RunClock(total_steps, budget_s=cfg.time_budget_s, launched=started, n_val=len(self.val_items))
+        # A read of the running loss waits for the GPU: at most twice a second there; every step costs nothing on a CPU.
+        metrics = RunningMetrics(device, interval_s=0.5 if device.type == "cuda" else 0.0)
+        mid_step = mid_epoch_step(cfg.epochs, steps_per_epoch, budget_s=cfg.time_budget_s)
         scaler = torch.amp.GradScaler(device.type, enabled=place.amp_dtype == torch.float16)
         amp_name = str(place.amp_dtype).removeprefix("torch.") if place.amp_dtype else None
         logger.info(
@@ -236,6 +227,7 @@ class Trainer:
             world_size=dp.world_size if dp is not None else 1,
             global_batch_size=global_batch,
             lr_scaling=lr_rule,
+            time_budget_s=cfg.time_budget_s,
         )
 
         if cached and dp is not None:  # distributed hook: each rank runs the backbone on its share; gather
@@ -260,12 +252,13 @@ class Trainer:
                 return trained(x.float())
             return trained(x)
 
-        total_steps = steps_per_epoch * cfg.epochs
-        loop_start, epochs_without_best, reported = time.monotonic(), 0, 0
+        yield Preparing("loading the first batch and taking the first step")
+        epochs_without_best, reported, out_of_time = 0, 0, False
         for epoch in range(1, cfg.epochs + 1):
             self._epoch = epoch
             model.train(not linear)  # linear: the frozen backbone keeps its BatchNorm statistics
-            epoch_start, seen, loss_sum, correct = time.monotonic(), 0, 0.0, 0
+            epoch_start, validated_at = time.monotonic(), -1
+            metrics.reset()
             batches = self._batches(train_source, shuffle_seed=cfg.seed + epoch)
             if dp is not None:  # distributed hook: a new shuffle of each share; every rank takes the same steps
                 dp.set_epoch(train_source, epoch)
@@ -273,39 +266,57 @@ class Trainer:
             for step, (x, y) in enumerate(batches, start=1):
                 if cancel.cancelled:
                     raise _Stop
+                if clock.out_of_time(self._steps_done):
+                    out_of_time = True
+                    break
+                clock.started_training()
+                schedule.apply(clock.progress(self._steps_done))
                 x, y = place.to_device(x, y)
                 with place.autocast():
                     logits = forward(x, wrapped)
-                    loss = F.cross_entropy(logits.float(), y)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                scheduler.step()
 
                 self._steps_done += 1
-                n, batch_loss, batch_correct = len(y), loss.item(), int((logits.argmax(1) == y).sum())
-                seen, loss_sum, correct = seen + n, loss_sum + batch_loss * n, correct + batch_correct
+                metrics.add(loss, logits, y)
+                clock.step_done(len(y))
+                read = metrics.read() if metrics.due() or step == steps_per_epoch else metrics.last
                 now = time.monotonic()
                 yield Step(
                     epoch=epoch,
                     step=step,
                     steps=steps_per_epoch,
-                    loss=batch_loss,
-                    acc=batch_correct / n,
+                    loss=read.loss,
+                    acc=read.acc,
                     lr=optimizer.param_groups[-1]["lr"],
-                    images_per_s=seen * ranks / max(now - epoch_start, 1e-9),
+                    images_per_s=metrics.seen * ranks / max(now - epoch_start, 1e-9),
                     gpu_memory_mb=place.peak_memory_mb(),
-                    eta_s=(now - loop_start) / self._steps_done * max(total_steps - self._steps_done, 0),
+                    eta_s=clock.eta_s(self._steps_done),
+                    progress=min(1.0, clock.progress(self._steps_done)),
                 )
+                if epoch == 1 and step == mid_step:  # a short run's first result, at half an epoch
+                    val, improved = self._validate(val_source, forward, local_cancel, clock, epoch, metrics.read().acc)
+                    validated_at = metrics.seen
+                    yield Evaluated(
+                        *(round(step / steps_per_epoch, 3), val.loss, val.acc, self._best.val.acc, improved),
+                        seconds=time.monotonic() - started,
+                    )
+                    model.train(not linear)
 
+            if out_of_time and metrics.seen == 0:  # the budget ran out right after an epoch's validation
+                break
+            so_far = metrics.read()
+            seen, loss_sum, correct = so_far.seen, so_far.loss_sum, so_far.correct
             if self._sharded:  # distributed hook: the epoch's train loss and accuracy over every rank's share
                 seen, loss_sum, correct = dp.sum(seen, loss_sum, correct)
-            val = self._evaluate(val_source, forward, local_cancel)
             train_acc = correct / max(seen, 1)
-            improved = val.beats(self._best)
-            if improved:
-                self._save_best(_BestEpoch(epoch=epoch, train_acc=train_acc, val=val))
+            if validated_at == metrics.seen:
+                val, improved = self._last_validation
+            else:
+                val, improved = self._validate(val_source, forward, local_cancel, clock, epoch, train_acc)
             epochs_without_best = 0 if improved else epochs_without_best + 1
             yield EpochEnd(
                 epoch=epoch,
@@ -321,7 +332,7 @@ class Trainer:
                 skipped=self.skipped[reported:],  # the first epoch also reports what feature caching found
             )
             reported = len(self.skipped)
-            if cfg.early_stopping_patience and epochs_without_best >= cfg.early_stopping_patience:
+            if out_of_time or (cfg.early_stopping_patience and epochs_without_best >= cfg.early_stopping_patience):
                 break
 
         # Leave the best epoch's weights in memory, so that trainer.model predicts what the checkpoint predicts.
@@ -341,9 +352,10 @@ class Trainer:
             confusion_matrix=best.val.confusion,
             class_names=self.class_names,
             epochs_run=self._epoch,
-            stopped_early=self._epoch < cfg.epochs,
+            stopped_early=self._epoch < cfg.epochs and not out_of_time,
             seconds=time.monotonic() - started,
             skipped=list(self.skipped),
+            out_of_time=out_of_time,
         )
 
     # -- data ------------------------------------------------------------------------------------
@@ -369,64 +381,60 @@ class Trainer:
         self, items: list[Item], cancel: CancelToken, *, done: int
     ) -> Generator[Event, None, FeatureCache]:
         """Pooled backbone features of every image, computed once, in eval mode and without augmentation."""
-        model, total = self.model, len(self.train_items) + len(self.val_items)
-        model.eval()
-        features, labels = [], []
-        for x, y, failed in image_loader(items, self.preprocessing, self.config, self.device, train=False):
+        total = len(self.train_items) + len(self.val_items)
+        loader = image_loader(items, self.preprocessing, self.config, self.device, train=False)
+        cache = FeatureCache.builder(self.model, self._placement)
+        for x, y, failed in loader:
             if cancel.cancelled:
                 raise _Stop
             self._record_failures(failed)
-            done += len(failed)
-            if x is not None:
-                x, y = self._placement.to_device(x, y)
-                with torch.inference_mode(), self._placement.autocast():
-                    features.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
-                labels.append(y)
-                self.backbone_images += len(y)
-                done += len(y)
+            done += len(failed) + cache.add(x, y)
             yield Caching(done, total)
-        if not features:
-            raise DatasetError("none of the images could be decoded; see the skipped files")
-        # Outside inference mode, cat makes ordinary tensors, which autograd may save for the head's backward.
-        return FeatureCache(torch.cat(features), torch.cat(labels))
+        self.backbone_images += cache.images
+        return cache.build()
 
     # -- evaluation and checkpoints --------------------------------------------------------------
+
+    def _validate(
+        self,
+        source: FeatureCache | DataLoader,
+        forward: Callable[[torch.Tensor], torch.Tensor],
+        cancel: CancelToken,
+        clock: RunClock,
+        epoch: int,
+        train_acc: float,
+    ) -> tuple[ValidationResult, bool]:
+        """Validate, keep a new best on disk, and time it all (a time budget keeps that much in reserve)."""
+        began = time.monotonic()
+        val = self._evaluate(source, forward, cancel)
+        improved = val.beats(self._best)
+        if improved:
+            self._save_best(BestEpoch(epoch=epoch, train_acc=train_acc, val=val))
+        clock.validated(time.monotonic() - began)
+        self._last_validation = (val, improved)
+        return val, improved
 
     def _evaluate(
         self,
         source: FeatureCache | DataLoader,
         forward: Callable[[torch.Tensor], torch.Tensor],
         cancel: CancelToken,
-    ) -> _Validation:
+    ) -> ValidationResult:
         """Loss, accuracy, per-class accuracy and confusion matrix on the validation set."""
-        n = len(self.class_names)
-        confusion = torch.zeros(n, n, dtype=torch.long)
-        loss_sum = 0.0
+
+        def check_cancel() -> None:
+            if cancel.cancelled:
+                raise _Stop
+
         self.model.eval()
-        with torch.inference_mode():
-            for x, y in self._batches(source, shuffle_seed=None):
-                if cancel.cancelled:
-                    raise _Stop
-                x, y = self._placement.to_device(x, y)
-                with self._placement.autocast():
-                    logits = forward(x).float()
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-                confusion += torch.bincount(y.cpu() * n + logits.argmax(1).cpu(), minlength=n * n).view(n, n)
+        batches = self._batches(source, shuffle_seed=None)
+        confusion, loss_sum = confusion_and_loss(batches, forward, self._placement, len(self.class_names), check_cancel)
         if self._sharded:  # distributed hook: sums over every rank's share = the whole validation set
             confusion = self.data_parallel.sum_tensor(confusion)
             (loss_sum,) = self.data_parallel.sum(loss_sum)
-        total, per_class_total = int(confusion.sum()), confusion.sum(1)
-        return _Validation(
-            loss=loss_sum / max(total, 1),
-            acc=float(confusion.diag().sum()) / max(total, 1),
-            per_class={
-                name: float(confusion[i, i] / per_class_total[i]) if per_class_total[i] else None
-                for i, name in enumerate(self.class_names)
-            },
-            confusion=confusion.tolist(),
-        )
+        return ValidationResult.from_counts(confusion, loss_sum, self.class_names)
 
-    def _save_best(self, best: _BestEpoch) -> None:
+    def _save_best(self, best: BestEpoch) -> None:
         """Save a new best epoch; only once it is on disk does it count as the best (a full disk keeps the old)."""
         self._save(
             {
@@ -492,8 +500,4 @@ class Trainer:
     def _oom_advice(self) -> str:
         cfg = self.config
         size = self.preprocessing.image_size if self.preprocessing else cfg.image_size
-        tips = [f"a smaller batch size (now {cfg.batch_size})", f"a smaller image size (now {size})"]
-        if not cfg.memory_efficient:
-            tips.append("memory-efficient on (recomputes the concatenations in backward)")
-        where = "the GPU" if self.device.type == "cuda" else "this machine"
-        return f"out of memory on {where}; try " + ", ".join(tips[:-1]) + f" or {tips[-1]}"
+        return oom_advice(cfg.batch_size, size, cfg.memory_efficient, self.device)
