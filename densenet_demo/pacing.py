@@ -11,10 +11,23 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-__all__ = ["LRSchedule", "RunClock", "RunningMetrics", "Snapshot", "cudnn_autotune_pays", "lr_factor", "mid_epoch_step"]
+if TYPE_CHECKING:
+    from .train_setup import TrainConfig
+
+__all__ = [
+    "LRSchedule",
+    "RunClock",
+    "RunningMetrics",
+    "Snapshot",
+    "cudnn_autotune_pays",
+    "lr_factor",
+    "mid_epoch_step",
+    "pace",
+]
 
 # cuDNN autotuning times every algorithm on the first batch of each new shape (9-31 s for DenseNet-121 on an
 # H100, measured) and then runs within +-10% of the untuned speed: only runs of many steps can win that back.
@@ -170,3 +183,19 @@ class RunningMetrics:
         smoothed = self.smoothed.item() if self.smoothed is not None else float("nan")
         self.last = Snapshot(smoothed, self.seen, self.loss_sum.item(), int(self.correct.item()))
         return self.last
+
+
+def pace(
+    cfg: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    steps_per_epoch: int,
+    launched: float,
+    n_val: int,
+) -> tuple[LRSchedule, RunClock, RunningMetrics, int | None]:
+    """A run's lr schedule, clock, running metrics and mid-epoch validation step, from its (resolved) config."""
+    clock = RunClock(steps_per_epoch * cfg.epochs, budget_s=cfg.time_budget_s, launched=launched, n_val=n_val)
+    # A read of the running loss waits for the GPU: at most twice a second there; on a CPU it costs nothing.
+    metrics = RunningMetrics(device, interval_s=0.5 if device.type == "cuda" else 0.0)
+    mid_step = mid_epoch_step(cfg.epochs, steps_per_epoch, budget_s=cfg.time_budget_s)
+    return LRSchedule(optimizer, cfg.schedule, cfg.warmup), clock, metrics, mid_step

@@ -1,17 +1,20 @@
 """Trainer: fine-tune or train a DenseNet on labelled image files, reporting through events.
 
-``Trainer(config, files).run(cancel)`` yields ``Started``, then (linear mode) ``Caching``, then
-``Step`` ... ``EpochEnd`` per epoch, and ends with exactly one of ``Finished``, ``Cancelled`` or
-``Failed``. Nothing here prints: the UI, the CLI and the tests are all consumers of the events (events.py).
-A run logs its start and its end at INFO, and a failure at ERROR with its traceback, for the server's log.
+``Trainer(config, files).run(cancel)`` yields ``Preparing`` (model build), ``Started``, then (linear mode)
+``Caching``, ``Preparing`` (first batch), then ``Step`` ... ``EpochEnd`` per epoch (a short run also validates
+at half an epoch: ``Evaluated``), and ends with exactly one of ``Finished``, ``Cancelled`` or ``Failed``.
+Nothing here prints: the UI, the CLI and the tests are all consumers of the events (events.py). A run logs its
+start and its end at INFO, and a failure at ERROR with its traceback, for the server's log.
 
 Modes:
 - ``linear``: frozen backbone; each image's pooled features are computed once, without augmentation,
   and the new head trains on that cache (seconds on a CPU instead of minutes);
 - ``finetune``: every layer trains; the backbone at ``lr * backbone_lr_factor``, the new head at ``lr``;
-- ``scratch``: random init, every layer at ``lr`` (the paper's SGD recipe by default).
+- ``scratch``: random init, every layer at ``lr``.
+The recipe (train_setup.py) fills in what the config leaves open; pacing.py turns epochs or a time budget
+into the lr at each step and says when the time is up.
 
-The best epoch (by validation accuracy) is saved atomically through ``weights.save_checkpoint`` to
+The best validation (by accuracy) is saved atomically through ``weights.save_checkpoint`` to
 ``weights/runs/<run-id>/`` and reloaded into ``trainer.model`` at the end.
 """
 
@@ -35,23 +38,12 @@ from torch.utils.data import DataLoader
 from . import events
 from . import weights as W
 from .data import DatasetError, DatasetReport, Item, LabeledFiles
-from .events import (
-    Caching,
-    Cancelled,
-    CancelToken,
-    EpochEnd,
-    Evaluated,
-    Event,
-    Failed,
-    Finished,
-    Preparing,
-    Started,
-    Step,
-)
+from .events import *  # noqa: F403  (re-exported: consumers import the events with the Trainer)
+from .events import CancelToken, Event
 from .images import Preprocessing
 from .model import DenseNet
-from .pacing import LRSchedule, RunClock, RunningMetrics, cudnn_autotune_pays, mid_epoch_step
-from .train_data import FeatureCache, Placement, drops_last, image_loader
+from .pacing import RunClock, cudnn_autotune_pays, pace
+from .train_data import Batch, FeatureCache, Placement, drops_last, image_loader, iterate_batches, note_failures
 from .train_eval import BestEpoch, ValidationResult, confusion_and_loss, oom_advice
 from .train_setup import MODES, TrainConfig, build_model, example_config, make_optimizer, pick_amp_dtype, pick_device
 
@@ -136,7 +128,6 @@ class Trainer:
         self._steps_done = 0
         self._epoch = 0
         self._best: BestEpoch | None = None  # set only once its checkpoint is on disk
-        self._last_validation: tuple[ValidationResult, bool] | None = None  # and whether it was the new best
         self._sharded = False  # distributed, each rank on its own share of the images (not the gathered cache)
 
     def run(self, cancel: CancelToken | None = None) -> Iterator[Event]:
@@ -150,19 +141,19 @@ class Trainer:
         except _Stop:
             end = self._cancelled()
         except torch.OutOfMemoryError:
-            end = self._failed(self._oom_advice())
+            end = self._failed(self._oom_advice)
         except (DatasetError, W.CheckpointError, ValueError) as e:
             end = self._failed(str(e))
         except Exception as e:
             memory = "can't allocate memory" in str(e) or "not enough memory" in str(e)  # the CPU allocator
-            end = self._failed(self._oom_advice() if memory else f"training failed: {type(e).__name__}: {e}")
+            end = self._failed(self._oom_advice if memory else f"training failed: {type(e).__name__}: {e}")
         finally:
             # Free what the run held, the CUDA cache included, so that the next run in this process can start.
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         # Distributed hook: name the rank that failed first, not the broken connection the others saw.
-        if isinstance(end, Failed) and self.data_parallel is not None:
+        if isinstance(end, events.Failed) and self.data_parallel is not None:
             end = self.data_parallel.explain_failure(end)
         if end is not None:
             yield end
@@ -171,7 +162,7 @@ class Trainer:
         cfg, device = self.config, self.device
         started = time.monotonic()
         torch.manual_seed(cfg.seed)
-        yield Preparing(f"building {cfg.model_name} ({cfg.weights} weights) on {device}")
+        yield events.Preparing(f"building {cfg.model_name} ({cfg.weights} weights) on {device}")
         model, self.preprocessing, self._weights_label = build_model(cfg, self.class_names)
         place = self._placement
         model.to(device, memory_format=torch.channels_last if place.channels_last else torch.preserve_format)
@@ -194,25 +185,21 @@ class Trainer:
         local_cancel = cancel if dp is None else CancelToken()
         trained = model.classifier if linear else model
         wrapped = dp.wrap(trained, device) if dp is not None else trained
-        batches_of = math.floor if drops_last(n_train, cfg.batch_size) and not cached else math.ceil
+        batches_of = math.floor if drops_last(n_train, cfg.batch_size, device) and not cached else math.ceil
         steps_per_epoch = batches_of(n_train / cfg.batch_size)
         total_steps = steps_per_epoch * cfg.epochs
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = cudnn_autotune_pays(total_steps, cfg.time_budget_s)
             torch.cuda.reset_peak_memory_stats(device)
         optimizer = make_optimizer(cfg, model)
-        schedule = LRSchedule(optimizer, cfg.schedule, cfg.warmup)
-        clock = RunClock(total_steps, budget_s=cfg.time_budget_s, launched=started, n_val=len(self.val_items))
-        # A read of the running loss waits for the GPU: at most twice a second there; every step costs nothing on a CPU.
-        metrics = RunningMetrics(device, interval_s=0.5 if device.type == "cuda" else 0.0)
-        mid_step = mid_epoch_step(cfg.epochs, steps_per_epoch, budget_s=cfg.time_budget_s)
+        schedule, clock, metrics, mid_step = pace(cfg, optimizer, device, steps_per_epoch, started, len(self.val_items))
         scaler = torch.amp.GradScaler(device.type, enabled=place.amp_dtype == torch.float16)
         amp_name = str(place.amp_dtype).removeprefix("torch.") if place.amp_dtype else None
         logger.info(
             "training run %s started: %s mode, %d train and %d val images, %d epochs on %s",
             *(self.run_id, cfg.mode, len(self.train_items), len(self.val_items), cfg.epochs, device),
         )
-        yield Started(
+        yield events.Started(
             run_id=self.run_id,
             classes=self.class_names,
             n_train=len(self.train_items),
@@ -252,12 +239,12 @@ class Trainer:
                 return trained(x.float())
             return trained(x)
 
-        yield Preparing("loading the first batch and taking the first step")
+        yield events.Preparing("loading the first batch and taking the first step")
         epochs_without_best, reported, out_of_time = 0, 0, False
         for epoch in range(1, cfg.epochs + 1):
             self._epoch = epoch
             model.train(not linear)  # linear: the frozen backbone keeps its BatchNorm statistics
-            epoch_start, validated_at = time.monotonic(), -1
+            epoch_start, validated_at = time.monotonic(), 0  # images at the epoch's last validation (0: its start)
             metrics.reset()
             batches = self._batches(train_source, shuffle_seed=cfg.seed + epoch)
             if dp is not None:  # distributed hook: a new shuffle of each share; every rank takes the same steps
@@ -285,7 +272,7 @@ class Trainer:
                 clock.step_done(len(y))
                 read = metrics.read() if metrics.due() or step == steps_per_epoch else metrics.last
                 now = time.monotonic()
-                yield Step(
+                yield events.Step(
                     epoch=epoch,
                     step=step,
                     steps=steps_per_epoch,
@@ -300,25 +287,22 @@ class Trainer:
                 if epoch == 1 and step == mid_step:  # a short run's first result, at half an epoch
                     val, improved = self._validate(val_source, forward, local_cancel, clock, epoch, metrics.read().acc)
                     validated_at = metrics.seen
-                    yield Evaluated(
+                    yield events.Evaluated(
                         *(round(step / steps_per_epoch, 3), val.loss, val.acc, self._best.val.acc, improved),
                         seconds=time.monotonic() - started,
                     )
                     model.train(not linear)
 
-            if out_of_time and metrics.seen == 0:  # the budget ran out right after an epoch's validation
+            if out_of_time and metrics.seen == validated_at:  # the budget ran out right after a validation
                 break
             so_far = metrics.read()
             seen, loss_sum, correct = so_far.seen, so_far.loss_sum, so_far.correct
             if self._sharded:  # distributed hook: the epoch's train loss and accuracy over every rank's share
                 seen, loss_sum, correct = dp.sum(seen, loss_sum, correct)
             train_acc = correct / max(seen, 1)
-            if validated_at == metrics.seen:
-                val, improved = self._last_validation
-            else:
-                val, improved = self._validate(val_source, forward, local_cancel, clock, epoch, train_acc)
+            val, improved = self._validate(val_source, forward, local_cancel, clock, epoch, train_acc)
             epochs_without_best = 0 if improved else epochs_without_best + 1
-            yield EpochEnd(
+            yield events.EpochEnd(
                 epoch=epoch,
                 epochs=cfg.epochs,
                 train_loss=loss_sum / max(seen, 1),
@@ -345,7 +329,7 @@ class Trainer:
             "training run %s finished: best val acc %.4f at epoch %d of %d, saved to %s",
             *(self.run_id, best.val.acc, best.epoch, self._epoch, self.out_dir),
         )
-        yield Finished(
+        yield events.Finished(
             best_val_acc=best.val.acc,
             best_epoch=best.epoch,
             checkpoint_dir=str(self.out_dir),
@@ -360,22 +344,9 @@ class Trainer:
 
     # -- data ------------------------------------------------------------------------------------
 
-    def _batches(
-        self, source: FeatureCache | DataLoader, *, shuffle_seed: int | None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(inputs, labels) of one pass: from the feature cache, shuffled by ``shuffle_seed`` (None: in order),
-        or decoded images minus the failures (a loader keeps its own order: shuffled for train, not for val)."""
-        if isinstance(source, FeatureCache):
-            yield from source.batches(self.config.batch_size, shuffle_seed)
-            return
-        for x, y, failed in source:
-            self._record_failures(failed)
-            if x is not None:
-                yield x, y
-
-    def _record_failures(self, failed: list[tuple[str, str]]) -> None:
-        known = {path for path, _ in self.skipped}
-        self.skipped += [(path, reason) for path, reason in failed if path not in known]
+    def _batches(self, source: FeatureCache | DataLoader, *, shuffle_seed: int | None) -> Iterator[Batch]:
+        """(inputs, labels) of one pass (``train_data.iterate_batches``), noting the images that failed to decode."""
+        return iterate_batches(source, self.config.batch_size, shuffle_seed, self.skipped)
 
     def _cache_features(
         self, items: list[Item], cancel: CancelToken, *, done: int
@@ -387,9 +358,9 @@ class Trainer:
         for x, y, failed in loader:
             if cancel.cancelled:
                 raise _Stop
-            self._record_failures(failed)
             done += len(failed) + cache.add(x, y)
-            yield Caching(done, total)
+            note_failures(self.skipped, failed)
+            yield events.Caching(done, total)
         self.backbone_images += cache.images
         return cache.build()
 
@@ -404,49 +375,28 @@ class Trainer:
         epoch: int,
         train_acc: float,
     ) -> tuple[ValidationResult, bool]:
-        """Validate, keep a new best on disk, and time it all (a time budget keeps that much in reserve)."""
-        began = time.monotonic()
-        val = self._evaluate(source, forward, cancel)
-        improved = val.beats(self._best)
-        if improved:
-            self._save_best(BestEpoch(epoch=epoch, train_acc=train_acc, val=val))
-        clock.validated(time.monotonic() - began)
-        self._last_validation = (val, improved)
-        return val, improved
-
-    def _evaluate(
-        self,
-        source: FeatureCache | DataLoader,
-        forward: Callable[[torch.Tensor], torch.Tensor],
-        cancel: CancelToken,
-    ) -> ValidationResult:
-        """Loss, accuracy, per-class accuracy and confusion matrix on the validation set."""
+        """Loss, accuracy, per-class accuracy and confusion matrix on the validation set; a new best is saved.
+        The whole is timed: a time budget keeps that much in reserve for the last one."""
 
         def check_cancel() -> None:
             if cancel.cancelled:
                 raise _Stop
 
+        began = time.monotonic()
         self.model.eval()
         batches = self._batches(source, shuffle_seed=None)
         confusion, loss_sum = confusion_and_loss(batches, forward, self._placement, len(self.class_names), check_cancel)
         if self._sharded:  # distributed hook: sums over every rank's share = the whole validation set
             confusion = self.data_parallel.sum_tensor(confusion)
             (loss_sum,) = self.data_parallel.sum(loss_sum)
-        return ValidationResult.from_counts(confusion, loss_sum, self.class_names)
-
-    def _save_best(self, best: BestEpoch) -> None:
-        """Save a new best epoch; only once it is on disk does it count as the best (a full disk keeps the old)."""
-        self._save(
-            {
-                "val_acc": best.val.acc,
-                "val_loss": best.val.loss,
-                "train_acc": best.train_acc,
-                "epoch": best.epoch,
-                "per_class_val_acc": best.val.per_class,
-                "confusion_matrix": best.val.confusion,
-            }
-        )
-        self._best = best
+        val = ValidationResult.from_counts(confusion, loss_sum, self.class_names)
+        improved = val.beats(self._best)
+        if improved:  # only once it is on disk does it count as the best (a full disk keeps the old one)
+            best = BestEpoch(epoch=epoch, train_acc=train_acc, val=val)
+            self._save(best.metrics())
+            self._best = best
+        clock.validated(time.monotonic() - began)
+        return val, improved
 
     def _save(self, metrics: dict[str, Any]) -> None:
         # Distributed hook: rank 0 writes the one checkpoint.
@@ -464,14 +414,11 @@ class Trainer:
             extra=extra,
         )
 
-    def _best_dir(self) -> str | None:
-        return str(self.out_dir) if self._best is not None else None
-
-    def _cancelled(self) -> Cancelled | Failed:
+    def _cancelled(self) -> events.Cancelled | events.Failed:
         """Keep the best epoch; before any epoch has ended, keep the weights trained so far."""
         best = self._best
         if best is not None:
-            cancelled = Cancelled(
+            cancelled = events.Cancelled(
                 checkpoint_dir=str(self.out_dir),
                 epoch=self._epoch,
                 best_val_acc=best.val.acc,
@@ -484,20 +431,22 @@ class Trainer:
             except W.CheckpointError as e:
                 return self._failed(f"stopped, but {e}")
             self.model.eval()
-            cancelled = Cancelled(checkpoint_dir=str(self.out_dir), epoch=self._epoch, best_val_acc=None)
+            cancelled = events.Cancelled(checkpoint_dir=str(self.out_dir), epoch=self._epoch, best_val_acc=None)
         else:
-            cancelled = Cancelled(checkpoint_dir=None, epoch=self._epoch, best_val_acc=None)
+            cancelled = events.Cancelled(checkpoint_dir=None, epoch=self._epoch, best_val_acc=None)
         logger.info("training run %s stopped in epoch %d; kept: %s", self.run_id, self._epoch, cancelled.checkpoint_dir)
         return cancelled
 
-    def _failed(self, message: str) -> Failed:
+    @property
+    def _oom_advice(self) -> str:
+        size = self.preprocessing.image_size if self.preprocessing else self.config.image_size
+        return oom_advice(self.config.batch_size, size, self.config.memory_efficient, self.device)
+
+    def _failed(self, message: str) -> events.Failed:
         """The run's end after an exception (called while handling it): logged at ERROR with its traceback."""
         self.model = None  # let the memory go (on a GPU, too): the best epoch, if any, is on disk
         detail = traceback.format_exc()
         logger.error("training run %s failed: %s\n%s", self.run_id, message, detail.rstrip())
-        return Failed(message=message, detail=detail, checkpoint_dir=self._best_dir())
-
-    def _oom_advice(self) -> str:
-        cfg = self.config
-        size = self.preprocessing.image_size if self.preprocessing else cfg.image_size
-        return oom_advice(cfg.batch_size, size, cfg.memory_efficient, self.device)
+        return events.Failed(
+            message=message, detail=detail, checkpoint_dir=str(self.out_dir) if self._best is not None else None
+        )

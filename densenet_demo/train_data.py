@@ -19,7 +19,9 @@ from .data import DatasetError, ImageFileDataset, Item, collate_skipping_failure
 from .images import Preprocessing
 from .train_setup import TrainConfig
 
-__all__ = ["FeatureCache", "Placement", "drops_last", "image_loader"]
+__all__ = ["Batch", "FeatureCache", "Placement", "iterate_batches", "drops_last", "image_loader", "note_failures"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs, labels)
 
 
 @dataclass(frozen=True)
@@ -99,10 +101,13 @@ class _FeatureCacheBuilder:
         return FeatureCache(torch.cat(self.features), torch.cat(self.labels))
 
 
-def drops_last(n_images: int, batch_size: int) -> bool:
-    """Whether training leaves out each epoch's odd-sized last batch: a new shape costs a GPU new kernels (and
-    cuDNN a new search), and a last batch of one image breaks BatchNorm; the shuffle leaves out others each epoch."""
-    return n_images > batch_size and n_images % batch_size != 0
+def drops_last(n_images: int, batch_size: int, device: torch.device) -> bool:
+    """Whether training leaves out each epoch's odd-sized last batch (the shuffle leaves out other images each
+    epoch): on a GPU, where a new batch shape costs new kernels (and cuDNN a new search), once the epoch has 8
+    batches or more, so that less than an eighth is left out; anywhere, a last batch of one image, which
+    BatchNorm cannot normalise."""
+    remainder = n_images % batch_size if n_images > batch_size else 0
+    return remainder == 1 or (remainder > 0 and device.type == "cuda" and n_images >= 8 * batch_size)
 
 
 def image_loader(
@@ -136,5 +141,25 @@ def image_loader(
         persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
         collate_fn=collate_skipping_failures,
-        drop_last=train and drops_last(share, config.batch_size),
+        drop_last=train and drops_last(share, config.batch_size, device),
     )
+
+
+def note_failures(skipped: list[tuple[str, str]], failed: list[tuple[str, str]]) -> None:
+    """Add the images that failed to decode to ``skipped`` (path, reason), each path once."""
+    known = {path for path, _ in skipped}
+    skipped += [(path, reason) for path, reason in failed if path not in known]
+
+
+def iterate_batches(
+    source: FeatureCache | DataLoader, batch_size: int, shuffle_seed: int | None, skipped: list[tuple[str, str]]
+) -> Iterator[Batch]:
+    """(inputs, labels) of one pass: from a feature cache, shuffled by ``shuffle_seed`` (None: in order), or
+    decoded images minus the failures, which go into ``skipped`` (a loader keeps its own order)."""
+    if isinstance(source, FeatureCache):
+        yield from source.batches(batch_size, shuffle_seed)
+        return
+    for x, y, failed in source:
+        note_failures(skipped, failed)
+        if x is not None:
+            yield x, y

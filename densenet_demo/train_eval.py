@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,17 @@ class BestEpoch:
     epoch: int
     train_acc: float
     val: ValidationResult
+
+    def metrics(self) -> dict[str, Any]:
+        """What the checkpoint records of it (``model.json``'s metrics)."""
+        return {
+            "val_acc": self.val.acc,
+            "val_loss": self.val.loss,
+            "train_acc": self.train_acc,
+            "epoch": self.epoch,
+            "per_class_val_acc": self.val.per_class,
+            "confusion_matrix": self.val.confusion,
+        }
 
 
 def confusion_and_loss(
