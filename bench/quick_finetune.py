@@ -16,9 +16,11 @@ files and the same train/val split (``LabeledFiles.split(0.2, seed=0)``, or the 
    under a time budget of ``--budget-fraction`` x the plain loop's epoch-1 time: the lr follows the clock and
    reaches 0 when the budget (less a reserve for the final validation) runs out. One recipe per entry of
    ``SWEEP``, each a change of one setting from ``BASE``.
-3. ``runs``: whole runs of ``--epochs`` epochs, validated after each: the Trainer with today's scratch
-   defaults (``trainer_default``), the Trainer with AdamW + cosine (``trainer_adamw_cosine``), the prototype
-   loop with ``BASE`` by epochs, and ``BASE`` under a budget of half the plain loop's whole run.
+3. ``runs``: whole runs through ``train_settings.config_from_settings`` (the path of ``train`` and the app):
+   ``defaults_epochs`` (``train DATA --model densenet121 --mode scratch --image-size N``: the quick recipe,
+   5 epochs, a validation at half of epoch 1 too), ``defaults_budget`` (the same with ``--time-budget`` of
+   ``--budget-fraction`` x the plain loop's epoch-1 time), ``paper_epochs`` (``--recipe paper``) and the
+   prototype loop with ``BASE`` by epochs (``base_epochs``).
 
 Every time is measured from the run's launch inside this process (before its model is built) to the end of
 the validation that gave the accuracy. Prints one JSON object; the cores may be shared, so compare ratios

@@ -312,7 +312,8 @@ def _train(args: argparse.Namespace, dp) -> int:
                 files, report = load_image_folder(args.data, extract_to=os.path.join(scratch, "data"))
             # The example trains with its own quick settings, unless a flag says otherwise.
             quick = example_config().to_dict() if args.data == "example" else {}
-            settings = {k: v for k, v in quick.items() if k in ("epochs", "lr", "optimizer", "schedule", "batch_size")}
+            own = ("epochs", "lr", "optimizer", "schedule", "batch_size", "augment", "label_smoothing")
+            settings = {k: v for k, v in quick.items() if k in own}
             settings |= training_settings(args)
             config = config_from_settings(args.model, **settings)
             trainer = Trainer(config, files, report=report, out_dir=args.out, data_parallel=dp)

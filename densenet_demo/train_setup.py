@@ -180,7 +180,9 @@ def example_config(**changes: Any) -> TrainConfig:
     epoch of the 640 training images in about 2.5 s on two CPU cores; one-cycle AdamW gets there in 15 epochs.
     """
     base = {"model": "densenet_fashion", "weights": "random", "mode": "scratch", "epochs": 15, "batch_size": 32}
-    return TrainConfig(**{**base, "lr": 3e-3, "optimizer": "adamw", "schedule": "onecycle", **changes})
+    # Crops and flips (the shapes and stripes keep their class in a mirror), no label smoothing: as measured.
+    recipe = {"lr": 3e-3, "optimizer": "adamw", "schedule": "onecycle", "augment": "flip", "label_smoothing": 0.0}
+    return TrainConfig(**{**base, **recipe, **changes})
 
 
 def pick_device(choice: str) -> torch.device:

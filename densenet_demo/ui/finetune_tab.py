@@ -124,7 +124,7 @@ def build_finetune_tab(models: list[tuple[str, str]], predict_model: gr.Dropdown
             with gr.Row():
                 memory_efficient = gr.Checkbox(value=False, label="Memory-efficient (recompute concatenations)")
                 amp = gr.Radio(["Auto", "Off"], value="Auto", label="Mixed precision (GPU only)")
-            extra, estimate_line, estimate = build_extra_settings(ex.mode)
+            extra, estimate_line, estimate = build_extra_settings(ex)
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
@@ -176,7 +176,8 @@ def build_finetune_tab(models: list[tuple[str, str]], predict_model: gr.Dropdown
     load.click(
         load_dataset, [source, zip_file, folder, relpaths, by_hand, state], [report, state], api_name="load_dataset"
     ).then(
-        suggest, [state, source, extra.recipe], [estimate_line, model, mode, size, extra.time_budget, *recipe_fields],
+        suggest, [state, source, extra.recipe],
+        [estimate_line, model, mode, size, extra.time_budget, extra.augment, *recipe_fields],
         api_visibility="private",
     )  # fmt: skip
     # Settings follow the mode (and the recipe) a person picks: the fields show the recipe's values for it.

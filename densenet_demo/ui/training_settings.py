@@ -34,10 +34,10 @@ class ExtraSettings(NamedTuple):
         return list(self)
 
 
-def build_extra_settings(mode: str) -> tuple[ExtraSettings, gr.Markdown, gr.Button]:
-    """The recipe, time budget and the rest (inside the settings column), showing the quick recipe's values for
-    ``mode``; returns them, the estimate line and its button."""
-    label_smoothing = train_setup.recipe_defaults(DEFAULTS["recipe"], mode)["label_smoothing"]
+def build_extra_settings(example: train_setup.TrainConfig) -> tuple[ExtraSettings, gr.Markdown, gr.Button]:
+    """The recipe, time budget and the rest (inside the settings column), showing the preselected example's
+    settings; returns them, the estimate line and its button."""
+    label_smoothing = example.resolved().label_smoothing
     recipe = gr.Radio(list(CHOICES["recipe"]), value=DEFAULTS["recipe"], label="Recipe", info=_RECIPE_INFO)
     time_budget = gr.Textbox(
         value="", label="Time budget (instead of epochs)", placeholder="e.g. 60s, 2m; empty: train for the epochs",
@@ -46,7 +46,7 @@ def build_extra_settings(mode: str) -> tuple[ExtraSettings, gr.Markdown, gr.Butt
     with gr.Accordion("More settings", open=False):
         with gr.Row():
             augment = gr.Radio(
-                list(CHOICES["augment"]), value=DEFAULTS["augment"], label="Augmentation", info=SETTING_HELP["augment"]
+                list(CHOICES["augment"]), value=example.augment, label="Augmentation", info=SETTING_HELP["augment"]
             )
             smoothing = gr.Number(value=label_smoothing, label="Label smoothing", minimum=0, maximum=0.5)
         with gr.Row():
@@ -102,14 +102,15 @@ def mode_values(mode: str, recipe: str) -> tuple[int, float, str, str, float]:
 
 
 def suggest(state: dict[str, Any] | None, source: str, recipe: str) -> tuple[Any, ...]:
-    """After a dataset is checked: a line of advice, and the model, mode, image size, time budget and the mode's
-    recipe values (epochs, lr, optimizer, schedule, label smoothing) that suit it. The example keeps its own."""
+    """After a dataset is checked: a line of advice, and the model, mode, image size, time budget, augmentation
+    (none: flips hurt digits and text) and the mode's recipe values (epochs, lr, optimizer, schedule, label
+    smoothing) that suit it. The example keeps its own settings."""
     dataset = (state or {}).get("dataset")
     if dataset is None or source == "Example dataset":
-        return ("",) + (gr.skip(),) * 9
+        return ("",) + (gr.skip(),) * 10
     s = train_advice.suggest_settings(dataset[0])
     line = f"Suggested for this data: {s.model}, {s.mode}, {s.image_size} px, time budget {s.time_budget} ({s.reason})."
-    return line, s.model, s.mode, s.image_size, s.time_budget, *mode_values(s.mode, recipe)
+    return line, s.model, s.mode, s.image_size, s.time_budget, DEFAULTS["augment"], *mode_values(s.mode, recipe)
 
 
 def estimate_text(state: dict[str, Any] | None, *settings: Any) -> str:
