@@ -16,9 +16,11 @@ files and the same train/val split (``LabeledFiles.split(0.2, seed=0)``, or the 
    under a time budget of ``--budget-fraction`` x the plain loop's epoch-1 time: the lr follows the clock and
    reaches 0 when the budget (less a reserve for the final validation) runs out. One recipe per entry of
    ``SWEEP``, each a change of one setting from ``BASE``.
-3. ``runs``: whole runs of ``--epochs`` epochs, validated after each: the Trainer with today's scratch
-   defaults (``trainer_default``), the Trainer with AdamW + cosine (``trainer_adamw_cosine``), the prototype
-   loop with ``BASE`` by epochs, and ``BASE`` under a budget of half the plain loop's whole run.
+3. ``runs``: whole runs through ``train_settings.config_from_settings`` (the path of ``train`` and the app):
+   ``defaults_epochs`` (``train DATA --model densenet121 --mode scratch --image-size N``: the quick recipe,
+   5 epochs, a validation at half of epoch 1 too), ``defaults_budget`` (the same with ``--time-budget`` of
+   ``--budget-fraction`` x the plain loop's epoch-1 time), ``paper_epochs`` (``--recipe paper``) and the
+   prototype loop with ``BASE`` by epochs (``base_epochs``).
 
 Every time is measured from the run's launch inside this process (before its model is built) to the end of
 the validation that gave the accuracy. Prints one JSON object; the cores may be shared, so compare ratios
@@ -48,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quick_datasets import DATASETS, write_dataset  # noqa: E402
 
-from densenet_demo import data, train, train_setup  # noqa: E402
+from densenet_demo import data, train, train_settings, train_setup  # noqa: E402
 from densenet_demo.images import Preprocessing  # noqa: E402
 
 # The prototype quick recipe; each SWEEP entry changes one setting of it.
@@ -74,7 +76,7 @@ SWEEP: dict[str, dict[str, Any]] = {
     "augment_flip": {"augment": "flip"},
     "sgd_0.1_step": {"optimizer": "sgd", "lr": 0.1, "warmup": 0.0, "schedule": "step", "label_smoothing": 0.0},
 }
-RUNS = ("trainer_default", "trainer_adamw_cosine", "base_epochs", "base_budget_half_plain")
+RUNS = ("defaults_epochs", "defaults_budget", "paper_epochs", "base_epochs")
 
 
 def _scratch_config(image_size: int, epochs: int, **fields: Any) -> train.TrainConfig:
@@ -217,19 +219,23 @@ def recipe_loop(
     return result
 
 
-def trainer_run(files: data.LabeledFiles, image_size: int, epochs: int, out_dir: Path, **fields: Any) -> dict:
-    """``train.Trainer`` with today's ``TrainConfig`` fields; the time of each epoch's end as its event arrives."""
+def trainer_run(files: data.LabeledFiles, image_size: int, out_dir: Path, **settings: Any) -> dict:
+    """The Trainer as ``train`` runs it: ``train_settings.config_from_settings`` (the CLI's and the app's path) with
+    ``settings`` over the defaults; the time of each validation (mid-epoch or epoch end) as its event arrives."""
     launched = time.monotonic()
-    config = _scratch_config(image_size, epochs, **fields)
+    config = train_settings.config_from_settings("densenet121", mode="scratch", image_size=image_size, **settings)
     history = []
     for event in train.Trainer(config, files, out_dir=out_dir).run():
-        if isinstance(event, train.EpochEnd):
+        if isinstance(event, (train.EpochEnd, train.Evaluated)):
             history.append(_epoch_record(event.epoch, launched, event.val_acc))
+        elif isinstance(event, train.Finished):
+            finished_s = round(time.monotonic() - launched, 2)
         elif isinstance(event, train.Failed):
             raise RuntimeError(f"trainer failed: {event.message}")
     resolved = config.resolved()
-    recipe = {k: getattr(resolved, k) for k in ("optimizer", "lr", "schedule", "batch_size", "augment")}
-    return {"recipe": recipe, "epochs": history, "best_acc": max(h["val_acc"] for h in history)}
+    keys = ("recipe", "optimizer", "lr", "schedule", "warmup", "label_smoothing", "batch_size", "augment", "epochs")
+    recipe = {k: getattr(resolved, k) for k in keys}
+    return {"recipe": recipe, "epochs": history, "best_acc": max(h["val_acc"] for h in history), "s": finished_s}
 
 
 def _score(run: dict, target_acc: float, target_s: float, plain_best: float) -> dict:
@@ -268,16 +274,16 @@ def bench_dataset(name: str, workdir: Path, args: argparse.Namespace) -> dict:
         result["sweep"][key] = _score(run, target_acc, target_s, plain["best_acc"])
         log(f"sweep {key}", run)
     for key in args.runs:
-        if key == "trainer_default":
-            run = trainer_run(files, image_size, args.epochs, workdir / f"{name}_{key}")
-        elif key == "trainer_adamw_cosine":
-            fields = {"optimizer": "adamw", "schedule": "cosine", "lr": 1e-3, "augment": False}
-            run = trainer_run(files, image_size, args.epochs, workdir / f"{name}_{key}", **fields)
-        elif key == "base_epochs":
-            run = recipe_loop(train_items, val_items, class_names, p, BASE, epochs=args.epochs)
+        out = workdir / f"{name}_{key}"
+        if key == "defaults_epochs":  # train DATA --model densenet121 --mode scratch --image-size N (5 epochs)
+            run = trainer_run(files, image_size, out)
+        elif key == "defaults_budget":  # the same with --time-budget of half the plain loop's epoch-1 time
+            run = trainer_run(files, image_size, out, time_budget=budget)
+            run["budget_s"] = round(budget, 2)
+        elif key == "paper_epochs":
+            run = trainer_run(files, image_size, out, recipe="paper", epochs=args.epochs)
         else:
-            whole = 0.5 * plain["epochs"][-1]["s"]
-            run = recipe_loop(train_items, val_items, class_names, p, BASE, budget_s=whole)
+            run = recipe_loop(train_items, val_items, class_names, p, BASE, epochs=args.epochs)
         result["runs"][key] = _score(run, target_acc, target_s, plain["best_acc"])
         log(key, run)
     return result
@@ -306,7 +312,7 @@ def _names(value: str, allowed: tuple[str, ...] | list[str]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="all", help=f"comma-separated from {', '.join(DATASETS)}, or all")
-    parser.add_argument("--sweep", default="all", help=f"all, none, or from {', '.join(SWEEP)}")
+    parser.add_argument("--sweep", default="none", help=f"all, none, or from {', '.join(SWEEP)}")
     parser.add_argument("--runs", default="all", help=f"all, none, or from {', '.join(RUNS)}")
     parser.add_argument("--epochs", type=int, default=5, help="epochs of the plain loop and of the whole runs")
     parser.add_argument("--budget-fraction", type=float, default=0.5, help="sweep budget / plain epoch-1 time")

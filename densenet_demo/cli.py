@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .units import mib, si
 
@@ -24,7 +25,33 @@ class UsageError(Exception):
     """Bad arguments or data: one line on stderr, exit code 2."""
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _add_training_settings(p: argparse.ArgumentParser) -> None:
+    """The training settings the Fine-tune tab has, under the same names (``train_settings``). A flag left out
+    takes the shared default, which ``train_settings.config_from_settings`` fills in, as the page's handler does."""
+    from .train_settings import CHOICES, DEFAULTS, SETTING_HELP
+
+    types = {"epochs": int, "lr": float, "label_smoothing": float, "batch_size": int, "early_stopping": int}
+    types |= {"val_fraction": float, "image_size": int, "seed": int, "time_budget": str}
+    for name, default in DEFAULTS.items():
+        flag, line = "--" + name.replace("_", "-"), SETTING_HELP[name].replace("%", "%%")
+        shown = "the recipe's" if default is None else default
+        text = line if "default:" in line else f"{line} (default: {shown})"
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=line)
+        elif name in CHOICES:
+            p.add_argument(flag, choices=CHOICES[name], default=argparse.SUPPRESS, help=text)
+        else:
+            p.add_argument(flag, type=types.get(name, str), default=argparse.SUPPRESS, help=text)
+
+
+def training_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The training settings given as flags, by name (for ``train_settings.config_from_settings``)."""
+    from .train_settings import DEFAULTS
+
+    return {name: getattr(args, name) for name in DEFAULTS if hasattr(args, name)}
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m densenet_demo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -51,14 +78,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune or train on a folder or zip of class subfolders")
     p.add_argument("data", help="folder or .zip of class subfolders (or train/ and val/), or 'example'")
     p.add_argument("--model", required=True, help="preset name or a fine-tuned checkpoint folder")
-    p.add_argument("--weights", default=None, help="imagenet | random | PATH")
-    p.add_argument("--mode", choices=("linear", "finetune", "scratch"), default="linear")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
+    _add_training_settings(p)
     p.add_argument("--out", default=None, help="folder for the run's checkpoint (default: weights/runs/<run-id>)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON event per line")
     p.add_argument(
         "--sync-bn", action="store_true", help="under torchrun on GPUs: BatchNorm statistics over all processes"
@@ -280,7 +301,8 @@ def _train(args: argparse.Namespace, dp) -> int:
 
     from .data import DatasetError, load_image_folder
     from .examples import example_dataset_folder
-    from .train import TrainConfig, Trainer, example_config
+    from .train import Trainer, example_config
+    from .train_settings import config_from_settings
 
     quiet = dp is not None and not dp.is_main
     with tempfile.TemporaryDirectory(prefix="densenet_demo_train_") as scratch:
@@ -291,12 +313,10 @@ def _train(args: argparse.Namespace, dp) -> int:
                 files, report = load_image_folder(args.data, extract_to=os.path.join(scratch, "data"))
             # The example trains with its own quick settings, unless a flag says otherwise.
             quick = example_config().to_dict() if args.data == "example" else {}
-            base = {k: v for k, v in quick.items() if k not in ("model", "weights", "mode")}
-            given = {
-                "epochs": args.epochs, "image_size": args.image_size, "batch_size": args.batch_size, "lr": args.lr
-            }  # fmt: skip
-            chosen = {"model": args.model, "weights": args.weights, "mode": args.mode, "seed": args.seed}
-            config = TrainConfig(**{**base, **{k: v for k, v in given.items() if v is not None}, **chosen})
+            own = ("epochs", "lr", "optimizer", "schedule", "batch_size", "augment", "label_smoothing")
+            settings = {k: v for k, v in quick.items() if k in own}
+            settings |= training_settings(args)
+            config = config_from_settings(args.model, **settings)
             trainer = Trainer(config, files, report=report, out_dir=args.out, data_parallel=dp)
         except (DatasetError, ValueError) as e:
             raise UsageError(str(e)) from None
@@ -343,6 +363,10 @@ def _print_training(trainer, *, as_json: bool, quiet: bool = False) -> int:
                     f"weights: {event.weights}; {event.n_train} train / {event.n_val} val images",
                     file=sys.stderr,
                 )
+            elif kind == "preparing":
+                print(f"{event.what}…", file=sys.stderr)
+            elif kind == "evaluated":
+                print(f"\nval acc {event.val_acc:.1%} after {event.epoch} of an epoch", file=sys.stderr)
             elif kind == "caching":
                 bar = bar or tqdm(total=event.total, desc="features (once)", unit="img", leave=False)
                 bar.n = event.done
@@ -373,7 +397,10 @@ def _print_training(trainer, *, as_json: bool, quiet: bool = False) -> int:
     if quiet:
         return code
     if isinstance(end, Finished) and not as_json:
-        print(f"best val acc {end.best_val_acc:.1%} (epoch {end.best_epoch}) in {end.seconds:.1f} s", file=sys.stderr)
+        why = ", the time budget ran out" if end.out_of_time else ""
+        print(
+            f"best val acc {end.best_val_acc:.1%} (epoch {end.best_epoch}) in {end.seconds:.1f} s{why}", file=sys.stderr
+        )
     elif isinstance(end, Failed):
         print(f"error: {end.message}", file=sys.stderr)
     elif not as_json:
@@ -408,7 +435,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _build_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     # The command line prints what the engine reports (notices, errors) itself; the engine's log records are
     # for servers, so here they must not reach the terminal a second time through logging's last resort.

@@ -13,9 +13,11 @@ from typing import Any, ClassVar
 __all__ = [
     "CancelToken",
     "Event",
+    "Preparing",
     "Started",
     "Caching",
     "Step",
+    "Evaluated",
     "EpochEnd",
     "Finished",
     "Cancelled",
@@ -47,6 +49,14 @@ class Event:
 
 
 @dataclass(frozen=True)
+class Preparing(Event):
+    """Something slow before the first step (building the model, loading weights, the first batch)."""
+
+    kind: ClassVar[str] = "preparing"
+    what: str  # for people: "building densenet121 (random weights)"
+
+
+@dataclass(frozen=True)
 class Started(Event):
     kind: ClassVar[str] = "started"
     run_id: str
@@ -64,6 +74,7 @@ class Started(Event):
     world_size: int = 1
     global_batch_size: int | None = None
     lr_scaling: str = "none: one process"
+    time_budget_s: float | None = None  # the run stops on time; ``epochs`` is then only an upper bound
 
 
 @dataclass(frozen=True)
@@ -81,12 +92,26 @@ class Step(Event):
     epoch: int  # 1-based
     step: int  # 1-based within the epoch
     steps: int  # steps per epoch
-    loss: float
-    acc: float
+    loss: float  # smoothed training loss, as last read from the device (every step on a CPU, ~2x/s on a GPU)
+    acc: float  # training accuracy over the epoch so far, read likewise
     lr: float  # the head's
     images_per_s: float  # over the epoch so far
     gpu_memory_mb: float | None  # peak CUDA memory allocated; None on the CPU
-    eta_s: float  # until the last epoch ends, at the pace so far
+    eta_s: float  # until the run ends: at the pace so far, or what is left of the time budget
+    progress: float = 0.0  # of the whole run, 0 -> 1 (steps, or the time budget)
+
+
+@dataclass(frozen=True)
+class Evaluated(Event):
+    """A validation inside an epoch (a short run's first result at half an epoch); epoch ends bring EpochEnd."""
+
+    kind: ClassVar[str] = "evaluated"
+    epoch: float  # epochs done, e.g. 0.5
+    val_loss: float
+    val_acc: float
+    best_val_acc: float
+    improved: bool  # the new best, saved
+    seconds: float  # since the run started
 
 
 @dataclass(frozen=True)
@@ -118,6 +143,7 @@ class Finished(Event):
     seconds: float
     skipped: list[tuple[str, str]]  # every image dropped during training (path, reason)
     per_class_val_acc: dict[str, float | None] = field(default_factory=dict)  # of the best epoch, like the matrix
+    out_of_time: bool = False  # the time budget ended the run
 
 
 @dataclass(frozen=True)

@@ -246,16 +246,24 @@ class Preprocessing:
         t = TF.pil_to_tensor(self.view(image)).float().div_(255.0)
         return TF.normalize(t, list(self.mean), list(self.std))
 
-    def train_transform(self, augment: bool = True):
-        """A torchvision transform for training: random resized crop + flip when ``augment``."""
+    def train_transform(self, augment: str | bool = "flip"):
+        """A torchvision transform for training: ``none``; ``light`` (random resized crops, 80-100% of the image);
+        ``flip`` (crops of 60-100% and horizontal flips, for photos whose mirror image is the same class)."""
         from torchvision.transforms import v2
 
-        if not augment:
+        augment = {True: "flip", False: "none"}.get(augment, augment)
+        if augment == "none":
             return self.to_tensor
+        if augment not in ("light", "flip"):
+            raise ValueError(f"augment must be none, light or flip, got {augment!r}")
+        flip = augment == "flip"
+        crop = v2.RandomResizedCrop(
+            self.image_size, scale=(0.6, 1.0) if flip else (0.8, 1.0), ratio=(3 / 4, 4 / 3) if flip else (0.9, 1.1)
+        )
         return v2.Compose(
             [
-                v2.RandomResizedCrop(self.image_size, scale=(0.6, 1.0), antialias=True),
-                v2.RandomHorizontalFlip(),
+                crop,
+                *([v2.RandomHorizontalFlip()] if flip else []),
                 v2.PILToTensor(),
                 v2.ToDtype(torch.float32, scale=True),
                 v2.Normalize(list(self.mean), list(self.std)),

@@ -46,26 +46,38 @@ def text_colour_on(rgba: Sequence[float]) -> str:
     return "white" if 0.2126 * r + 0.7152 * g + 0.0722 * b < _DARK_CELL else "black"
 
 
-def curves_figure(series: dict[str, list[tuple[int, float]]], *, title: str, epochs: int, percent: bool) -> Figure:
-    """Per-epoch curves, one marked line per series (``{"train loss": [(epoch, value), ...]}``).
+def curves_figure(
+    series: dict[str, list[tuple[int, float]]],
+    *,
+    title: str,
+    epochs: int,
+    percent: bool,
+    live: dict[str, list[tuple[float, float]]] | None = None,
+) -> Figure:
+    """Per-epoch curves, one marked line per series (``{"train loss": [(epoch, value), ...]}``), and ``live``
+    series at fractional epochs (a smoothed per-step loss, mid-epoch validations) as thin lines.
 
     Every epoch is a marker, so one epoch is a visible point; the x axis spans the run's planned epochs in
     whole numbers (a single point no longer makes an axis of ``1.000000``).
     """
     fig = Figure(figsize=(5, 3.2), layout="constrained")
     ax = fig.subplots()
+    for name, points in (live or {}).items():
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="." if len(points) < 20 else None, linewidth=1, alpha=0.7, label=name)
     for name, points in series.items():
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o", markersize=5, label=name)
-    ax.set_xlim(0.5, max(epochs, 1) + 0.5)
+    ax.set_xlim(0.0 if live else 0.5, max(epochs, 1) + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if percent:
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     ax.set_xlabel("epoch")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    if any(series.values()):
+    if any(series.values()) or any((live or {}).values()):
         ax.legend(loc="best", fontsize=9)
     return fig
 

@@ -1,17 +1,20 @@
 """Trainer: fine-tune or train a DenseNet on labelled image files, reporting through events.
 
-``Trainer(config, files).run(cancel)`` yields ``Started``, then (linear mode) ``Caching``, then
-``Step`` ... ``EpochEnd`` per epoch, and ends with exactly one of ``Finished``, ``Cancelled`` or
-``Failed``. Nothing here prints: the UI, the CLI and the tests are all consumers of the events (events.py).
-A run logs its start and its end at INFO, and a failure at ERROR with its traceback, for the server's log.
+``Trainer(config, files).run(cancel)`` yields ``Preparing`` (model build), ``Started``, then (linear mode)
+``Caching``, ``Preparing`` (first batch), then ``Step`` ... ``EpochEnd`` per epoch (a short run also validates
+at half an epoch: ``Evaluated``), and ends with exactly one of ``Finished``, ``Cancelled`` or ``Failed``.
+Nothing here prints: the UI, the CLI and the tests are all consumers of the events (events.py). A run logs its
+start and its end at INFO, and a failure at ERROR with its traceback, for the server's log.
 
 Modes:
 - ``linear``: frozen backbone; each image's pooled features are computed once, without augmentation,
   and the new head trains on that cache (seconds on a CPU instead of minutes);
 - ``finetune``: every layer trains; the backbone at ``lr * backbone_lr_factor``, the new head at ``lr``;
-- ``scratch``: random init, every layer at ``lr`` (the paper's SGD recipe by default).
+- ``scratch``: random init, every layer at ``lr``.
+The recipe (train_setup.py) fills in what the config leaves open; pacing.py turns epochs or a time budget
+into the lr at each step and says when the time is up.
 
-The best epoch (by validation accuracy) is saved atomically through ``weights.save_checkpoint`` to
+The best validation (by accuracy) is saved atomically through ``weights.save_checkpoint`` to
 ``weights/runs/<run-id>/`` and reloaded into ``trainer.model`` at the end.
 """
 
@@ -24,7 +27,6 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,21 +38,15 @@ from torch.utils.data import DataLoader
 from . import events
 from . import weights as W
 from .data import DatasetError, DatasetReport, Item, LabeledFiles
-from .events import Caching, Cancelled, CancelToken, EpochEnd, Event, Failed, Finished, Started, Step
+from .events import *  # noqa: F403  (re-exported: consumers import the events with the Trainer)
+from .events import CancelToken, Event
 from .images import Preprocessing
 from .model import DenseNet
+from .pacing import RunClock, cudnn_autotune_pays, pace
 from .train_cancel import stop_inside_steps
-from .train_data import FeatureCache, Placement, image_loader
-from .train_setup import (
-    MODES,
-    TrainConfig,
-    build_model,
-    example_config,
-    make_optimizer,
-    make_scheduler,
-    pick_amp_dtype,
-    pick_device,
-)
+from .train_data import Batch, FeatureCache, Placement, drops_last, image_loader, iterate_batches, note_failures
+from .train_eval import BestEpoch, ValidationResult, confusion_and_loss, oom_advice
+from .train_setup import MODES, TrainConfig, build_model, example_config, make_optimizer, pick_amp_dtype, pick_device
 
 # The events (events.py) are re-exported: consumers import them with the Trainer.
 __all__ = ["MODES", "TrainConfig", "Trainer", "example_config", *events.__all__]
@@ -63,29 +59,6 @@ logger = logging.getLogger(__name__)
 
 class _Stop(Exception):
     """Raised at a step boundary when the cancel token is set; becomes a ``Cancelled`` event."""
-
-
-@dataclass(frozen=True)
-class _Validation:
-    """One pass over the validation set."""
-
-    loss: float
-    acc: float
-    per_class: dict[str, float | None]  # None for a class with no val image
-    confusion: list[list[int]]  # rows: true class, columns: predicted
-
-    def beats(self, best: _BestEpoch | None) -> bool:
-        """Higher accuracy wins; at equal accuracy, lower loss."""
-        return best is None or (self.acc, -self.loss) > (best.val.acc, -best.val.loss)
-
-
-@dataclass(frozen=True)
-class _BestEpoch:
-    """The epoch whose weights are the checkpoint on disk."""
-
-    epoch: int
-    train_acc: float
-    val: _Validation
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,6 +107,8 @@ class Trainer:
         self.data_parallel = data_parallel
         if data_parallel is not None:
             self.device = data_parallel.device_for(self.device)
+            if self.config.time_budget_s is not None:  # each rank's clock would stop it at another step
+                raise ValueError("a time budget is not supported under torchrun yet; give --epochs instead")
             if len(self.val_items) < data_parallel.world_size:
                 raise DatasetError(
                     f"{len(self.val_items)} validation images for {data_parallel.world_size} processes: "
@@ -153,7 +128,7 @@ class Trainer:
         self._weights_label = ""
         self._steps_done = 0
         self._epoch = 0
-        self._best: _BestEpoch | None = None  # set only once its checkpoint is on disk
+        self._best: BestEpoch | None = None  # set only once its checkpoint is on disk
         self._sharded = False  # distributed, each rank on its own share of the images (not the gathered cache)
         self._cancel_hooks: list[Any] = []  # Stop acts inside a step too (train_cancel.py); removed at the end
 
@@ -168,12 +143,12 @@ class Trainer:
         except _Stop:
             end = self._cancelled()
         except torch.OutOfMemoryError:
-            end = self._failed(self._oom_advice())
+            end = self._failed(self._oom_advice)
         except (DatasetError, W.CheckpointError, ValueError) as e:
             end = self._failed(str(e))
         except Exception as e:
             memory = "can't allocate memory" in str(e) or "not enough memory" in str(e)  # the CPU allocator
-            end = self._failed(self._oom_advice() if memory else f"training failed: {type(e).__name__}: {e}")
+            end = self._failed(self._oom_advice if memory else f"training failed: {type(e).__name__}: {e}")
         finally:
             for hook in self._cancel_hooks:
                 hook.remove()
@@ -182,7 +157,7 @@ class Trainer:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
         # Distributed hook: name the rank that failed first, not the broken connection the others saw.
-        if isinstance(end, Failed) and self.data_parallel is not None:
+        if isinstance(end, events.Failed) and self.data_parallel is not None:
             end = self.data_parallel.explain_failure(end)
         if end is not None:
             yield end
@@ -191,13 +166,11 @@ class Trainer:
         cfg, device = self.config, self.device
         started = time.monotonic()
         torch.manual_seed(cfg.seed)
+        yield events.Preparing(f"building {cfg.model_name} ({cfg.weights} weights) on {device}")
         model, self.preprocessing, self._weights_label = build_model(cfg, self.class_names)
         place = self._placement
         model.to(device, memory_format=torch.channels_last if place.channels_last else torch.preserve_format)
         self.model = model
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
-            torch.cuda.reset_peak_memory_stats(device)
 
         linear = cfg.mode == "linear"
         cached = linear and cfg.cache_features
@@ -218,16 +191,21 @@ class Trainer:
             self._cancel_hooks = stop_inside_steps(model, cancel, _Stop)
         trained = model.classifier if linear else model
         wrapped = dp.wrap(trained, device) if dp is not None else trained
-        steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+        batches_of = math.floor if drops_last(n_train, cfg.batch_size, device) and not cached else math.ceil
+        steps_per_epoch = batches_of(n_train / cfg.batch_size)
+        total_steps = steps_per_epoch * cfg.epochs
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = cudnn_autotune_pays(total_steps, cfg.time_budget_s)
+            torch.cuda.reset_peak_memory_stats(device)
         optimizer = make_optimizer(cfg, model)
-        scheduler = make_scheduler(cfg, optimizer, steps_per_epoch)
+        schedule, clock, metrics, mid_step = pace(cfg, optimizer, device, steps_per_epoch, started, len(self.val_items))
         scaler = torch.amp.GradScaler(device.type, enabled=place.amp_dtype == torch.float16)
         amp_name = str(place.amp_dtype).removeprefix("torch.") if place.amp_dtype else None
         logger.info(
             "training run %s started: %s mode, %d train and %d val images, %d epochs on %s",
             *(self.run_id, cfg.mode, len(self.train_items), len(self.val_items), cfg.epochs, device),
         )
-        yield Started(
+        yield events.Started(
             run_id=self.run_id,
             classes=self.class_names,
             n_train=len(self.train_items),
@@ -242,6 +220,7 @@ class Trainer:
             world_size=dp.world_size if dp is not None else 1,
             global_batch_size=global_batch,
             lr_scaling=lr_rule,
+            time_budget_s=cfg.time_budget_s,
         )
 
         if cached and dp is not None:  # distributed hook: each rank runs the backbone on its share; gather
@@ -266,12 +245,13 @@ class Trainer:
                 return trained(x.float())
             return trained(x)
 
-        total_steps = steps_per_epoch * cfg.epochs
-        loop_start, epochs_without_best, reported = time.monotonic(), 0, 0
+        yield events.Preparing("loading the first batch and taking the first step")
+        epochs_without_best, reported, out_of_time = 0, 0, False
         for epoch in range(1, cfg.epochs + 1):
             self._epoch = epoch
             model.train(not linear)  # linear: the frozen backbone keeps its BatchNorm statistics
-            epoch_start, seen, loss_sum, correct = time.monotonic(), 0, 0.0, 0
+            epoch_start, validated_at = time.monotonic(), 0  # images at the epoch's last validation (0: its start)
+            metrics.reset()
             batches = self._batches(train_source, shuffle_seed=cfg.seed + epoch)
             if dp is not None:  # distributed hook: a new shuffle of each share; every rank takes the same steps
                 dp.set_epoch(train_source, epoch)
@@ -279,41 +259,56 @@ class Trainer:
             for step, (x, y) in enumerate(batches, start=1):
                 if cancel.cancelled:
                     raise _Stop
+                if clock.out_of_time(self._steps_done):
+                    out_of_time = True
+                    break
+                clock.started_training()
+                schedule.apply(clock.progress(self._steps_done))
                 x, y = place.to_device(x, y)
                 with place.autocast():
                     logits = forward(x, wrapped)
-                    loss = F.cross_entropy(logits.float(), y)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
                 scaler.update()
-                scheduler.step()
 
                 self._steps_done += 1
-                n, batch_loss, batch_correct = len(y), loss.item(), int((logits.argmax(1) == y).sum())
-                seen, loss_sum, correct = seen + n, loss_sum + batch_loss * n, correct + batch_correct
+                metrics.add(loss, logits, y)
+                clock.step_done(len(y))
+                read = metrics.read() if metrics.due() or step == steps_per_epoch else metrics.last
                 now = time.monotonic()
-                yield Step(
+                yield events.Step(
                     epoch=epoch,
                     step=step,
                     steps=steps_per_epoch,
-                    loss=batch_loss,
-                    acc=batch_correct / n,
+                    loss=read.loss,
+                    acc=read.acc,
                     lr=optimizer.param_groups[-1]["lr"],
-                    images_per_s=seen * ranks / max(now - epoch_start, 1e-9),
+                    images_per_s=metrics.seen * ranks / max(now - epoch_start, 1e-9),
                     gpu_memory_mb=place.peak_memory_mb(),
-                    eta_s=(now - loop_start) / self._steps_done * max(total_steps - self._steps_done, 0),
+                    eta_s=clock.eta_s(self._steps_done),
+                    progress=min(1.0, clock.progress(self._steps_done)),
                 )
+                if epoch == 1 and step == mid_step:  # a short run's first result, at half an epoch
+                    val, improved = self._validate(val_source, forward, local_cancel, clock, epoch, metrics.read().acc)
+                    validated_at = metrics.seen
+                    yield events.Evaluated(
+                        *(round(step / steps_per_epoch, 3), val.loss, val.acc, self._best.val.acc, improved),
+                        seconds=time.monotonic() - started,
+                    )
+                    model.train(not linear)
 
+            if out_of_time and metrics.seen == validated_at:  # the budget ran out right after a validation
+                break
+            so_far = metrics.read()
+            seen, loss_sum, correct = so_far.seen, so_far.loss_sum, so_far.correct
             if self._sharded:  # distributed hook: the epoch's train loss and accuracy over every rank's share
                 seen, loss_sum, correct = dp.sum(seen, loss_sum, correct)
-            val = self._evaluate(val_source, forward, local_cancel)
             train_acc = correct / max(seen, 1)
-            improved = val.beats(self._best)
-            if improved:
-                self._save_best(_BestEpoch(epoch=epoch, train_acc=train_acc, val=val))
+            val, improved = self._validate(val_source, forward, local_cancel, clock, epoch, train_acc)
             epochs_without_best = 0 if improved else epochs_without_best + 1
-            yield EpochEnd(
+            yield events.EpochEnd(
                 epoch=epoch,
                 epochs=cfg.epochs,
                 train_loss=loss_sum / max(seen, 1),
@@ -327,7 +322,7 @@ class Trainer:
                 skipped=self.skipped[reported:],  # the first epoch also reports what feature caching found
             )
             reported = len(self.skipped)
-            if cfg.early_stopping_patience and epochs_without_best >= cfg.early_stopping_patience:
+            if out_of_time or (cfg.early_stopping_patience and epochs_without_best >= cfg.early_stopping_patience):
                 break
 
         # Leave the best epoch's weights in memory, so that trainer.model predicts what the checkpoint predicts.
@@ -340,112 +335,75 @@ class Trainer:
             "training run %s finished: best val acc %.4f at epoch %d of %d, saved to %s",
             *(self.run_id, best.val.acc, best.epoch, self._epoch, self.out_dir),
         )
-        yield Finished(
+        yield events.Finished(
             best_val_acc=best.val.acc,
             best_epoch=best.epoch,
             checkpoint_dir=str(self.out_dir),
             confusion_matrix=best.val.confusion,
             class_names=self.class_names,
             epochs_run=self._epoch,
-            stopped_early=self._epoch < cfg.epochs,
+            stopped_early=self._epoch < cfg.epochs and not out_of_time,
             seconds=time.monotonic() - started,
             skipped=list(self.skipped),
             per_class_val_acc=best.val.per_class,
+            out_of_time=out_of_time,
         )
 
     # -- data ------------------------------------------------------------------------------------
 
-    def _batches(
-        self, source: FeatureCache | DataLoader, *, shuffle_seed: int | None
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(inputs, labels) of one pass: from the feature cache, shuffled by ``shuffle_seed`` (None: in order),
-        or decoded images minus the failures (a loader keeps its own order: shuffled for train, not for val)."""
-        if isinstance(source, FeatureCache):
-            yield from source.batches(self.config.batch_size, shuffle_seed)
-            return
-        for x, y, failed in source:
-            self._record_failures(failed)
-            if x is not None:
-                yield x, y
-
-    def _record_failures(self, failed: list[tuple[str, str]]) -> None:
-        known = {path for path, _ in self.skipped}
-        self.skipped += [(path, reason) for path, reason in failed if path not in known]
+    def _batches(self, source: FeatureCache | DataLoader, *, shuffle_seed: int | None) -> Iterator[Batch]:
+        """(inputs, labels) of one pass (``train_data.iterate_batches``), noting the images that failed to decode."""
+        return iterate_batches(source, self.config.batch_size, shuffle_seed, self.skipped)
 
     def _cache_features(
         self, items: list[Item], cancel: CancelToken, *, done: int
     ) -> Generator[Event, None, FeatureCache]:
         """Pooled backbone features of every image, computed once, in eval mode and without augmentation."""
-        model, total = self.model, len(self.train_items) + len(self.val_items)
-        model.eval()
-        features, labels = [], []
-        for x, y, failed in image_loader(items, self.preprocessing, self.config, self.device, train=False):
+        total = len(self.train_items) + len(self.val_items)
+        loader = image_loader(items, self.preprocessing, self.config, self.device, train=False)
+        cache = FeatureCache.builder(self.model, self._placement)
+        for x, y, failed in loader:
             if cancel.cancelled:
                 raise _Stop
-            self._record_failures(failed)
-            done += len(failed)
-            if x is not None:
-                x, y = self._placement.to_device(x, y)
-                with torch.inference_mode(), self._placement.autocast():
-                    features.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
-                labels.append(y)
-                self.backbone_images += len(y)
-                done += len(y)
-            yield Caching(done, total)
-        if not features:
-            raise DatasetError("none of the images could be decoded; see the skipped files")
-        # Outside inference mode, cat makes ordinary tensors, which autograd may save for the head's backward.
-        return FeatureCache(torch.cat(features), torch.cat(labels))
+            done += len(failed) + cache.add(x, y)
+            note_failures(self.skipped, failed)
+            yield events.Caching(done, total)
+        self.backbone_images += cache.images
+        return cache.build()
 
     # -- evaluation and checkpoints --------------------------------------------------------------
 
-    def _evaluate(
+    def _validate(
         self,
         source: FeatureCache | DataLoader,
         forward: Callable[[torch.Tensor], torch.Tensor],
         cancel: CancelToken,
-    ) -> _Validation:
-        """Loss, accuracy, per-class accuracy and confusion matrix on the validation set."""
-        n = len(self.class_names)
-        confusion = torch.zeros(n, n, dtype=torch.long)
-        loss_sum = 0.0
+        clock: RunClock,
+        epoch: int,
+        train_acc: float,
+    ) -> tuple[ValidationResult, bool]:
+        """Loss, accuracy, per-class accuracy and confusion matrix on the validation set; a new best is saved.
+        The whole is timed: a time budget keeps that much in reserve for the last one."""
+
+        def check_cancel() -> None:
+            if cancel.cancelled:
+                raise _Stop
+
+        began = time.monotonic()
         self.model.eval()
-        with torch.inference_mode():
-            for x, y in self._batches(source, shuffle_seed=None):
-                if cancel.cancelled:
-                    raise _Stop
-                x, y = self._placement.to_device(x, y)
-                with self._placement.autocast():
-                    logits = forward(x).float()
-                loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-                confusion += torch.bincount(y.cpu() * n + logits.argmax(1).cpu(), minlength=n * n).view(n, n)
+        batches = self._batches(source, shuffle_seed=None)
+        confusion, loss_sum = confusion_and_loss(batches, forward, self._placement, len(self.class_names), check_cancel)
         if self._sharded:  # distributed hook: sums over every rank's share = the whole validation set
             confusion = self.data_parallel.sum_tensor(confusion)
             (loss_sum,) = self.data_parallel.sum(loss_sum)
-        total, per_class_total = int(confusion.sum()), confusion.sum(1)
-        return _Validation(
-            loss=loss_sum / max(total, 1),
-            acc=float(confusion.diag().sum()) / max(total, 1),
-            per_class={
-                name: float(confusion[i, i] / per_class_total[i]) if per_class_total[i] else None
-                for i, name in enumerate(self.class_names)
-            },
-            confusion=confusion.tolist(),
-        )
-
-    def _save_best(self, best: _BestEpoch) -> None:
-        """Save a new best epoch; only once it is on disk does it count as the best (a full disk keeps the old)."""
-        self._save(
-            {
-                "val_acc": best.val.acc,
-                "val_loss": best.val.loss,
-                "train_acc": best.train_acc,
-                "epoch": best.epoch,
-                "per_class_val_acc": best.val.per_class,
-                "confusion_matrix": best.val.confusion,
-            }
-        )
-        self._best = best
+        val = ValidationResult.from_counts(confusion, loss_sum, self.class_names)
+        improved = val.beats(self._best)
+        if improved:  # only once it is on disk does it count as the best (a full disk keeps the old one)
+            best = BestEpoch(epoch=epoch, train_acc=train_acc, val=val)
+            self._save(best.metrics())
+            self._best = best
+        clock.validated(time.monotonic() - began)
+        return val, improved
 
     def _save(self, metrics: dict[str, Any]) -> None:
         # Distributed hook: rank 0 writes the one checkpoint.
@@ -463,14 +421,11 @@ class Trainer:
             extra=extra,
         )
 
-    def _best_dir(self) -> str | None:
-        return str(self.out_dir) if self._best is not None else None
-
-    def _cancelled(self) -> Cancelled | Failed:
+    def _cancelled(self) -> events.Cancelled | events.Failed:
         """Keep the best epoch; before any epoch has ended, keep the weights trained so far."""
         best = self._best
         if best is not None:
-            cancelled = Cancelled(
+            cancelled = events.Cancelled(
                 checkpoint_dir=str(self.out_dir),
                 epoch=self._epoch,
                 best_val_acc=best.val.acc,
@@ -484,24 +439,22 @@ class Trainer:
             except W.CheckpointError as e:
                 return self._failed(f"stopped, but {e}")
             self.model.eval()
-            cancelled = Cancelled(checkpoint_dir=str(self.out_dir), epoch=self._epoch, best_val_acc=None)
+            cancelled = events.Cancelled(checkpoint_dir=str(self.out_dir), epoch=self._epoch, best_val_acc=None)
         else:
-            cancelled = Cancelled(checkpoint_dir=None, epoch=self._epoch, best_val_acc=None)
+            cancelled = events.Cancelled(checkpoint_dir=None, epoch=self._epoch, best_val_acc=None)
         logger.info("training run %s stopped in epoch %d; kept: %s", self.run_id, self._epoch, cancelled.checkpoint_dir)
         return cancelled
 
-    def _failed(self, message: str) -> Failed:
+    @property
+    def _oom_advice(self) -> str:
+        size = self.preprocessing.image_size if self.preprocessing else self.config.image_size
+        return oom_advice(self.config.batch_size, size, self.config.memory_efficient, self.device)
+
+    def _failed(self, message: str) -> events.Failed:
         """The run's end after an exception (called while handling it): logged at ERROR with its traceback."""
         self.model = None  # let the memory go (on a GPU, too): the best epoch, if any, is on disk
         detail = traceback.format_exc()
         logger.error("training run %s failed: %s\n%s", self.run_id, message, detail.rstrip())
-        return Failed(message=message, detail=detail, checkpoint_dir=self._best_dir())
-
-    def _oom_advice(self) -> str:
-        cfg = self.config
-        size = self.preprocessing.image_size if self.preprocessing else cfg.image_size
-        tips = [f"a smaller batch size (now {cfg.batch_size})", f"a smaller image size (now {size})"]
-        if not cfg.memory_efficient:
-            tips.append("memory-efficient on (recomputes the concatenations in backward)")
-        where = "the GPU" if self.device.type == "cuda" else "this machine"
-        return f"out of memory on {where}; try " + ", ".join(tips[:-1]) + f" or {tips[-1]}"
+        return events.Failed(
+            message=message, detail=detail, checkpoint_dir=str(self.out_dir) if self._best is not None else None
+        )

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .data import ImageFileDataset, Item, collate_skipping_failures
+from .data import DatasetError, ImageFileDataset, Item, collate_skipping_failures
 from .images import Preprocessing
 from .train_setup import TrainConfig
 
-__all__ = ["FeatureCache", "Placement", "image_loader"]
+__all__ = ["Batch", "FeatureCache", "Placement", "iterate_batches", "drops_last", "image_loader", "note_failures"]
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs, labels)
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,11 @@ class FeatureCache:
     features: torch.Tensor
     labels: torch.Tensor
 
+    @staticmethod
+    def builder(model: torch.nn.Module, placement: Placement) -> _FeatureCacheBuilder:
+        """Collects ``model``'s pooled features (eval mode, no gradients) batch by batch: ``add(x, y)``, ``build()``."""
+        return _FeatureCacheBuilder(model, placement)
+
     def batches(self, batch_size: int, shuffle_seed: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(features, labels) in batches: in a random order drawn from ``shuffle_seed``, or as stored for None."""
         n = len(self.labels)
@@ -65,6 +72,42 @@ class FeatureCache:
         for i in range(0, n, batch_size):
             index = order[i : i + batch_size].to(self.labels.device)
             yield self.features[index], self.labels[index]
+
+
+class _FeatureCacheBuilder:
+    """Collects a frozen model's pooled features batch by batch (``FeatureCache.builder``)."""
+
+    def __init__(self, model: torch.nn.Module, placement: Placement) -> None:
+        self.model, self.placement = model.eval(), placement
+        self.features: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.images = 0
+
+    def add(self, x: torch.Tensor | None, y: torch.Tensor | None) -> int:
+        """Features of one batch (None: every image of it failed to decode); returns the images added."""
+        if x is None:
+            return 0
+        x, y = self.placement.to_device(x, y)
+        with torch.inference_mode(), self.placement.autocast():
+            self.features.append(self.model.forward_head(self.model.forward_features(x), pre_logits=True).float())
+        self.labels.append(y)
+        self.images += len(y)
+        return len(y)
+
+    def build(self) -> FeatureCache:
+        if not self.features:
+            raise DatasetError("none of the images could be decoded; see the skipped files")
+        # Outside inference mode, cat makes ordinary tensors, which autograd may save for the head's backward.
+        return FeatureCache(torch.cat(self.features), torch.cat(self.labels))
+
+
+def drops_last(n_images: int, batch_size: int, device: torch.device) -> bool:
+    """Whether training leaves out each epoch's odd-sized last batch (the shuffle leaves out other images each
+    epoch): on a GPU, where a new batch shape costs new kernels (and cuDNN a new search), once the epoch has 8
+    batches or more, so that less than an eighth is left out; anywhere, a last batch of one image, which
+    BatchNorm cannot normalise."""
+    remainder = n_images % batch_size if n_images > batch_size else 0
+    return remainder == 1 or (remainder > 0 and device.type == "cuda" and n_images >= 8 * batch_size)
 
 
 def image_loader(
@@ -87,6 +130,7 @@ def image_loader(
     if workers is None:  # decoding in the main process on a CPU: its cores are busy training already
         workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
     chosen = sampler(dataset, shuffle=train, seed=config.seed) if sampler is not None else None
+    share = len(chosen) if chosen is not None and hasattr(chosen, "__len__") else len(dataset)
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -97,4 +141,25 @@ def image_loader(
         persistent_workers=workers > 0,
         pin_memory=device.type == "cuda",
         collate_fn=collate_skipping_failures,
+        drop_last=train and drops_last(share, config.batch_size, device),
     )
+
+
+def note_failures(skipped: list[tuple[str, str]], failed: list[tuple[str, str]]) -> None:
+    """Add the images that failed to decode to ``skipped`` (path, reason), each path once."""
+    known = {path for path, _ in skipped}
+    skipped += [(path, reason) for path, reason in failed if path not in known]
+
+
+def iterate_batches(
+    source: FeatureCache | DataLoader, batch_size: int, shuffle_seed: int | None, skipped: list[tuple[str, str]]
+) -> Iterator[Batch]:
+    """(inputs, labels) of one pass: from a feature cache, shuffled by ``shuffle_seed`` (None: in order), or
+    decoded images minus the failures, which go into ``skipped`` (a loader keeps its own order)."""
+    if isinstance(source, FeatureCache):
+        yield from source.batches(batch_size, shuffle_seed)
+        return
+    for x, y, failed in source:
+        note_failures(skipped, failed)
+        if x is not None:
+            yield x, y

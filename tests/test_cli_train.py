@@ -36,7 +36,7 @@ def test_json_prints_one_event_per_line_and_the_checkpoint_path_last(folder, tin
     *lines, last = capsys.readouterr().out.strip().splitlines()
     events = [json.loads(line) for line in lines]
     kinds = [e["event"] for e in events]
-    assert kinds[:2] == ["dataset", "started"] and kinds[-1] == "finished"
+    assert kinds[:3] == ["dataset", "preparing", "started"] and kinds[-1] == "finished"
     assert kinds.count("epoch_end") == 2 and kinds.count("step") == 2 * 2
     assert events[0]["counts"] == {"blue": 6, "green": 6, "red": 6}
     assert last == str(tmp_path / "run") == events[-1]["checkpoint_dir"]
@@ -85,7 +85,7 @@ def test_the_example_trains_with_its_quick_settings(capsys, tmp_path):
     # At 32 px (its smallest size) an epoch costs a quarter of one at its own 64 px: the settings are what is checked.
     assert main([*argv, "--image-size", "32", "--out", str(tmp_path / "run")]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    started = json.loads(lines[1])
+    started = next(e for line in lines if (e := json.loads(line))["event"] == "started")
     assert started["config"]["optimizer"] == "adamw" and started["config"]["schedule"] == "onecycle"
     assert started["n_train"] + started["n_val"] == 800 and started["epochs"] == 1
     assert lines[-1] == str(tmp_path / "run")

@@ -52,7 +52,12 @@ def _run(config: TrainConfig, files, cancel: CancelToken | None = None, **kwargs
 
 
 def _kinds(events) -> str:
-    return " ".join(e.kind for e in events)
+    """The events' kinds in order, less the ``preparing`` messages (test_events_come_in_order checks those)."""
+    return " ".join(e.kind for e in events if e.kind != "preparing")
+
+
+def _started(events) -> train.Started:
+    return next(e for e in events if isinstance(e, train.Started))
 
 
 def test_a_tiny_model_learns_loss_falls_and_val_acc_beats_chance(tiny_config, colours):
@@ -67,8 +72,10 @@ def test_a_tiny_model_learns_loss_falls_and_val_acc_beats_chance(tiny_config, co
 
 def test_events_come_in_order_started_steps_epoch_ends_finished(tiny_config, colours):
     _, events = _run(_config(tiny_config, epochs=2), colours)
-    assert re.fullmatch(r"started (step ){3}epoch_end (step ){3}epoch_end finished", _kinds(events))
-    started, step = events[0], events[1]
+    kinds = " ".join(e.kind for e in events)
+    assert re.fullmatch(r"preparing started preparing (step ){3}epoch_end (step ){3}epoch_end finished", kinds)
+    assert "building custom (random weights)" in events[0].what
+    started, step = events[1], events[3]
     assert (started.n_train, started.n_val, started.steps_per_epoch, started.device) == (18, 6, 3, "cpu")
     assert started.classes == ["blue", "green", "red"] and started.amp is None
     assert (step.epoch, step.step, step.steps) == (1, 1, 3) and step.gpu_memory_mb is None
@@ -253,7 +260,7 @@ def test_the_gpu_code_paths_run_on_the_cpu(tiny_config, colours):
     config = _config(tiny_config, mode="finetune", amp="bf16", channels_last=True, memory_efficient=True, epochs=1)
     trainer, events = _run(config, colours)
     assert isinstance(events[-1], train.Finished), events[-1]
-    assert events[0].amp == "bfloat16" and trainer.model.cfg.memory_efficient
+    assert _started(events).amp == "bfloat16" and trainer.model.cfg.memory_efficient
     with pytest.raises(ValueError, match="fp16 mixed precision needs a CUDA GPU"):
         Trainer(_config(tiny_config, amp="fp16"), colours)
 
@@ -269,7 +276,7 @@ def test_finetune_gives_the_backbone_a_tenth_of_the_head_lr(tiny_config):
 def test_training_continues_from_a_checkpoint_folder(tiny_config, colours):
     first = _run(_config(tiny_config, epochs=1), colours)[1][-1]
     trainer, events = _run(_config(tiny_config, mode="finetune", weights=first.checkpoint_dir, epochs=1), colours)
-    assert events[0].weights == f"checkpoint {Path(first.checkpoint_dir).name}"
+    assert _started(events).weights == f"checkpoint {Path(first.checkpoint_dir).name}"
     assert isinstance(events[-1], train.Finished) and trainer.out_dir != Path(first.checkpoint_dir)
 
 
@@ -278,7 +285,7 @@ def test_a_train_and_val_layout_is_honoured_by_the_trainer(tiny_config, tmp_path
     _colour_images(tmp_path / "d" / "val", per_class=1, seed=1)
     files, _ = data.load_image_folder(tmp_path / "d")
     trainer, events = _run(_config(tiny_config, epochs=1), files, out_dir=tmp_path / "out")
-    assert (events[0].n_train, events[0].n_val) == (12, 3)
+    assert (_started(events).n_train, _started(events).n_val) == (12, 3)
     assert all("/val/" in str(path) for path, _ in trainer.val_items)
     assert events[-1].checkpoint_dir == str(tmp_path / "out")
 

@@ -22,6 +22,7 @@ from .finetune_data import (
     load_dataset,
     session_of,
 )
+from .training_settings import build_extra_settings, config_from_page, estimate_text, mode_values, suggest
 from .training_view import curves, event_line, outcome_line, per_class_frame, progress_html, skipped_lines
 
 __all__ = ["FinetuneTab", "build_finetune_tab", "start_training", "stop_training"]
@@ -140,6 +141,7 @@ def build_finetune_tab(
             with gr.Row():
                 memory_efficient = gr.Checkbox(value=False, label="Memory-efficient (recompute concatenations)")
                 amp = gr.Radio(["Auto", "Off"], value="Auto", label="Mixed precision (GPU only)")
+            extra, estimate_line, estimate = build_extra_settings(ex)
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
@@ -196,11 +198,22 @@ def build_finetune_tab(
     )
     folder.change(folder_summary, [folder, relpaths], folder_info, api_visibility="private")
     data_inputs = [source, zip_file, folder, relpaths, by_hand, state]
-    load.click(load_dataset, data_inputs, [report, state], api_name="load_dataset")
+    recipe_fields = [epochs, lr, optimizer, schedule, extra.label_smoothing]
+    load.click(load_dataset, data_inputs, [report, state], api_name="load_dataset").then(
+        suggest,
+        [state, source, extra.recipe],
+        [estimate_line, model, mode, size, extra.time_budget, extra.augment, *recipe_fields],
+        api_visibility="private",
+    )
+    # Settings follow the mode (and the recipe) a person picks: the fields show the recipe's values for it.
+    for chooser in (mode, extra.recipe):
+        chooser.input(mode_values, [mode, extra.recipe], recipe_fields, api_visibility="private")
+    settings = [model, weights_choice, mode, epochs, lr, batch, size, memory_efficient, amp, optimizer, schedule]
+    estimate.click(estimate_text, [state, *settings, *extra.inputs()], estimate_line, api_name="estimate")
     # Start checks the data itself when this choice has not been checked yet (the example needs no extra click).
     start.click(ensure_dataset, data_inputs, [report, state], api_visibility="private").success(
         functools.partial(start_training, tab),
-        [state, model, weights_choice, mode, epochs, lr, batch, size, memory_efficient, amp, optimizer, schedule],
+        [state, *settings, *extra.inputs()],
         tab.training_outputs(),
         api_name="train",
         concurrency_limit=1,
@@ -239,28 +252,10 @@ def _source_defaults(tab: FinetuneTab, source: str) -> dict[Any, Any]:
 # Training
 
 
-def _train_config(
-    model, weights_choice, mode, epochs, lr, batch_size, image_size, memory_efficient, amp, optimizer, schedule
-) -> tuple[train.TrainConfig, str | None]:
-    note = None
-    weights_arg = "random" if weights_choice == "Random init" or mode == "scratch" else weights.DEFAULT
-    if weights_arg == weights.DEFAULT and weights.default_weights(model) == "random":
-        note = f"{model} has no ImageNet weights; starting from random init."
-    with user_errors(ValueError):
-        config = train.TrainConfig(
-            model=model,
-            weights=weights_arg,
-            mode=mode,
-            epochs=int(epochs),
-            lr=float(lr) if lr else None,
-            batch_size=int(batch_size),
-            image_size=int(image_size) if image_size else None,
-            memory_efficient=bool(memory_efficient),
-            amp="auto" if amp == "Auto" else "off",
-            optimizer=None if optimizer == "default" else optimizer,
-            schedule=None if schedule == "default" else schedule,
-        )
-    return config, note
+def _weights_note(model: str, weights_choice: str, mode: str) -> str | None:
+    if weights_choice != "Random init" and mode != "scratch" and weights.default_weights(model) == "random":
+        return f"{model} has no ImageNet weights; starting from random init."
+    return None
 
 
 def start_training(
@@ -277,6 +272,13 @@ def start_training(
     amp: str,
     optimizer: str,
     schedule: str,
+    recipe: str = "quick",  # then training_settings.ExtraSettings, in its order
+    time_budget: str = "",
+    augment: str = "none",
+    label_smoothing: float | None = None,
+    early_stopping: float | None = None,
+    val_fraction: float = 0.2,
+    device: str = "auto",
 ) -> Iterator[dict[Any, Any]]:
     """Train on the loaded dataset, yielding live updates: curves, progress, log, then the results."""
     state = dict(state or {})
@@ -284,9 +286,9 @@ def start_training(
         raise gr.Error("Check a dataset first (step 1), then press Start.")
     if not model or model not in PRESETS:
         raise gr.Error("Pick a preset to train.")
-    config, note = _train_config(
-        model, weights_choice, mode, epochs, lr, batch_size, image_size, memory_efficient, amp, optimizer, schedule
-    )
+    basics = (model, weights_choice, mode, epochs, lr, batch_size, image_size, memory_efficient, amp, optimizer)
+    extra = (recipe, time_budget, augment, label_smoothing, early_stopping, val_fraction, device)
+    config, note = config_from_page(*basics, schedule, *extra), _weights_note(model, weights_choice, mode)
     files, report = state["dataset"]
     with user_errors(ValueError, weights.CheckpointError):
         trainer = train.Trainer(config, files, report=report)
@@ -296,6 +298,7 @@ def start_training(
         runs.begin_run(trainer.run_id, session.owner)  # the session's run from its first file on; kept while training
     session.run_in_progress = True
     history: list[dict[str, Any]] = []
+    live: list[dict[str, Any]] = []  # the smoothed loss per step and mid-epoch validations, from the first steps on
     log = [note] if note else []
     last_update = 0.0
     total_epochs, n_val = config.epochs, len(trainer.val_items)
@@ -303,19 +306,28 @@ def start_training(
     try:
         for event in run:
             update: dict[Any, Any] = {tab.state: state}
-            if isinstance(event, (train.Caching, train.Step)):
+            if isinstance(event, (train.Caching, train.Step, train.Preparing)):
                 now = time.monotonic()
-                if now - last_update < 0.5:  # a browser needs no more than two updates a second
-                    continue
+                if now - last_update < 0.5 and not isinstance(event, train.Preparing):
+                    continue  # a browser needs no more than two updates a second
                 last_update = now
                 fraction, text = event_line(event, total_epochs)
+                if isinstance(event, train.Step):
+                    x = event.epoch - 1 + event.step / event.steps
+                    live.append({"epoch": x, "value": event.loss, "series": "train loss (per step, smoothed)"})
+                    update |= {tab.loss: curves(history, "loss", total_epochs, live)}
+            elif isinstance(event, train.Evaluated):
+                live.append({"epoch": event.epoch, "value": event.val_acc, "series": "val acc"})
+                fraction, text = event_line(event, total_epochs)
+                log.append(text)
+                update |= {tab.acc: curves(history, "acc", total_epochs, live)}
             elif isinstance(event, (train.Started, train.EpochEnd)):
                 total_epochs = event.epochs
                 if isinstance(event, train.EpochEnd):
                     history.append(event.to_dict())
                     update |= {
-                        tab.loss: curves(history, "loss", total_epochs),
-                        tab.acc: curves(history, "acc", total_epochs),
+                        tab.loss: curves(history, "loss", total_epochs, live),
+                        tab.acc: curves(history, "acc", total_epochs, live),
                     }
                 fraction, text = event_line(event, total_epochs)
                 log.append(text)

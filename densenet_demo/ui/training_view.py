@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import logging
+from collections.abc import Sequence
 from pathlib import PurePath
 from typing import Any
 
@@ -14,6 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .. import plots, train
+from ..train_setup import EPOCHS_UNDER_BUDGET
 from .common import names_only
 
 __all__ = [
@@ -41,27 +43,40 @@ def progress_html(fraction: float, text: str) -> str:
     )
 
 
+def _of(epochs: int) -> str:
+    """``/N`` after an epoch number, or nothing under a time budget (where N is only a limit)."""
+    return f"/{epochs}" if epochs < EPOCHS_UNDER_BUDGET else ""
+
+
 def event_line(event: train.Event, total_epochs: int) -> tuple[float, str]:
-    """The fraction of the run done and one line saying what happened, for Started, Caching, Step and EpochEnd."""
+    """The fraction of the run done and one line saying what happened, for every event but the last."""
     if isinstance(event, train.Started):
         amp_text = f", mixed precision {event.amp}" if event.amp else ""
         return 0.0, (
             f"Started run {event.run_id}: {len(event.classes)} classes, {event.n_train} train / "
             f"{event.n_val} val images, {event.steps_per_epoch} steps per epoch, {event.mode} mode "
             f"on {event.device}{amp_text}; weights: {names_only(event.weights)}."
+            + (f" Time budget {event.time_budget_s:.0f} s." if event.time_budget_s else "")
+        )
+    if isinstance(event, train.Preparing):
+        return 0.0, f"Preparing: {event.what}…"
+    if isinstance(event, train.Evaluated):
+        return event.epoch / total_epochs, (
+            f"Validated after {event.epoch} of an epoch: val loss {event.val_loss:.3f} acc {event.val_acc:.1%}"
+            + (" · best so far, saved" if event.improved else "")
         )
     if isinstance(event, train.Caching):
         return event.done / max(1, event.total), f"Computing features once: {event.done}/{event.total} images"
     if isinstance(event, train.Step):
         gpu = f" · GPU {event.gpu_memory_mb:.0f} MB" if event.gpu_memory_mb else ""
-        return (event.epoch - 1 + event.step / event.steps) / total_epochs, (
-            f"epoch {event.epoch}/{total_epochs}, step {event.step}/{event.steps} · "
+        return event.progress, (
+            f"epoch {event.epoch}{_of(total_epochs)}, step {event.step}/{event.steps} · "
             f"loss {event.loss:.3f} · acc {event.acc:.1%} · {event.images_per_s:.1f} img/s{gpu} · "
             f"ETA {event.eta_s:.0f} s"
         )
     if isinstance(event, train.EpochEnd):
         return event.epoch / event.epochs, (
-            f"Epoch {event.epoch}/{event.epochs}: train loss {event.train_loss:.3f} acc {event.train_acc:.1%} · "
+            f"Epoch {event.epoch}{_of(event.epochs)}: train loss {event.train_loss:.3f} acc {event.train_acc:.1%} · "
             f"val loss {event.val_loss:.3f} acc {event.val_acc:.1%} · {event.seconds:.1f} s"
             + (" · best so far, saved" if event.improved else "")
         )
@@ -107,13 +122,18 @@ def per_class_frame(per_class: dict[str, float | None]) -> pd.DataFrame | None:
     return pd.DataFrame([{"class": c, "val acc": None if a is None else round(a, 4)} for c, a in per_class.items()])
 
 
-def curves(history: list[dict[str, Any]], metric: str, epochs: int) -> Figure:
-    """Train and val curves of ``metric`` ("loss" or "acc") per epoch, over the run's ``epochs``."""
+def curves(history: list[dict[str, Any]], metric: str, epochs: int, live: Sequence[dict[str, Any]] = ()) -> Figure:
+    """Train and val curves of ``metric`` ("loss" or "acc") per epoch, over the run's ``epochs``, and the ``live``
+    points of that metric (the smoothed per-step loss, mid-epoch validations) from the first steps on."""
     series = {
         f"{split} {metric}": [
             (h["epoch"], h[f"{split}_{metric}"]) for h in history if h.get(f"{split}_{metric}") is not None
         ]
         for split in ("train", "val")
     }
+    steps: dict[str, list[tuple[float, float]]] = {}
+    for row in live:
+        if row["series"].split(" (")[0].endswith(metric):
+            steps.setdefault(row["series"], []).append((row["epoch"], row["value"]))
     title = "Accuracy" if metric == "acc" else "Loss"
-    return plots.curves_figure(series, title=title, epochs=epochs, percent=metric == "acc")
+    return plots.curves_figure(series, title=title, epochs=epochs, percent=metric == "acc", live=steps)
