@@ -23,7 +23,8 @@ SETTINGS = ("densenet_fashion", "Random init", "scratch", 1, 3e-3, 8, 32, False,
 @pytest.fixture
 def tab():
     with gr.Blocks():
-        return build_finetune_tab(model_choices(), predict_model=gr.Dropdown(), reuse=gr.Dropdown())
+        state = finetune_data.session_state()
+        return build_finetune_tab(model_choices(None), predict_model=gr.Dropdown(), reuse=gr.Dropdown(), state=state)
 
 
 def _images(root: Path, per_class: int) -> dict[str, list[str]]:
