@@ -209,9 +209,9 @@ def test_two_processes_write_one_checkpoint_and_one_stream_of_events(two_process
     weights_dir, result = two_process_run
     events = _events(result.stdout)
     kinds = [e["event"] for e in events]
-    assert kinds[:2] == ["dataset", "started"] and kinds[-1] == "finished"
+    assert kinds[:3] == ["dataset", "preparing", "started"] and kinds[-1] == "finished"
     assert kinds.count("started") == 1 and kinds.count("epoch_end") == 3 and kinds.count("step") == 3 * 3
-    started = events[1]
+    started = events[2]
     assert started["world_size"] == 2 and started["global_batch_size"] == 16 and started["steps_per_epoch"] == 3
     assert "linear scaling rule would use 0.06" in started["lr_scaling"]
     (run,) = (weights_dir / "runs").iterdir()  # one checkpoint, from rank 0
@@ -260,7 +260,8 @@ def test_linear_mode_gathers_the_feature_cache_and_matches_one_process(colours, 
     result = _torchrun(tmp_path / "weights", args)
     assert result.returncode == 0, result.stderr[-3000:]
     events = _events(result.stdout)
-    assert events[1]["world_size"] == 2 and events[1]["global_batch_size"] == 8
+    started = next(e for e in events if e["event"] == "started")
+    assert started["world_size"] == 2 and started["global_batch_size"] == 8
     files, _ = load_image_folder(colours)
     config = TrainConfig(
         model=str(tiny_checkpoint), mode="linear", epochs=4, image_size=16, batch_size=8, lr=0.03, device="cpu"
