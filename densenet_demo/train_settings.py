@@ -96,6 +96,11 @@ def _default(value: Any) -> Any:
     return value
 
 
+def _whole(value: Any) -> Any:
+    """A whole number as the page sends it (``32.0``) -> ``32``; anything else as it is, for the range check."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
 def config_from_settings(model: Any, **settings: Any) -> TrainConfig:
     """A ``TrainConfig`` from named settings (names as in ``DEFAULTS``; unnamed ones take those defaults).
 
@@ -108,9 +113,10 @@ def config_from_settings(model: Any, **settings: Any) -> TrainConfig:
     s = {**DEFAULTS, **settings}
     weights = _default(s["weights"])
     weights = "random" if str(weights).lower() == "random init" else weights  # the page's name for it
-    epochs, batch_size, image_size, patience = (
-        int(v) if _default(v) else None for v in (s["epochs"], s["batch_size"], s["image_size"], s["early_stopping"])
-    )
+    # 0 means "the model's own" for the image size and "off" for early stopping; for epochs and the batch size it
+    # is a value to refuse (TrainConfig names the range), not a default.
+    epochs, batch_size = (None if _default(v) is None else _whole(v) for v in (s["epochs"], s["batch_size"]))
+    image_size, patience = (_whole(v) if _default(v) else None for v in (s["image_size"], s["early_stopping"]))
     lr, smoothing = _default(s["lr"]), _default(s["label_smoothing"])
     return TrainConfig(
         model=model,

@@ -87,5 +87,5 @@ def test_stop_during_the_backward_pass_ends_the_run_before_the_optimizer_step(sh
         events = list(trainer.run(cancel))
     finally:
         handle.remove()
-    assert [e.kind for e in events] == ["started", "cancelled"]
+    assert [e.kind for e in events if e.kind != "preparing"] == ["started", "cancelled"]
     assert events[-1].checkpoint_dir is None  # no step completed: nothing trained to keep
