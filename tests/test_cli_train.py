@@ -80,12 +80,24 @@ def test_bad_settings_give_exit_code_2(folder, capsys):
     assert "no ImageNet weights for densenet40_k12" in capsys.readouterr().err
 
 
-def test_the_example_trains_with_its_quick_settings(capsys, tmp_path):
-    argv = ["train", "example", "--model", "densenet_fashion", "--mode", "scratch", "--epochs", "1", "--json"]
-    # At 32 px (its smallest size) an epoch costs a quarter of one at its own 64 px: the settings are what is checked.
-    assert main([*argv, "--image-size", "32", "--out", str(tmp_path / "run")]) == 0
+def _train_the_example(argv: list[str], capsys, out: Path) -> None:
+    """``train example`` with ``argv``: it keeps the example's quick optimiser and schedule, takes the flags given."""
+    assert main(["train", "example", *argv, "--epochs", "1", "--json", "--out", str(out)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     started = next(e for line in lines if (e := json.loads(line))["event"] == "started")
     assert started["config"]["optimizer"] == "adamw" and started["config"]["schedule"] == "onecycle"
     assert started["n_train"] + started["n_val"] == 800 and started["epochs"] == 1
-    assert lines[-1] == str(tmp_path / "run")
+    assert lines[-1] == str(out)
+
+
+def test_the_example_trains_a_given_model_with_its_quick_settings(tiny_checkpoint, capsys, tmp_path):
+    # A tiny model at 16 px: an epoch of the 800 example images in a second or two; the settings are what is checked.
+    argv = ["--model", str(tiny_checkpoint), "--mode", "finetune", "--image-size", "16"]
+    _train_the_example(argv, capsys, tmp_path / "run")
+
+
+@pytest.mark.e2e
+def test_the_example_trains_with_its_quick_settings(capsys, tmp_path):
+    # Its own model from scratch (an epoch of densenet_fashion); at 32 px, its smallest size, a quarter of 64 px's cost.
+    argv = ["--model", "densenet_fashion", "--mode", "scratch", "--image-size", "32"]
+    _train_the_example(argv, capsys, tmp_path / "run")

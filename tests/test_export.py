@@ -34,10 +34,11 @@ REPO = Path(__file__).resolve().parent.parent
 TINY_BC = DenseNetConfig(
     growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, compression=0.5, stem="cifar", num_classes=3
 )
-# ImageNet stem (7x7/2 conv + max-pool, 256->224-style resize and crop) at a size that exports in seconds.
+# ImageNet stem (7x7/2 conv + max-pool, 256->224-style resize and crop) at a size that exports in seconds; one
+# input channel, so that a grayscale model's export is checked in the fast loop too.
 SMALL_IMAGENET_STEM = DenseNetConfig(
     growth_rate=8, block_config=(2, 2, 2), num_init_features=16, bn_size=4, compression=0.5, stem="imagenet",
-    num_classes=4,
+    num_classes=4, in_channels=1,
 )  # fmt: skip
 
 
@@ -98,16 +99,16 @@ def _export_small_imagenet_stem(root: Path) -> Exported:
 
 
 FAMILIES = {
-    "imagenet-stem": _export_small_imagenet_stem,
+    "grayscale-imagenet-stem": _export_small_imagenet_stem,
     "cifar-preset": lambda root: _export_preset(root, "densenet40_k12"),
     "grayscale-preset": lambda root: _export_preset(root, "densenet_fashion"),
     "fine-tuned-run": _export_fine_tuned_run,
 }
 
 
-# densenet40_k12 (36 dense layers) takes ~15 s to export on two cores: with the end-to-end tests; the tiny
-# checkpoints (CIFAR and ImageNet stems) cover both stems in the fast loop.
-SLOW = {"cifar-preset"}
+# densenet40_k12 (36 dense layers) and densenet_fashion (16) take seconds each to export: with the end-to-end
+# tests; the small checkpoints cover both stems and both input kinds (RGB, grayscale) in the fast loop.
+SLOW = {"cifar-preset", "grayscale-preset"}
 
 
 @pytest.fixture(

@@ -7,6 +7,7 @@ engine's unit tests (test_images, test_weights, test_data) cover the same kinds 
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import secrets
@@ -41,6 +42,13 @@ MIB = 2**20
 
 def _png_bomb(path: Path, side: int = 40_000) -> Path:
     """A 1-bit PNG of side x side pixels (1.6 gigapixels): about 200 KB on disk, gigabytes once decoded."""
+    path.write_bytes(_png_bomb_bytes(side))
+    return path
+
+
+@functools.cache
+def _png_bomb_bytes(side: int) -> bytes:
+    """The bomb's bytes, made once: deflating its 200 MB of rows costs seconds, and two fixtures want one."""
     row = bytes(1 + side // 8)  # filter byte + the row's bits
     deflate = zlib.compressobj(9)
     idat = b"".join(deflate.compress(row) for _ in range(side)) + deflate.flush()
@@ -49,8 +57,7 @@ def _png_bomb(path: Path, side: int = 40_000) -> Path:
         return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
     header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
-    return path
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def _white_background(image: Image.Image) -> Image.Image:
