@@ -151,7 +151,7 @@ def test_caps_and_expiry_remove_old_runs_oldest_first_never_a_training_one(tmp_p
         _wait_for(lambda: folder() and (runs_root / folder()[0] / "model.safetensors").is_file(), 120, "a save", server)
         training = folder()[0]
         # 2 + 3 + 3 MB: seed2, then A's first run (the oldest unpublished) go; the run in training stays.
-        _wait_for(lambda: names() == [training], 60, "the cap after the training run's save", server)
+        _wait_for(lambda: names() == [training], 180, "the cap after the training run's save", server)
         log = server.log()
         assert log.index("removed seed0") < log.index("removed seed1") < log.index(f"removed seed2, {first}")
         refused = _refusal(lambda: a.predict(f"run:{training}", api_name="/delete_run"))
