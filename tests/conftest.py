@@ -3,11 +3,15 @@ the session, that no test wrote into the checkout."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
+from playwright.sync_api import Browser, sync_playwright
 
 from densenet_demo.config import DenseNetConfig
 
@@ -187,3 +191,34 @@ def app_server(tmp_path_factory):
     server = AppServer.started(tmp_path_factory.mktemp("app"))
     yield server
     server.stop()
+
+
+# Headless Chromium from Debian's package (never a browser download). Without the background-networking flags
+# Chromium keeps dialling out, and a machine with no network refuses it many times a second.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@contextmanager
+def chromium(*extra_args: str) -> Iterator[Browser]:
+    """Debian's chromium, headless, with ``CHROMIUM_ARGS`` and ``extra_args``; closed on exit."""
+    executable = shutil.which("chromium")
+    assert executable, "Debian's chromium is required for the browser tests (bash .ci/run installs it)"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=[*CHROMIUM_ARGS, *extra_args])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with chromium() as launched:
+        yield launched

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from densenet_demo import architecture, checkpoints, runs
 from densenet_demo.config import PRESETS
@@ -22,29 +21,14 @@ from densenet_demo.train import example_config
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
 
 @pytest.fixture(scope="module")
-def page(app_server):
-    executable = shutil.which("chromium")
-    assert executable, "Debian's chromium is required for the browser tests (bash .ci/run installs it)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(60_000)
-        page.goto(app_server.url)
-        yield page
-        browser.close()
+def page(app_server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(60_000)
+    page.goto(app_server.url)
+    yield page
+    page.close()
 
 
 @pytest.fixture(scope="module")

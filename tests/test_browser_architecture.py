@@ -7,11 +7,10 @@ and on a 400-px phone screen.
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 from gradio_client import Client
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from densenet_demo import architecture, checkpoints, runs
 from densenet_demo.config import PRESETS, DenseNetConfig
@@ -29,7 +28,6 @@ RUN_CONFIG = DenseNetConfig(
     growth_rate=4, block_config=(2, 3), num_init_features=8, bn_size=2, compression=0.5, stem="cifar", num_classes=3
 )
 RUN_ID = "arch-tiny"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
 
 # The positional inputs of /architecture for a custom config with 10 classes: DenseNet-BC L=100 k=12's own.
 BC100_K12_CUSTOM = ("custom", 12, "16,16,16", 24, 4, 0.5, 0.0, "cifar", "3", None, "none", 10)
@@ -91,16 +89,6 @@ def tiny_run(app_server) -> str:
         preprocessing=default_preprocessing(RUN_CONFIG),
     )
     return RUN_ID
-
-
-@pytest.fixture(scope="module")
-def browser():
-    executable = shutil.which("chromium")
-    assert executable, "Debian's chromium is required for the browser tests"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def _open_tab(browser, url: str, width: int = 1400):

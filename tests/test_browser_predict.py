@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import chromium
 from gradio_client import Client, handle_file
 from PIL import Image
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from densenet_demo import checkpoints, predict
 from densenet_demo.config import DenseNetConfig
@@ -27,26 +27,14 @@ from densenet_demo.model import DenseNet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--no-first-run",
-    "--use-fake-device-for-media-stream",  # a generated test pattern as the webcam
-    "--use-fake-ui-for-media-stream",  # camera permission granted without a prompt
-]
 SMALL = "densenet_bc100_k12"  # no ImageNet weights, 32 px input: quick on a CPU
 
 
 @pytest.fixture(scope="module")
 def browser():
-    executable = shutil.which("chromium")
-    assert executable, "Debian's chromium is required for the browser tests"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    # A generated test pattern as the webcam; camera permission granted without a prompt.
+    with chromium("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream") as launched:
+        yield launched
 
 
 @pytest.fixture

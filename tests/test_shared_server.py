@@ -183,11 +183,8 @@ def _seed_labelled_run(runs_root, run_id: str, tiny: DenseNet, *, source: str, v
     return runs.run_label(checkpoints.read_checkpoint_info(runs_root / run_id))
 
 
-def test_the_page_lists_runs_by_what_they_are_and_deletes_one(tmp_path, tiny_config):
-    import shutil
-
-    from playwright.sync_api import expect, sync_playwright
-    from test_browser import CHROMIUM_ARGS
+def test_the_page_lists_runs_by_what_they_are_and_deletes_one(tmp_path, tiny_config, browser):
+    from playwright.sync_api import expect
 
     root = tmp_path / "app"
     runs_root = root / "weights" / "runs"
@@ -198,23 +195,21 @@ def test_the_page_lists_runs_by_what_they_are_and_deletes_one(tmp_path, tiny_con
     assert older.startswith("digits · densenet121 finetune · 99.2% · ") and newer.startswith("pets · ")
     server = AppServer.started(root)
     try:
-        with sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=shutil.which("chromium"), headless=True, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(server.url)
-            box = page.locator("#predict-model input")
-            box.click()
-            options = page.get_by_role("option").all_inner_texts()
-            assert [o.strip() for o in options[:2]] == [newer, older]  # newest first, then the presets
-            page.get_by_role("option", name=older).click()
-            page.locator("#run-delete").click()
-            expect(page.get_by_text("Run deleted.").first).to_be_visible()
-            assert not (runs_root / "20260101-090000-densenet121-aaaa").exists()
-            box.click()
-            expect(page.get_by_role("option", name=newer)).to_be_visible()
-            assert page.get_by_role("option", name=older).count() == 0
-            assert (runs_root / "20260101-100000-densenet121-bbbb").is_dir()
-            browser.close()
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(60_000)
+        page.goto(server.url)
+        box = page.locator("#predict-model input")
+        box.click()
+        options = page.get_by_role("option").all_inner_texts()
+        assert [o.strip() for o in options[:2]] == [newer, older]  # newest first, then the presets
+        page.get_by_role("option", name=older).click()
+        page.locator("#run-delete").click()
+        expect(page.get_by_text("Run deleted.").first).to_be_visible()
+        assert not (runs_root / "20260101-090000-densenet121-aaaa").exists()
+        box.click()
+        expect(page.get_by_role("option", name=newer)).to_be_visible()
+        assert page.get_by_role("option", name=older).count() == 0
+        assert (runs_root / "20260101-100000-densenet121-bbbb").is_dir()
+        page.close()
     finally:
         server.stop()
