@@ -46,7 +46,19 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Sampler
 
-from .events import Caching, Cancelled, CancelToken, EpochEnd, Event, Failed, Finished, Started, Step
+from .events import (
+    Caching,
+    Cancelled,
+    CancelToken,
+    EpochEnd,
+    Evaluated,
+    Event,
+    Failed,
+    Finished,
+    Preparing,
+    Started,
+    Step,
+)
 from .train_data import FeatureCache
 
 __all__ = [
@@ -66,7 +78,7 @@ logger = logging.getLogger(__name__)
 ENV_FAKE_GPUS = "DENSENET_DEMO_FAKE_GPUS"
 
 _EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (Started, Caching, Step, EpochEnd, Finished, Cancelled, Failed)
+    cls.kind: cls for cls in (Preparing, Started, Caching, Step, Evaluated, EpochEnd, Finished, Cancelled, Failed)
 }
 _END_KINDS = ("finished", "cancelled", "failed")
 
@@ -311,6 +323,7 @@ def launch_torchrun(
     *,
     cancel: CancelToken | None = None,
     env: dict[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
     stop_grace_s: float = 60.0,
 ) -> Iterator[Event]:
     """Run ``python -m densenet_demo train *train_args --json`` on ``nproc`` processes; yield its events.
@@ -318,8 +331,9 @@ def launch_torchrun(
     The events are the trainer's own dataclasses, so the same view renders them. ``cancel`` reaching the
     iterator sends SIGINT to torchrun, which passes it to every rank: they stop together at the next step,
     rank 0 keeps the best checkpoint and reports ``Cancelled``. If the child ends without an end event, the
-    iterator ends with a ``Failed`` that quotes its last error lines. With ``DENSENET_DEMO_FAKE_GPUS`` set
-    (tests), the ranks run on the CPU over gloo.
+    iterator ends with a ``Failed`` that quotes its last error lines, or with a ``Cancelled`` when it was stopped
+    before it started training. ``cwd``: the child's working folder (relative paths in ``train_args`` start
+    there). With ``DENSENET_DEMO_FAKE_GPUS`` set (tests), the ranks run on the CPU over gloo.
     """
     cancel = cancel or CancelToken()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
@@ -333,6 +347,7 @@ def launch_torchrun(
     process = subprocess.Popen(
         command,
         env=child_env,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -346,7 +361,7 @@ def launch_torchrun(
     ]
     for reader in readers:
         reader.start()
-    ended, stopped_at = False, None
+    ended, started, stopped_at = False, False, None
     try:
         while True:
             if cancel.cancelled and stopped_at is None:
@@ -363,11 +378,14 @@ def launch_torchrun(
             event = _parse(line)
             if event is not None:
                 ended = ended or event.kind in _END_KINDS
+                started = started or isinstance(event, Started)
                 yield event
         code = process.wait()
         for reader in readers:
             reader.join(timeout=5)
-        if not ended:
+        if not ended and cancel.cancelled and not started:  # stopped while the ranks were starting: nothing saved
+            yield Cancelled(checkpoint_dir=None, epoch=0, best_val_acc=None)
+        elif not ended:
             yield Failed(f"the {nproc}-process training run ended without a result (exit code {code}): {_why(errors)}")
     finally:
         if process.poll() is None:  # the consumer stopped listening: stop the ranks, too

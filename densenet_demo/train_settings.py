@@ -1,19 +1,22 @@
 """A training run's settings by name, as the command line's flags and the Fine-tune tab's fields give them.
 
 ``config_from_settings(model=..., mode=..., ...)`` is the one place that turns them into a ``TrainConfig``: the
-``train`` command and the app both call it, so the same settings make the same run. ``SETTING_HELP`` holds one
+``train`` command and the app both call it, so the same settings make the same run. ``train_args(config)`` goes
+the other way, to ``train``'s flags (the app's runs under torchrun are that command). ``SETTING_HELP`` holds one
 line per setting for ``--help`` and the page.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import fields
+from decimal import Decimal
 from typing import Any
 
 from . import weights as W
 from .train_setup import AMP_CHOICES, AUGMENTATIONS, MODES, OPTIMIZERS, RECIPE_HELP, RECIPES, SCHEDULES, TrainConfig
 
-__all__ = ["CHOICES", "DEFAULTS", "SETTING_HELP", "config_from_settings", "parse_duration"]
+__all__ = ["CHOICES", "DEFAULTS", "SETTING_HELP", "config_from_settings", "parse_duration", "train_args"]
 
 # The defaults both faces show; None means "the recipe's value for the mode" (or the device's, for batch size).
 DEFAULTS: dict[str, Any] = {
@@ -139,3 +142,38 @@ def config_from_settings(model: Any, **settings: Any) -> TrainConfig:
         image_size=image_size,
         seed=int(s["seed"]),
     )
+
+
+# The TrainConfig field each setting sets, where the names differ; the other settings share their field's name.
+_FIELD_OF = {"time_budget": "time_budget_s", "early_stopping": "early_stopping_patience"}
+
+
+def train_args(config: TrainConfig) -> list[str]:
+    """``train``'s flags for a config that ``config_from_settings`` made: ``--model`` and every setting that has a
+    value, so that the command line's ``config_from_settings`` makes the same ``TrainConfig`` (the data argument
+    and ``--out`` are the caller's).
+
+    ``ValueError`` for what no flag can say: a model given as a ``DenseNetConfig``, or a field without a setting
+    (warm-up, weight decay, ...) changed from its default.
+    """
+    if not isinstance(config.model, str):
+        raise ValueError("the train command takes a preset name or a checkpoint folder as its model, not a config")
+    fixed = [
+        f.name for f in fields(TrainConfig) if f.name != "model" and f.name not in {*DEFAULTS, *_FIELD_OF.values()}
+    ]
+    changed = [name for name in fixed if getattr(config, name) != TrainConfig.__dataclass_fields__[name].default]
+    if changed:
+        raise ValueError(f"the train command has no flag for {', '.join(changed)}; leave them at their defaults")
+    args = ["--model", config.model]
+    for name in DEFAULTS:
+        value = getattr(config, _FIELD_OF.get(name, name))
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:  # None: the recipe's (or the device's) value, as when the flag is left out
+            continue
+        if value is True:
+            args.append(flag)
+        elif name == "time_budget":
+            args += [flag, f"{Decimal(repr(value)):f}s"]  # positional digits: parse_duration takes no exponent
+        else:
+            args += [flag, repr(value) if isinstance(value, float) else str(value)]
+    return args
