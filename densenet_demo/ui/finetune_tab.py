@@ -22,6 +22,7 @@ from .finetune_data import (
     load_dataset,
     session_of,
 )
+from .multigpu import build_gpu_option, gpu_run, starting_text
 from .training_settings import build_extra_settings, config_from_page, estimate_text, mode_values, suggest
 from .training_view import curves, event_line, outcome_line, per_class_frame, progress_html, skipped_lines
 
@@ -142,6 +143,7 @@ def build_finetune_tab(
                 memory_efficient = gr.Checkbox(value=False, label="Memory-efficient (recompute concatenations)")
                 amp = gr.Radio(["Auto", "Off"], value="Auto", label="Mixed precision (GPU only)")
             extra, estimate_line, estimate = build_extra_settings(ex)
+            all_gpus = build_gpu_option()
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
@@ -213,7 +215,7 @@ def build_finetune_tab(
     # Start checks the data itself when this choice has not been checked yet (the example needs no extra click).
     start.click(ensure_dataset, data_inputs, [report, state], api_visibility="private").success(
         functools.partial(start_training, tab),
-        [state, *settings, *extra.inputs()],
+        [state, *settings, *extra.inputs(), all_gpus],
         tab.training_outputs(),
         api_name="train",
         concurrency_limit=1,
@@ -279,6 +281,7 @@ def start_training(
     early_stopping: float | None = None,
     val_fraction: float = 0.2,
     device: str = "auto",
+    all_gpus: bool = False,  # the "use all N GPUs" box: a torchrun child process, one rank per GPU
 ) -> Iterator[dict[Any, Any]]:
     """Train on the loaded dataset, yielding live updates: curves, progress, log, then the results."""
     state = dict(state or {})
@@ -289,21 +292,22 @@ def start_training(
     basics = (model, weights_choice, mode, epochs, lr, batch_size, image_size, memory_efficient, amp, optimizer)
     extra = (recipe, time_budget, augment, label_smoothing, early_stopping, val_fraction, device)
     config, note = config_from_page(*basics, schedule, *extra), _weights_note(model, weights_choice, mode)
-    files, report = state["dataset"]
-    with user_errors(ValueError, weights.CheckpointError):
-        trainer = train.Trainer(config, files, report=report)
     session = session_of(state)
     state["cancel"] = cancel = train.CancelToken()
-    with user_errors(weights.CheckpointError):
-        runs.begin_run(trainer.run_id, session.owner)  # the session's run from its first file on; kept while training
+    state["torchrun"] = all_gpus  # what Stop says
+    if all_gpus:  # the child names its run: it becomes the session's at its Started event, before any file
+        run_id, n_val, run = None, 0, gpu_run(config, state["dataset"], session, cancel)
+    else:
+        run_id, n_val, run = _in_process_run(config, state["dataset"], session, cancel)
     session.run_in_progress = True
     history: list[dict[str, Any]] = []
     live: list[dict[str, Any]] = []  # the smoothed loss per step and mid-epoch validations, from the first steps on
     log = [note] if note else []
     last_update = 0.0
-    total_epochs, n_val = config.epochs, len(trainer.val_items)
-    run = trainer.run(cancel)
+    total_epochs, processes = config.epochs, 1
     try:
+        if all_gpus:  # torchrun takes seconds to start its processes: say so, and let Stop reach them meanwhile
+            yield {tab.state: state, tab.progress: progress_html(0, starting_text())}
         for event in run:
             update: dict[Any, Any] = {tab.state: state}
             if isinstance(event, (train.Caching, train.Step, train.Preparing)):
@@ -311,7 +315,7 @@ def start_training(
                 if now - last_update < 0.5 and not isinstance(event, train.Preparing):
                     continue  # a browser needs no more than two updates a second
                 last_update = now
-                fraction, text = event_line(event, total_epochs)
+                fraction, text = event_line(event, total_epochs, processes)
                 if isinstance(event, train.Step):
                     x = event.epoch - 1 + event.step / event.steps
                     live.append({"epoch": x, "value": event.loss, "series": "train loss (per step, smoothed)"})
@@ -323,7 +327,13 @@ def start_training(
                 update |= {tab.acc: curves(history, "acc", total_epochs, live)}
             elif isinstance(event, (train.Started, train.EpochEnd)):
                 total_epochs = event.epochs
-                if isinstance(event, train.EpochEnd):
+                if isinstance(event, train.Started):
+                    n_val, processes = event.n_val, event.world_size
+                    if run_id is None:
+                        with user_errors(weights.CheckpointError):
+                            runs.begin_run(event.run_id, session.owner)
+                        run_id = event.run_id
+                else:
                     history.append(event.to_dict())
                     update |= {
                         tab.loss: curves(history, "loss", total_epochs, live),
@@ -332,7 +342,7 @@ def start_training(
                 fraction, text = event_line(event, total_epochs)
                 log.append(text)
                 if isinstance(event, train.EpochEnd):  # a new best may have been saved: the caps apply now
-                    log += limits_note(runs.enforce_limits(session.owner, keep=trainer.run_id))
+                    log += limits_note(runs.enforce_limits(session.owner, keep=run_id))
                 log += skipped_lines(getattr(event, "skipped", []))
             else:  # Finished, Cancelled or Failed: the last event
                 session.run_in_progress = False
@@ -341,12 +351,26 @@ def start_training(
             yield update | {tab.progress: progress_html(fraction, text), tab.log: "\n".join(log)}
     finally:
         session.run_in_progress = False  # also when the page went away and the run was closed mid-way
-        # Drop the run (its model, optimizer, feature cache) and hand the freed memory back to the system:
-        # without this a server's memory grows by gigabytes over a few DenseNet-121 runs.
-        runs.end_run(trainer.run_id)
+        if run_id is not None:
+            runs.end_run(run_id)
+        # Drop the run (its model, optimizer, feature cache; or the child processes) and hand the freed memory
+        # back to the system: without this a server's memory grows by gigabytes over a few DenseNet-121 runs.
         run.close()
-        del run, trainer
+        del run
         memory.release_freed_memory()
+
+
+def _in_process_run(
+    config: train.TrainConfig, dataset: tuple[Any, Any], session: sessions.Session, cancel: train.CancelToken
+) -> tuple[str, int, Iterator[train.Event]]:
+    """A ``Trainer`` in this process: its run id (the session's from its first file on), its number of validation
+    images and its events."""
+    files, report = dataset
+    with user_errors(ValueError, weights.CheckpointError):
+        trainer = train.Trainer(config, files, report=report)
+    with user_errors(weights.CheckpointError):
+        runs.begin_run(trainer.run_id, session.owner)  # kept while training
+    return trainer.run_id, len(trainer.val_items), trainer.run(cancel)
 
 
 def _finish(
@@ -401,4 +425,6 @@ def stop_training(state: dict[str, Any] | None) -> str:
     if session is None or not session.run_in_progress:
         return "Nothing is training."
     state["cancel"].cancel()
+    if state.get("torchrun"):  # the processes stop together, at the end of a step
+        return "Stopping every training process at the next step; the best checkpoint so far is kept…"
     return "Stopping now (mid-step, at the next layer); the best checkpoint so far is kept…"

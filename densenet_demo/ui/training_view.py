@@ -48,14 +48,20 @@ def _of(epochs: int) -> str:
     return f"/{epochs}" if epochs < EPOCHS_UNDER_BUDGET else ""
 
 
-def event_line(event: train.Event, total_epochs: int) -> tuple[float, str]:
-    """The fraction of the run done and one line saying what happened, for every event but the last."""
+def event_line(event: train.Event, total_epochs: int, processes: int = 1) -> tuple[float, str]:
+    """The fraction of the run done and one line saying what happened, for every event but the last.
+
+    ``processes``: how many train (``Started.world_size``), said on each step's line when more than one.
+    """
     if isinstance(event, train.Started):
         amp_text = f", mixed precision {event.amp}" if event.amp else ""
+        ranks = (
+            f" in {event.world_size} processes (global batch {event.global_batch_size})" if event.world_size > 1 else ""
+        )
         return 0.0, (
             f"Started run {event.run_id}: {len(event.classes)} classes, {event.n_train} train / "
             f"{event.n_val} val images, {event.steps_per_epoch} steps per epoch, {event.mode} mode "
-            f"on {event.device}{amp_text}; weights: {names_only(event.weights)}."
+            f"on {event.device}{ranks}{amp_text}; weights: {names_only(event.weights)}."
             + (f" Time budget {event.time_budget_s:.0f} s." if event.time_budget_s else "")
         )
     if isinstance(event, train.Preparing):
@@ -69,8 +75,9 @@ def event_line(event: train.Event, total_epochs: int) -> tuple[float, str]:
         return event.done / max(1, event.total), f"Computing features once: {event.done}/{event.total} images"
     if isinstance(event, train.Step):
         gpu = f" · GPU {event.gpu_memory_mb:.0f} MB" if event.gpu_memory_mb else ""
+        ranks = f" · {processes} processes" if processes > 1 else ""
         return event.progress, (
-            f"epoch {event.epoch}{_of(total_epochs)}, step {event.step}/{event.steps} · "
+            f"epoch {event.epoch}{_of(total_epochs)}, step {event.step}/{event.steps}{ranks} · "
             f"loss {event.loss:.3f} · acc {event.acc:.1%} · {event.images_per_s:.1f} img/s{gpu} · "
             f"ETA {event.eta_s:.0f} s"
         )
