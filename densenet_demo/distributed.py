@@ -388,6 +388,9 @@ def launch_torchrun(
         elif not ended:
             yield Failed(f"the {nproc}-process training run ended without a result (exit code {code}): {_why(errors)}")
     finally:
+        if ended and process.poll() is None:  # the run reported its end: the processes are on their way out
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=stop_grace_s)
         if process.poll() is None:  # the consumer stopped listening: stop the ranks, too
             _signal_group(process, signal.SIGINT)
             try:
