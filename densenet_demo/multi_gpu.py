@@ -37,10 +37,9 @@ logger = logging.getLogger(__name__)
 def link_dataset(files: LabeledFiles, folder: Path, *, val_fraction: float, seed: int) -> Path:
     """Write ``files`` as ``folder/train/<class>/`` and ``folder/val/<class>/``, split as one process splits them.
 
-    Each image keeps its name behind a number (``000012_cat.png``: names may repeat across uploads). A class name
-    that a folder cannot carry (one that starts with a dot would be taken for a hidden folder) is a ``ValueError``.
+    Each image keeps its name behind a number (``000012_cat.png``: names may repeat across uploads). Class names
+    are folder names already (every source leaves out hidden ones), so each class keeps its name and its place.
     """
-    _check_class_names(files)
     copied = 0
     for split, items in zip(("train", "val"), files.split(val_fraction, seed), strict=True):
         for i, (path, label) in enumerate(items):
@@ -54,15 +53,6 @@ def link_dataset(files: LabeledFiles, folder: Path, *, val_fraction: float, seed
     if copied:
         logger.info("copied %d image(s) for the torchrun run (hard links were refused)", copied)
     return folder
-
-
-def _check_class_names(files: LabeledFiles) -> None:
-    hidden = [name for name in files.class_names if name.startswith(".")]
-    if hidden:
-        raise ValueError(
-            f"class name {hidden[0]!r} starts with a dot, which a folder of images hides; rename the class to "
-            "train on several GPUs"
-        )
 
 
 def _folder_name(source: str) -> str:
@@ -93,7 +83,6 @@ def train_on_all_gpus(
     """
     config = dataclasses.replace(config, model=_absolute(config.model), weights=_absolute(config.weights))
     args = train_args(config)
-    _check_class_names(files)
     name = _folder_name(report.source)
     # The child's weights folder is the app's, wherever its working folder is.
     child_env = {
