@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import checkpoints
+from . import weights as W
+from .config import PRESETS
 from .data import DatasetReport, LabeledFiles
 from .distributed import launch_torchrun
 from .events import CancelToken, Event, Failed
@@ -62,8 +64,11 @@ def _folder_name(source: str) -> str:
 
 
 def _absolute(value: str | None) -> str | None:
-    """A model or weights path as the child, in another working folder, finds it; names stay names."""
-    return str(Path(value).resolve()) if value and Path(value).exists() else value
+    """A model or weights path as the child, in another working folder, finds it. Preset names, run ids and the
+    weights keywords stay as they are: they win over a path of the same name, here as in the child."""
+    if not value or value in PRESETS or value.lower() in (W.DEFAULT, "imagenet", "random") or value.startswith("run:"):
+        return value
+    return str(Path(value).resolve()) if Path(value).exists() else value
 
 
 def train_on_all_gpus(
@@ -79,8 +84,11 @@ def train_on_all_gpus(
     """Train ``config`` on ``files`` in ``nproc`` torchrun processes; yield the run's events as ``Trainer.run`` does.
 
     ``scratch``: a folder for the images' links (removed at the end). ``ValueError`` at once for a config that
-    the command line cannot express; everything later (the child's own errors too) ends in a ``Failed`` event.
+    the command line cannot express or torchrun cannot run (a time budget); everything later (the child's own
+    errors too) ends in a ``Failed`` event.
     """
+    if config.time_budget_s is not None:  # the ranks' clocks would stop them at different steps (see Trainer)
+        raise ValueError("a time budget is not supported on several GPUs yet: clear it and give a number of epochs")
     config = dataclasses.replace(config, model=_absolute(config.model), weights=_absolute(config.weights))
     args = train_args(config)
     name = _folder_name(report.source)

@@ -116,3 +116,11 @@ def test_the_status_says_how_many_processes_train():
 def test_the_childs_preparing_and_mid_epoch_validations_reach_the_page():
     for event in (train.Preparing("building densenet_fashion"), train.Evaluated(0.5, 0.7, 0.6, 0.6, True, 3.0)):
         assert D.event_from_dict(json.loads(json.dumps(event.to_dict()))) == event
+
+
+def test_a_time_budget_is_refused_before_any_process_starts(tmp_path):
+    files, report = data.from_class_lists(_by_hand(tmp_path / "uploads"))
+    config = config_from_settings("densenet_fashion", mode="scratch", time_budget="2m")
+    with pytest.raises(ValueError, match="time budget is not supported on several GPUs"):
+        multi_gpu.train_on_all_gpus(config, files, report, nproc=2, scratch=tmp_path)
+    assert list(tmp_path.glob("torchrun_*")) == []
