@@ -89,9 +89,9 @@ def test_train_streams_events_and_the_run_becomes_a_model(client, app_server):
     runs_folder = app_server.weights_dir / "runs"
     before = set(runs_folder.iterdir()) if runs_folder.is_dir() else set()  # other tests' runs on this server
     job = client.submit(
-        "densenet_bc100_k12",
+        "densenet_fashion",
         "Random init",
-        "linear",
+        "scratch",
         1,
         None,
         32,

@@ -25,6 +25,9 @@ def test_start_checks_the_example_itself_and_the_results_name_the_run(browser, a
     epochs = page.locator("#train-epochs input[type=number]")
     epochs.fill("1")
     epochs.press("Enter")
+    size = page.get_by_label("Image size (0: the model's own)")
+    size.fill("32")
+    size.press("Enter")
     page.locator("#train-start").click()  # no "Check dataset" first
     expect(page.locator("#train-report")).to_contain_text("4 classes", timeout=60_000)
     status = page.locator("#train-status")
