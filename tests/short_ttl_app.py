@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from densenet_demo import sessions, ui  # noqa: E402
 
-SHORT_TTL_S = 3
+SHORT_TTL_S = 6  # long enough that a busy machine does not expire a session between two calls
 
 if __name__ == "__main__":
     sessions.STATE_TTL_S = SHORT_TTL_S  # read when the page is built
