@@ -1,0 +1,144 @@
+"""A run handed over between processes: paused at a deadline, resumed from its CPU state as it was, and a
+finished or stopped run continued for more epochs."""
+
+from __future__ import annotations
+
+import pickle
+import time
+
+import pytest
+import torch
+from test_train import _colour_images, _config, _kinds
+
+from densenet_demo import chunked, data, train_state
+from densenet_demo.pacing import lr_factor
+from densenet_demo.train import CancelToken, Trainer
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory):
+    files, _ = data.load_image_folder(_colour_images(tmp_path_factory.mktemp("colours"), per_class=8))
+    return files
+
+
+def _tensors_on_cpu(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.device.type == "cpu"
+    if isinstance(value, dict):
+        return all(_tensors_on_cpu(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_tensors_on_cpu(v) for v in value)
+    return True
+
+
+def _chained(config, files, seconds_per_call: float, gap_s: float = 0.0) -> tuple[list, int]:
+    """A run as a chain of trainers, each with ``seconds_per_call`` from its start and going on from the last
+    one's state, pickled as it crosses to a GPU call; ``gap_s`` between calls (a GPU call's queue)."""
+    trainer, events, calls = Trainer(config, files), [], 0
+    while True:
+        calls += 1
+        chunk = list(trainer.run(deadline=time.monotonic() + seconds_per_call))
+        events += [e for e in chunk if e.kind != "paused" and (calls == 1 or e.kind not in ("started", "preparing"))]
+        if chunk[-1].kind != "paused":
+            return events, calls
+        state = pickle.loads(pickle.dumps(trainer.state_dict()))
+        assert _tensors_on_cpu(state)
+        time.sleep(gap_s)
+        trainer = Trainer.from_state(state, files)
+
+
+@pytest.mark.parametrize("mode", ["scratch", "linear"])
+def test_a_run_paused_after_every_step_trains_exactly_as_one_without_pauses(tiny_config, colours, mode):
+    config = _config(tiny_config, mode=mode, epochs=3, weights="random")
+    whole, calls = _chained(config, colours, seconds_per_call=float("inf"))  # never paused; the same batch order
+    assert calls == 1
+    chained, calls = _chained(config, colours, seconds_per_call=0.0)  # paused once a step has been timed
+    steps = [e for e in chained if e.kind == "step"]
+    assert calls >= len(steps) / 2 > 1
+    assert [(e.epoch, e.step) for e in steps] == [(ep, s) for ep in (1, 2, 3) for s in range(1, steps[0].steps + 1)]
+    assert _kinds(chained).split().count("started") == 1
+    # The state carries everything (weights, optimizer, RNG, the epoch's order and running sums): the same numbers.
+    assert [(e.loss, e.acc, e.lr) for e in steps] == [(e.loss, e.acc, e.lr) for e in whole if e.kind == "step"]
+    ends = [(e.train_loss, e.train_acc, e.val_acc, e.val_loss) for e in chained if e.kind == "epoch_end"]
+    assert ends == [(e.train_loss, e.train_acc, e.val_acc, e.val_loss) for e in whole if e.kind == "epoch_end"]
+    assert chained[-1].kind == whole[-1].kind == "finished"
+    assert chained[-1].best_epoch == whole[-1].best_epoch
+
+
+def test_a_time_budget_counts_the_time_inside_calls_not_between_them(tiny_config, colours):
+    config = _config(tiny_config, epochs=None, time_budget_s=3.0)
+    events, calls = _chained(config, colours, seconds_per_call=1.0, gap_s=1.5)
+    assert events[-1].kind == "finished" and events[-1].out_of_time
+    assert calls >= 3  # counted with the gaps, the budget would have run out in the second call
+    progress = [e.progress for e in events if e.kind == "step"]
+    # The lr's clock went on across the calls (a validation's measured time may move the end by a little).
+    assert progress[-1] > 0.5 and all(b > a - 0.05 for a, b in zip(progress, progress[1:], strict=False))
+
+
+def test_the_state_a_finished_run_keeps_holds_cpu_tensors_and_plain_data(tiny_config, colours):
+    trainer = Trainer(_config(tiny_config, epochs=2), colours)
+    list(trainer.run())
+    path = trainer.out_dir / train_state.STATE_FILE
+    state = torch.load(path, weights_only=True)  # nothing but data: no pickled classes
+    assert _tensors_on_cpu(state) and state["run_id"] == trainer.run_id
+    assert state["position"]["epoch"] == 3 and state["position"]["step"] == 0
+
+
+def test_a_finished_run_continues_for_more_epochs_on_the_schedule_of_the_longer_run(tiny_config, colours):
+    config = _config(tiny_config, epochs=2)
+    trainer = Trainer(config, colours)
+    first = list(trainer.run())
+    assert first[-1].kind == "finished"
+    run = chunked.continue_training(trainer.out_dir, colours, 2)
+    events = list(run.run())
+    assert [e.epoch for e in events if e.kind == "epoch_end"] == [3, 4]
+    started = next(e for e in events if e.kind == "started")
+    assert started.epochs == 4 and started.run_id == trainer.run_id
+    step = next(e for e in events if e.kind == "step")
+    resolved = config.resolved()
+    assert step.lr == pytest.approx(resolved.lr * lr_factor(resolved.schedule, resolved.warmup, 0.5))
+    assert events[-1].kind == "finished" and events[-1].checkpoint_dir == first[-1].checkpoint_dir
+    assert events[-1].best_val_acc >= first[-1].best_val_acc  # the best so far is kept
+
+
+def test_a_stopped_run_continues_with_the_epoch_it_stopped_in(tiny_config, colours):
+    cancel = CancelToken()
+    trainer = Trainer(_config(tiny_config, epochs=2), colours)
+    for event in trainer.run(cancel):
+        if event.kind == "step" and (event.epoch, event.step) == (2, 2):
+            cancel.cancel()
+    assert event.kind == "cancelled"
+    resumed = list(chunked.continue_training(trainer.out_dir, colours, 1).run())
+    steps = [e for e in resumed if e.kind == "step"]
+    assert (steps[0].epoch, steps[0].step) == (2, 1)
+    assert resumed[-1].kind == "finished" and resumed[-1].epochs_run == 2
+
+
+def test_a_time_budget_run_continues_for_epochs(tiny_config, colours):
+    trainer = Trainer(_config(tiny_config, epochs=None, time_budget_s=1.0), colours)
+    first = list(trainer.run())
+    assert first[-1].kind == "finished"
+    events = list(chunked.continue_training(trainer.out_dir, colours, 1).run())
+    started = next(e for e in events if e.kind == "started")
+    assert started.time_budget_s is None and started.epochs == first[-1].epochs_run + 1
+    assert events[-1].kind == "finished" and not events[-1].out_of_time
+
+
+def test_continuing_on_other_classes_is_refused(tiny_config, colours, tmp_path):
+    trainer = Trainer(_config(tiny_config, epochs=1), colours)
+    list(trainer.run())
+    other, _ = data.load_image_folder(_colour_images(tmp_path / "other", per_class=4))
+    other = data.LabeledFiles(("a", "b", "c"), other.train)
+    with pytest.raises(ValueError, match="data it was trained on"):
+        chunked.continue_training(trainer.out_dir, other, 1)
+
+
+@pytest.mark.parametrize("more", [0, -1, 2.5, True])
+def test_more_epochs_must_be_a_whole_number_of_at_least_one(tmp_path, colours, more):
+    with pytest.raises(ValueError, match="more epochs must be a whole number"):
+        chunked.continue_training(tmp_path, colours, more)
+
+
+def test_a_run_without_a_saved_state_says_what_to_do(tmp_path, colours):
+    with pytest.raises(FileNotFoundError, match="Start a new run instead"):
+        chunked.continue_training(tmp_path, colours, 1)
