@@ -10,9 +10,10 @@ from typing import Any, NamedTuple
 
 import gradio as gr
 
-from .. import memory, plots, runs, sessions, train, weights
+from .. import chunked, memory, plots, runs, sessions, train, weights
 from ..config import PRESETS
 from .common import limits_note, model_choices, reuse_choices, user_errors
+from .continue_run import build_continue_controls, wire_continue
 from .exports import export_run
 from .finetune_data import (
     SOURCE_CHOICES,
@@ -25,7 +26,7 @@ from .finetune_data import (
 from .training_settings import build_extra_settings, config_from_page, estimate_text, mode_values, suggest
 from .training_view import curves, event_line, outcome_line, per_class_frame, progress_html, skipped_lines
 
-__all__ = ["FinetuneTab", "build_finetune_tab", "start_training", "stop_training"]
+__all__ = ["FinetuneTab", "build_finetune_tab", "follow_run", "start_training", "stop_training"]
 
 
 # The built-in example trains to >90% val accuracy in well under a minute on a laptop CPU with these.
@@ -145,6 +146,7 @@ def build_finetune_tab(
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+            more = build_continue_controls()  # "Continue training": the last run, more epochs (continue_run.py)
     progress = gr.HTML(progress_html(0, "Not started."), elem_id="train-progress")
     # min_width: side by side on a wide page, one under the other on a phone (the row wraps).
     with gr.Row():
@@ -219,6 +221,7 @@ def build_finetune_tab(
         concurrency_limit=1,
         concurrency_id="train",
     )
+    wire_continue(tab, more)
     stop.click(stop_training, state, log, api_name="stop", queue=False)
     export_button.click(export_run, state, export_file, api_name="export_run_onnx", concurrency_limit=1)
     return tab
@@ -267,11 +270,11 @@ def start_training(
     epochs: float,
     lr: float | None,
     batch_size: float,
-    image_size: float | None,
-    memory_efficient: bool,
-    amp: str,
-    optimizer: str,
-    schedule: str,
+    image_size: float | None = None,
+    memory_efficient: bool = False,
+    amp: str = "Auto",
+    optimizer: str = "default",
+    schedule: str = "default",
     recipe: str = "quick",  # then training_settings.ExtraSettings, in its order
     time_budget: str = "",
     augment: str = "none",
@@ -291,7 +294,14 @@ def start_training(
     config, note = config_from_page(*basics, schedule, *extra), _weights_note(model, weights_choice, mode)
     files, report = state["dataset"]
     with user_errors(ValueError, weights.CheckpointError):
-        trainer = train.Trainer(config, files, report=report)
+        trainer = chunked.training(config, files, report=report)  # one loop here; GPU calls on ZeroGPU (gpu.py)
+    yield from follow_run(tab, state, trainer, note)
+
+
+def follow_run(
+    tab: FinetuneTab, state: dict[str, Any], trainer: chunked.TrainingRun, note: str | None
+) -> Iterator[dict[Any, Any]]:
+    """A run's events as the page's live updates: curves, progress, log, then the results (Start and Continue)."""
     session = session_of(state)
     state["cancel"] = cancel = train.CancelToken()
     with user_errors(weights.CheckpointError):
@@ -301,7 +311,7 @@ def start_training(
     live: list[dict[str, Any]] = []  # the smoothed loss per step and mid-epoch validations, from the first steps on
     log = [note] if note else []
     last_update = 0.0
-    total_epochs, n_val = config.epochs, len(trainer.val_items)
+    total_epochs, n_val = trainer.config.epochs, len(trainer.val_items)
     run = trainer.run(cancel)
     try:
         for event in run:
