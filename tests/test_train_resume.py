@@ -3,22 +3,40 @@ finished or stopped run continued for more epochs."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from test_train import _colour_images, _config, _kinds
 
-from densenet_demo import chunked, data, train_state
+from densenet_demo import checkpoints, chunked, data, train_state
+from densenet_demo.cli import main
+from densenet_demo.images import default_preprocessing
+from densenet_demo.model import DenseNet
 from densenet_demo.pacing import lr_factor
 from densenet_demo.train import CancelToken, Trainer
 
 
 @pytest.fixture(scope="module")
-def colours(tmp_path_factory):
-    files, _ = data.load_image_folder(_colour_images(tmp_path_factory.mktemp("colours"), per_class=8))
-    return files
+def folder(tmp_path_factory) -> Path:
+    return _colour_images(tmp_path_factory.mktemp("colours"), per_class=8)
+
+
+@pytest.fixture(scope="module")
+def colours(folder) -> data.LabeledFiles:
+    return data.load_image_folder(folder)[0]
+
+
+@pytest.fixture
+def start_from(tmp_path, tiny_config) -> Path:
+    """A tiny DenseNet as a checkpoint folder, for ``--model``."""
+    model = DenseNet(tiny_config)
+    preprocessing = default_preprocessing(model.cfg)
+    checkpoints.save_checkpoint(tmp_path / "tiny", model, class_names=["x", "y", "z"], preprocessing=preprocessing)
+    return tmp_path / "tiny"
 
 
 def _tensors_on_cpu(value) -> bool:
@@ -142,3 +160,38 @@ def test_more_epochs_must_be_a_whole_number_of_at_least_one(tmp_path, colours, m
 def test_a_run_without_a_saved_state_says_what_to_do(tmp_path, colours):
     with pytest.raises(FileNotFoundError, match="Start a new run instead"):
         chunked.continue_training(tmp_path, colours, 1)
+
+
+def test_the_command_line_continues_a_run_for_more_epochs(folder, start_from, capsys):
+    argv = ["train", str(folder), "--model", str(start_from), "--mode", "finetune", "--epochs", "1"]
+    assert main([*argv, "--image-size", "16", "--batch-size", "8", "--json"]) == 0
+    first = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["train", str(folder), "--resume", first.name, "--epochs", "2", "--json"]) == 0
+    out, err = capsys.readouterr()
+    *lines, last = out.strip().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["epoch"] for e in events if e["event"] == "epoch_end"] == [2, 3]
+    assert events[-1]["event"] == "finished" and last == str(first)
+    assert f"continuing run {first.name}: epochs 2 to 3" in err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lr", "0.1"], "leave out --lr"),
+        (["--model", "densenet121"], "leave out --model"),
+    ],
+)
+def test_the_command_line_refuses_new_settings_for_a_continued_run(folder, capsys, extra, message):
+    assert main(["train", str(folder), "--resume", "some-run", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_command_line_names_a_run_it_cannot_find(folder, capsys):
+    assert main(["train", str(folder), "--resume", "no-such-run"]) == 2
+    assert "no-such-run" in capsys.readouterr().err
+
+
+def test_a_new_run_on_the_command_line_needs_a_model(folder, capsys):
+    assert main(["train", str(folder)]) == 2
+    assert "a new run needs --model" in capsys.readouterr().err
