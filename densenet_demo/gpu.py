@@ -51,7 +51,7 @@ CALL_SECONDS_ENV = "DENSENET_DEMO_GPU_CALL_S"
 DEFAULT_CALL_SECONDS = 60  # ZeroGPU's own default duration; longer calls wait longer in its queue
 # Prediction: a fixed part (the worker's start, the model built and moved to the GPU, its first kernels) plus a
 # little per image (decoding on the worker's CPU, the forward pass, Grad-CAM).
-PREDICTION_BASE_S = 10.0
+PREDICTION_BASE_S = 15.0
 PREDICTION_PER_IMAGE_S = 0.25
 
 
