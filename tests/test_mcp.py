@@ -1,5 +1,5 @@
-"""The app as an MCP server (GRADIO_MCP_SERVER=True): an MCP client over streamable HTTP lists its tools, classifies
-an image and reads an architecture table through them."""
+"""The app as an MCP server (on unless GRADIO_MCP_SERVER=false): an MCP client over streamable HTTP lists its
+tools, classifies an image and reads an architecture table through them."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from densenet_demo.ui.app import mcp_server_enabled
 
 @pytest.fixture(scope="module")
 def mcp_url(tmp_path_factory):
-    server = AppServer.started(tmp_path_factory.mktemp("mcp"), env={"GRADIO_MCP_SERVER": "True"})
+    server = AppServer.started(tmp_path_factory.mktemp("mcp"), env={"GRADIO_MCP_SERVER": ""})  # the default
     yield server.url + "gradio_api/mcp/"
     server.stop()
 
@@ -71,11 +71,10 @@ def test_an_mcp_client_reads_an_architecture_table(mcp_url):
     assert "7,978,856" in text and "denseblock4" in text
 
 
-def test_the_mcp_server_is_off_locally_and_on_on_a_space_unless_configured(monkeypatch):
+def test_the_mcp_server_is_on_unless_configured_off(monkeypatch):
     monkeypatch.delenv("GRADIO_MCP_SERVER", raising=False)
-    monkeypatch.delenv("SPACE_ID", raising=False)
-    assert not mcp_server_enabled()
-    monkeypatch.setenv("SPACE_ID", "someone/densenet-demo")
-    assert mcp_server_enabled()
+    assert mcp_server_enabled()  # the mcp package is a requirement (gradio[mcp])
     monkeypatch.setenv("GRADIO_MCP_SERVER", "false")
     assert not mcp_server_enabled()
+    monkeypatch.setenv("GRADIO_MCP_SERVER", "True")
+    assert mcp_server_enabled()
