@@ -185,7 +185,10 @@ def _decorate() -> tuple[Callable | None, Callable | None]:
     if not zero_gpu():
         return None, None
     import spaces  # noqa: PLC0415  # optional: only ZeroGPU Spaces have it (they install it themselves)
+    import torch._dynamo  # noqa: F401, PLC0415
 
+    # Each call's worker is forked from this process: what the calls would import lazily is imported here, once.
+    # torch's optimizers import torch._dynamo on their first use: 2.7 s on a 2-core CPU, in every new worker.
     logger.info("ZeroGPU: GPU work runs in @spaces.GPU calls of at most %d s", call_seconds())
     return spaces.GPU(_call_in_worker, duration=_declared), spaces.GPU(_stream_in_worker, duration=_declared)
 
