@@ -46,6 +46,8 @@ def test_an_mcp_client_lists_the_tools_with_their_descriptions(mcp_url):
     assert "most likely classes" in classify.description and "top_k" in classify.inputSchema["properties"]
     assert classify.inputSchema["required"] == ["image"]  # everything else has a default
     assert "channels grow" in table.description and "required" not in table.inputSchema
+    chosen = _session(mcp_url + "?tools=classify_image,architecture_table", lambda s: s.list_tools()).tools
+    assert sorted(tool.name for tool in chosen) == ["architecture_table", "classify_image"]  # the agents' pair
 
 
 @pytest.mark.e2e
