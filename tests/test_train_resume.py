@@ -1,15 +1,18 @@
 """A run handed over between processes: paused at a deadline, resumed from its CPU state as it was, and a
-finished or stopped run continued for more epochs."""
+finished or stopped run continued for more epochs, in the engine, on the command line and from the page."""
 
 from __future__ import annotations
 
 import json
 import pickle
+import re
 import time
 from pathlib import Path
 
+import gradio as gr
 import pytest
 import torch
+from test_finetune_tab import SETTINGS, _checked, _images
 from test_train import _colour_images, _config, _kinds
 
 from densenet_demo import checkpoints, chunked, data, train_state
@@ -18,6 +21,10 @@ from densenet_demo.images import default_preprocessing
 from densenet_demo.model import DenseNet
 from densenet_demo.pacing import lr_factor
 from densenet_demo.train import CancelToken, Trainer
+from densenet_demo.ui import finetune_data
+from densenet_demo.ui.common import model_choices
+from densenet_demo.ui.continue_run import continue_training
+from densenet_demo.ui.finetune_tab import FinetuneTab, build_finetune_tab, start_training
 
 
 @pytest.fixture(scope="module")
@@ -195,3 +202,23 @@ def test_the_command_line_names_a_run_it_cannot_find(folder, capsys):
 def test_a_new_run_on_the_command_line_needs_a_model(folder, capsys):
     assert main(["train", str(folder)]) == 2
     assert "a new run needs --model" in capsys.readouterr().err
+
+
+def _page() -> FinetuneTab:
+    with gr.Blocks():
+        state = finetune_data.session_state()
+        return build_finetune_tab(model_choices(None), predict_model=gr.Dropdown(), reuse=gr.Dropdown(), state=state)
+
+
+def test_the_page_continues_its_last_run_for_more_epochs(tmp_path):
+    tab, state = _page(), _checked(_images(tmp_path / "d", 6))
+    with pytest.raises(gr.Error, match="Train a run first"):
+        next(continue_training(tab, state, 2))
+    *_, first = start_training(tab, state, *SETTINGS)  # one epoch
+    assert "Finished" in first[tab.log]
+    *_, last = continue_training(tab, first[tab.state], 2.0)
+    log = last[tab.log]
+    run_id = first[tab.state]["run_id"]
+    assert f"Continuing run {run_id} for 2 more epoch(s): epochs 2 to 3." in log
+    assert re.findall(r"Epoch (\d)/3:", log) == ["2", "3"] and "Finished" in log
+    assert last[tab.state]["run_id"] == run_id
