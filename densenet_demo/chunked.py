@@ -25,7 +25,7 @@ from typing import Any
 
 from . import gpu
 from . import weights as W
-from .data import DatasetReport, LabeledFiles
+from .data import DatasetReport, Item, LabeledFiles
 from .events import CancelToken, Evaluated, Event, Failed, Finished, Paused, Preparing, Started
 from .train import TrainConfig, Trainer
 from .train_state import keep_state, load_state
@@ -101,11 +101,25 @@ class TrainingRun:
         self.files, self.report = files, report
         self.state, self.more_epochs = state, more_epochs  # a continued run: where it goes on from
 
-    run_id = property(lambda self: self.trainer.run_id)
-    out_dir = property(lambda self: self.trainer.out_dir)
-    config = property(lambda self: self.trainer.config)
-    val_items = property(lambda self: self.trainer.val_items)
-    data_parallel = property(lambda self: self.trainer.data_parallel)
+    @property
+    def run_id(self) -> str:
+        return self.trainer.run_id
+
+    @property
+    def out_dir(self) -> Path:
+        return self.trainer.out_dir
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.trainer.config  # resolved: every default filled in
+
+    @property
+    def val_items(self) -> list[Item]:
+        return self.trainer.val_items
+
+    @property
+    def data_parallel(self) -> None:
+        return None  # a run of one process (torchrun's runs are Trainers of their own)
 
     def run(self, cancel: CancelToken | None = None) -> Iterator[Event]:
         """The run's events, ending with ``Finished``, ``Cancelled`` or ``Failed``."""

@@ -32,6 +32,7 @@ __all__ = [
     "GPUUnavailable",
     "call_seconds",
     "can_start_processes",
+    "deferred",
     "device",
     "explain",
     "has_gpu",
