@@ -10,9 +10,10 @@ import gradio as gr
 import pandas as pd
 
 from ..config import PRESETS
+from . import predict_tab
 from .architecture_tab import ArchitectureTab, config_fields, show_architecture
 from .classify import classify_paths
-from .predict_tab import PREDICT_CONCURRENCY, PredictTab
+from .predict_tab import PredictTab
 
 __all__ = ["architecture_table", "classify_image", "wire_agent_tools"]
 
@@ -25,7 +26,7 @@ def wire_agent_tools(predict: PredictTab, architecture: ArchitectureTab, state: 
         [predict.photo, predict.model, predict.weights, predict.top_k, state],
         [predict.label, predict.info],
         api_name="classify_image",
-        concurrency_limit=PREDICT_CONCURRENCY,
+        concurrency_limit=predict_tab.PREDICT_CONCURRENCY,  # read now: bench/serve.py sets it
         concurrency_id="predict",
     )
     gr.on(
