@@ -168,8 +168,11 @@ class TrainingRun:
         """ZeroGPU refused a call: the run ends with its message; the best checkpoint and the last state stay."""
         kept = (self.out_dir / W.CHECKPOINT_WEIGHTS).is_file()
         if kept and state is not None:
-            keep_state(self.out_dir, state)
-            message += " The best checkpoint so far is kept, and Continue training goes on from where it stopped."
+            try:
+                keep_state(self.out_dir, state)
+                message += " Continue training goes on from where it stopped."
+            except OSError as e:  # the checkpoint stays; only going on from here is lost
+                logger.warning("run %s: its training state was not saved (%s)", self.run_id, e)
         return Failed(message=message, detail=None, checkpoint_dir=str(self.out_dir) if kept else None)
 
 
