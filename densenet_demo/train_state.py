@@ -84,7 +84,16 @@ def load_state(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def keep_state(run_dir: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` into the run's folder (whole or not at all), where ``load_state`` finds it."""
+    """Write ``state`` into the run's folder (whole or not at all), where ``load_state`` finds it.
+
+    What can be made again stays out, since the file counts towards the runs' disk cap: linear mode's feature
+    cache (a continued run computes it again) and its frozen backbone (built again from where the run started),
+    so a linear run keeps only its head. A finetune or scratch run keeps its weights and its optimizer's state.
+    """
+    if state["config"]["mode"] == "linear":
+        head = {k: v for k, v in state["model"].items() if k.startswith("classifier.")}
+        state = {**state, "model": head, "head_only": True}
+    state = {**state, "cache": None}
     checkpoints.atomic_write(Path(run_dir) / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
 
@@ -156,7 +165,7 @@ class Resumable:
             raise ValueError("a run pauses and goes on in one process only; run it without torchrun")
         if state is None:
             return
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"], strict=not state.get("head_only", False))
         optimizer.load_state_dict(state["optimizer"])  # the schedule sets each step's lr from the progress
         scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["cpu"])

@@ -107,6 +107,17 @@ def test_the_state_a_finished_run_keeps_holds_cpu_tensors_and_plain_data(tiny_co
     state = torch.load(path, weights_only=True)  # nothing but data: no pickled classes
     assert _tensors_on_cpu(state) and state["run_id"] == trainer.run_id
     assert state["position"]["epoch"] == 3 and state["position"]["step"] == 0
+    assert state["model"].keys() == trainer.model.state_dict().keys() and state["optimizer"]["state"]
+
+
+def test_a_linear_run_keeps_only_its_head_and_a_continued_one_computes_its_features_again(tiny_config, colours):
+    trainer = Trainer(_config(tiny_config, mode="linear", epochs=2), colours)
+    list(trainer.run())
+    state = train_state.load_state(trainer.out_dir)
+    assert state["cache"] is None and all(key.startswith("classifier.") for key in state["model"])
+    events = list(chunked.continue_training(trainer.out_dir, colours, 2).run())
+    assert "caching" in _kinds(events) and events[-1].kind == "finished"
+    assert [e.epoch for e in events if e.kind == "epoch_end"] == [3, 4]
 
 
 def test_a_finished_run_continues_for_more_epochs_on_the_schedule_of_the_longer_run(tiny_config, colours):
