@@ -102,7 +102,7 @@ class EpochOrder(Sampler[int]):
     a resumed run draws the order its pass had and leaves out the batches it took already."""
 
     def __init__(self, n: int, seed: int) -> None:
-        self.n, self.seed, self.shuffle_seed, self.skip = n, seed, seed, 0
+        self.n, self.shuffle_seed, self.skip = n, seed, 0
 
     def start(self, shuffle_seed: int, skip: int) -> None:
         self.shuffle_seed, self.skip = shuffle_seed, skip
@@ -218,7 +218,9 @@ class Resumable:
             ahead += clock.validation_s if clock.validation_s is not None else self._step_s * batches / 3
         return now + SLOWER_STEP * ahead >= self._deadline
 
-    def _paused(self: Trainer, epoch: int, step: int, epoch_start: float, without_best: int, reported: int) -> Any:
+    def _paused(
+        self: Trainer, epoch: int, step: int, epoch_start: float, without_best: int, reported: int
+    ) -> events.Paused:
         """The ``Paused`` event after ``step`` steps of ``epoch``; ``state_dict()`` holds where the run is."""
         metrics = self._parts[4]
         smoothed = None if metrics.smoothed is None else float(metrics.smoothed)
