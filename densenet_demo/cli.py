@@ -77,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune or train on a folder or zip of class subfolders")
     p.add_argument("data", help="folder or .zip of class subfolders (or train/ and val/), or 'example'")
-    p.add_argument("--model", required=True, help="preset name or a fine-tuned checkpoint folder")
+    p.add_argument("--model", help="preset name or a fine-tuned checkpoint folder (a new run needs it)")
+    p.add_argument(
+        "--resume", metavar="RUN", help="continue a finished or stopped run (its id or folder) on the same data, "
+        "with its own settings, for --epochs more epochs (default 5)",
+    )  # fmt: skip
     _add_training_settings(p)
     p.add_argument("--out", default=None, help="folder for the run's checkpoint (default: weights/runs/<run-id>)")
     p.add_argument("--json", action="store_true", help="print one JSON event per line")
@@ -277,137 +281,9 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    """Under ``torchrun --nproc-per-node N -m densenet_demo train ...`` every process runs this; rank 0 prints."""
-    from .distributed import data_parallel, is_main_process
+    from .cli_train import train_command  # the train command's own module (it imports this one)
 
-    try:
-        with data_parallel(sync_batchnorm=args.sync_bn) as dp:
-            if args.sync_bn and dp is None:
-                print("warning: --sync-bn has no effect in a single process (start with torchrun)", file=sys.stderr)
-            return _train(args, dp)
-    except ValueError as e:
-        if not is_main_process():  # every rank meets the same bad input: one message is enough
-            return EXIT_USAGE
-        raise UsageError(str(e)) from None
-    except UsageError:
-        if not is_main_process():
-            return EXIT_USAGE
-        raise
-
-
-def _train(args: argparse.Namespace, dp) -> int:
-    import json
-    import tempfile
-
-    from .data import DatasetError, load_image_folder
-    from .examples import example_dataset_folder
-    from .train import Trainer, example_config
-    from .train_settings import config_from_settings
-
-    quiet = dp is not None and not dp.is_main
-    with tempfile.TemporaryDirectory(prefix="densenet_demo_train_") as scratch:
-        try:
-            if args.data == "example":  # the same generated dataset as the app's, made once per machine
-                files, report = load_image_folder(example_dataset_folder())
-            else:
-                files, report = load_image_folder(args.data, extract_to=os.path.join(scratch, "data"))
-            # The example trains with its own quick settings, unless a flag says otherwise.
-            quick = example_config().to_dict() if args.data == "example" else {}
-            own = ("epochs", "lr", "optimizer", "schedule", "batch_size", "augment", "label_smoothing")
-            settings = {k: v for k, v in quick.items() if k in own}
-            settings |= training_settings(args)
-            config = config_from_settings(args.model, **settings)
-            trainer = Trainer(config, files, report=report, out_dir=args.out, data_parallel=dp)
-        except (DatasetError, ValueError) as e:
-            raise UsageError(str(e)) from None
-        if quiet:
-            return _print_training(trainer, as_json=args.json, quiet=True)
-        if args.json:
-            print(json.dumps({"event": "dataset", **report.to_dict()}), flush=True)
-        else:
-            print(report.summary(), file=sys.stderr)
-        return _print_training(trainer, as_json=args.json)
-
-
-def _print_training(trainer, *, as_json: bool, quiet: bool = False) -> int:
-    """Run a trainer, printing its events; Ctrl-C stops after the current step and keeps the best checkpoint.
-
-    ``quiet``: print nothing (the ranks of a torchrun run other than 0).
-    """
-    import json
-    import signal
-
-    from tqdm import tqdm
-
-    from .train import CancelToken, Failed, Finished
-
-    cancel = CancelToken()
-    previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
-    # torchrun ends the other ranks with SIGTERM when one fails: finish the step and report, not die mid-write.
-    distributed = trainer.data_parallel is not None
-    previous_term = signal.signal(signal.SIGTERM, lambda *_: cancel.cancel()) if distributed else None
-    bar = None
-    try:
-        for event in trainer.run(cancel):
-            kind, end = event.kind, event
-            if quiet:
-                continue
-            if as_json:
-                print(json.dumps(event.to_dict()), flush=True)
-                continue
-            if kind == "started":
-                amp = f", mixed precision {event.amp}" if event.amp else ""
-                procs = f" x {event.world_size} processes (global batch {event.global_batch_size})"
-                print(
-                    f"run {event.run_id}: {event.mode} on {event.device}{procs if event.world_size > 1 else ''}{amp}, "
-                    f"weights: {event.weights}; {event.n_train} train / {event.n_val} val images",
-                    file=sys.stderr,
-                )
-            elif kind == "preparing":
-                print(f"{event.what}…", file=sys.stderr)
-            elif kind == "evaluated":
-                print(f"\nval acc {event.val_acc:.1%} after {event.epoch} of an epoch", file=sys.stderr)
-            elif kind == "caching":
-                bar = bar or tqdm(total=event.total, desc="features (once)", unit="img", leave=False)
-                bar.n = event.done
-                bar.refresh()
-            elif kind == "step":
-                if event.step == 1:
-                    if bar is not None:
-                        bar.close()
-                    bar = tqdm(total=event.steps, desc=f"epoch {event.epoch}", unit="step")
-                bar.set_postfix(
-                    loss=f"{event.loss:.3f}", acc=f"{event.acc:.1%}", img_s=f"{event.images_per_s:.1f}", refresh=False
-                )
-                bar.update(1)
-            elif kind == "epoch_end":
-                if bar is not None:
-                    bar.set_postfix(train_acc=f"{event.train_acc:.1%}", val_acc=f"{event.val_acc:.1%}")
-                    bar.close()
-                    bar = None
-                for path, reason in event.skipped:
-                    print(f"skipped {path}: {reason}", file=sys.stderr)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
-        if bar is not None:
-            bar.close()
-    code = EXIT_OK if isinstance(end, Finished) else (EXIT_PARTIAL if isinstance(end, Failed) else 130)
-    if quiet:
-        return code
-    if isinstance(end, Finished) and not as_json:
-        why = ", the time budget ran out" if end.out_of_time else ""
-        print(
-            f"best val acc {end.best_val_acc:.1%} (epoch {end.best_epoch}) in {end.seconds:.1f} s{why}", file=sys.stderr
-        )
-    elif isinstance(end, Failed):
-        print(f"error: {end.message}", file=sys.stderr)
-    elif not as_json:
-        print("stopped; the best checkpoint so far is kept", file=sys.stderr)
-    if end.checkpoint_dir:
-        print(end.checkpoint_dir)
-    return code
+    return train_command(args)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:

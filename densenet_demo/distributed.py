@@ -46,6 +46,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Sampler
 
+from . import gpu
 from .events import (
     Caching,
     Cancelled,
@@ -305,6 +306,8 @@ def gpu_count() -> int:
     fake = os.environ.get(ENV_FAKE_GPUS)
     if fake:
         return int(fake)
+    if gpu.zero_gpu():  # one GPU lent per call, and CUDA must not be touched outside one: no torchrun there
+        return 0
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "Finished",
     "Cancelled",
     "Failed",
+    "Paused",
 ]
 
 
@@ -163,3 +164,13 @@ class Failed(Event):
     message: str  # for people: what went wrong and what to do
     detail: str | None = None  # the traceback, for logs (the trainer logs it at ERROR too)
     checkpoint_dir: str | None = None  # the best so far, if an epoch had ended
+
+
+@dataclass(frozen=True)
+class Paused(Event):
+    """The run stopped at a step boundary because its time (``run(deadline=...)``) was up, to go on elsewhere:
+    ``Trainer.state_dict()`` holds where it was (a GPU call's worth of training on ZeroGPU, train_state.py)."""
+
+    kind: ClassVar[str] = "paused"
+    epoch: int
+    step: int  # steps of ``epoch`` done

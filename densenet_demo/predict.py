@@ -4,7 +4,8 @@
 never rebuilds a model. A predictor is read-only after construction and safe to share between threads:
 inference runs through ``InferenceDenseNet`` (BN folded, channels_last, no repeated concatenation) under
 ``torch.inference_mode()``, and Grad-CAM differentiates the head on a detached feature map instead of
-registering hooks on the shared model.
+registering hooks on the shared model. ``classify_files`` is one request's work as plain data in and out: what
+a ZeroGPU call computes (gpu.py), and what the app computes here everywhere else.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from . import archives, checkpoints
+from . import archives, checkpoints, gpu
 from . import weights as W
 from .images import ImageError, ImageSource, Preprocessing, decode_image
 from .inference import InferenceDenseNet
@@ -32,11 +33,13 @@ from .model import DenseNet
 
 __all__ = [
     "CACHE_SIZE",
+    "Classified",
     "GradCam",
     "Prediction",
     "Predictor",
     "build_predictor",
     "checkpoint_from_upload",
+    "classify_files",
     "clear_cache",
     "get_predictor",
 ]
@@ -77,7 +80,7 @@ class Predictor:
         model_key: what the model was asked for as (preset name, ``run:<id>``, folder).
         weights_label: where the weights came from, for people ("ImageNet (...)", "random init", ...).
         notice: set when the weights asked for were unavailable; says what happened and what to do.
-        device: defaults to CUDA when available, else the CPU.
+        device: default ``gpu.device()``: CUDA when there is a GPU here now, else the CPU.
     """
 
     def __init__(
@@ -93,7 +96,7 @@ class Predictor:
     ) -> None:
         if len(class_names) != model.cfg.num_classes:
             raise ValueError(f"{len(class_names)} class names for a model with {model.cfg.num_classes} outputs")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = torch.device(device or gpu.device())
         self.model = model.eval().to(self.device)
         self.cfg = model.cfg
         self.class_names = tuple(class_names)
@@ -257,7 +260,7 @@ def get_predictor(model: str, weights: str | os.PathLike | None = W.DEFAULT) -> 
     A file changed on disk (a re-saved run, ImageNet weights placed after a failed download) gives a new predictor.
     """
     spec = W.resolve(model, weights)
-    key = spec.cache_key
+    key = (spec.cache_key, str(gpu.device()))  # on ZeroGPU: on the CPU here, on the GPU inside a call
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -277,6 +280,36 @@ def get_predictor(model: str, weights: str | os.PathLike | None = W.DEFAULT) -> 
             with _cache_lock:
                 _building.pop(key, None)
     return predictor
+
+
+@dataclass
+class Classified:
+    """One request's images: per image its ``Prediction`` (or the ``ImageError`` that stopped it) and, when asked
+    for, the Grad-CAM overlay of its top class; and where the model's weights came from. Plain data throughout."""
+
+    results: list[Prediction | ImageError]
+    overlays: list[Image.Image | None]
+    weights_label: str
+    notice: str | None
+
+
+def classify_files(
+    model: str,
+    weights: str | os.PathLike | None,
+    paths: Sequence[str],
+    *,
+    top_k: int,
+    names: Sequence[str],
+    gradcam: bool,
+) -> Classified:
+    """Classify image files with the cached predictor of (``model``, ``weights``), Grad-CAM included."""
+    predictor = get_predictor(model, weights)
+    results = predictor.predict_images(paths, top_k=top_k, names=names)
+    overlays = [
+        predictor.gradcam(path).overlay if gradcam and isinstance(result, Prediction) else None
+        for path, result in zip(paths, results, strict=True)
+    ]
+    return Classified(results, overlays, predictor.weights_label, predictor.notice)
 
 
 def clear_cache() -> None:

@@ -47,6 +47,7 @@ from .train_cancel import stop_inside_steps
 from .train_data import Batch, FeatureCache, Placement, drops_last, image_loader, iterate_batches, note_failures
 from .train_eval import BestEpoch, ValidationResult, confusion_and_loss, oom_advice
 from .train_setup import MODES, TrainConfig, build_model, example_config, make_optimizer, pick_amp_dtype, pick_device
+from .train_state import Resumable
 
 # The events (events.py) are re-exported: consumers import them with the Trainer.
 __all__ = ["MODES", "TrainConfig", "Trainer", "example_config", *events.__all__]
@@ -65,7 +66,7 @@ class _Stop(Exception):
 # Trainer
 
 
-class Trainer:
+class Trainer(Resumable):
     """One training run: ``Trainer(config, files).run(cancel)`` -> events. A trainer runs once.
 
     Args:
@@ -131,12 +132,14 @@ class Trainer:
         self._best: BestEpoch | None = None  # set only once its checkpoint is on disk
         self._sharded = False  # distributed, each rank on its own share of the images (not the gathered cache)
         self._cancel_hooks: list[Any] = []  # Stop acts inside a step too (train_cancel.py); removed at the end
+        self._init_resumable()  # a new run starts at epoch 1; from_state goes on elsewhere (train_state.py)
 
-    def run(self, cancel: CancelToken | None = None) -> Iterator[Event]:
-        """Train, yielding events; ends with ``Finished``, ``Cancelled`` or ``Failed`` and never raises."""
+    def run(self, cancel: CancelToken | None = None, *, deadline: float | None = None) -> Iterator[Event]:
+        """Train, yielding events; ends with ``Finished``, ``Cancelled`` or ``Failed`` and never raises. With a
+        ``deadline`` (``time.monotonic()``) it may end with ``Paused`` instead, to go on elsewhere (train_state.py)."""
         if self._ran:
             raise RuntimeError("a Trainer runs once; make a new one for another run")
-        self._ran = True
+        self._ran, self._deadline = True, deadline
         end: Event | None = None
         try:
             yield from self._train(cancel or CancelToken())
@@ -231,9 +234,10 @@ class Trainer:
             train_source = yield from self._cache_features(self.train_items, cancel, done=0)
             val_source = yield from self._cache_features(self.val_items, cancel, done=len(self.train_items))
         else:
-            sampler = dp.sampler if self._sharded else None  # distributed hook: each rank reads its own share
+            sampler = dp.sampler if self._sharded else self._order_sampler()  # distributed: each rank its share
             train_source = image_loader(self.train_items, self.preprocessing, cfg, device, train=True, sampler=sampler)
             val_source = image_loader(self.val_items, self.preprocessing, cfg, device, train=False, sampler=sampler)
+        self._resume(model, optimizer, scaler, clock, metrics, (train_source, val_source), steps_per_epoch, mid_step)
 
         def forward(x: torch.Tensor, trained: torch.nn.Module = trained) -> torch.Tensor:
             """Logits; training passes the DDP wrapper as ``trained``, evaluation the plain module (no collectives)."""
@@ -246,22 +250,26 @@ class Trainer:
             return trained(x)
 
         yield events.Preparing("loading the first batch and taking the first step")
-        epochs_without_best, reported, out_of_time = 0, 0, False
-        for epoch in range(1, cfg.epochs + 1):
+        epochs_without_best, reported, out_of_time = self._at.epochs_without_best, self._at.reported, False
+        for epoch in range(self._at.epoch, cfg.epochs + 1):
             self._epoch = epoch
             model.train(not linear)  # linear: the frozen backbone keeps its BatchNorm statistics
-            epoch_start, validated_at = time.monotonic(), 0  # images at the epoch's last validation (0: its start)
             metrics.reset()
-            batches = self._batches(train_source, shuffle_seed=cfg.seed + epoch)
+            done, spent = self._resume_epoch(epoch, metrics)  # a resumed epoch: its steps taken already
+            epoch_start, validated_at = time.monotonic() - spent, 0  # images at the epoch's last validation
+            batches = self._epoch_batches(train_source, cfg.seed + epoch, skip=done)
             if dp is not None:  # distributed hook: a new shuffle of each share; every rank takes the same steps
                 dp.set_epoch(train_source, epoch)
                 batches = dp.lockstep(batches, cancel)
-            for step, (x, y) in enumerate(batches, start=1):
+            for step, (x, y) in enumerate(batches, start=done + 1):
                 if cancel.cancelled:
                     raise _Stop
                 if clock.out_of_time(self._steps_done):
                     out_of_time = True
                     break
+                if self._time_is_up(epoch, step):  # run(deadline=...): go on in another call (train_state.py)
+                    yield self._paused(epoch, step - 1, epoch_start, epochs_without_best, reported)
+                    return
                 clock.started_training()
                 schedule.apply(clock.progress(self._steps_done))
                 x, y = place.to_device(x, y)
@@ -325,6 +333,7 @@ class Trainer:
             if out_of_time or (cfg.early_stopping_patience and epochs_without_best >= cfg.early_stopping_patience):
                 break
 
+        self._keep_state(next_epoch=self._epoch + 1)  # so that the run can be continued (train_state.py)
         # Leave the best epoch's weights in memory, so that trainer.model predicts what the checkpoint predicts.
         # (Distributed: only rank 0 wrote it, maybe on another machine; the other ranks end here anyway.)
         if dp is None or dp.is_main:
@@ -359,6 +368,8 @@ class Trainer:
         self, items: list[Item], cancel: CancelToken, *, done: int
     ) -> Generator[Event, None, FeatureCache]:
         """Pooled backbone features of every image, computed once, in eval mode and without augmentation."""
+        if self._carried_cache:  # a resumed run brings them along (train_state.py)
+            return self._carried_cache.pop(0)
         total = len(self.train_items) + len(self.val_items)
         loader = image_loader(items, self.preprocessing, self.config, self.device, train=False)
         cache = FeatureCache.builder(self.model, self._placement)
@@ -420,30 +431,6 @@ class Trainer:
             metrics={**metrics, "n_train": len(self.train_items), "n_val": len(self.val_items)},
             extra=extra,
         )
-
-    def _cancelled(self) -> events.Cancelled | events.Failed:
-        """Keep the best epoch; before any epoch has ended, keep the weights trained so far."""
-        best = self._best
-        if best is not None:
-            cancelled = events.Cancelled(
-                checkpoint_dir=str(self.out_dir),
-                epoch=self._epoch,
-                best_val_acc=best.val.acc,
-                confusion_matrix=best.val.confusion,
-                class_names=list(self.class_names),
-                per_class_val_acc=best.val.per_class,
-            )
-        elif self._steps_done > 0:
-            try:
-                self._save({"epoch": self._epoch, "cancelled_mid_epoch": True, "steps": self._steps_done})
-            except W.CheckpointError as e:
-                return self._failed(f"stopped, but {e}")
-            self.model.eval()
-            cancelled = events.Cancelled(checkpoint_dir=str(self.out_dir), epoch=self._epoch, best_val_acc=None)
-        else:
-            cancelled = events.Cancelled(checkpoint_dir=None, epoch=self._epoch, best_val_acc=None)
-        logger.info("training run %s stopped in epoch %d; kept: %s", self.run_id, self._epoch, cancelled.checkpoint_dir)
-        return cancelled
 
     @property
     def _oom_advice(self) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from . import checkpoints, pretrained
+from . import checkpoints, gpu, pretrained
 from . import weights as W
 from .config import PRESETS, DenseNetConfig, min_image_size
 from .images import Preprocessing
@@ -81,6 +81,8 @@ def recipe_defaults(recipe: str, mode: str) -> dict[str, Any]:
 
 def default_batch_size(device: str) -> int:
     """32 on a CPU (bigger batches only slow the first results there); 64 on a GPU, which has room to fill."""
+    if device == "auto":  # on ZeroGPU the Space's process has no GPU, but every run trains on one
+        return 64 if gpu.has_gpu() else 32
     try:
         return 64 if pick_device(device).type == "cuda" else 32
     except ValueError:  # cuda asked for on a machine without one: TrainConfig reports it where it is used
@@ -187,9 +189,13 @@ def example_config(**changes: Any) -> TrainConfig:
 
 
 def pick_device(choice: str) -> torch.device:
-    """``auto`` -> CUDA when there is a GPU, else the CPU; asking for CUDA without one is an error."""
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``auto`` -> CUDA when there is a GPU, else the CPU; asking for CUDA without one is an error.
+
+    Asked when a run starts, never at import: on ZeroGPU there is a GPU only inside a GPU call (gpu.py), and the
+    Space's own process, which checks the settings, works on the CPU whatever was asked for.
+    """
+    if choice == "auto" or gpu.deferred():
+        return gpu.device()
     device = torch.device(choice)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but this machine has no usable GPU; use 'auto' or 'cpu'")

@@ -6,25 +6,29 @@ the predictor cache of read-only models.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
 from typing import Any
 
 import gradio as gr
 
 from .. import checkpoints, runs, sessions
+from .agent_tools import wire_agent_tools
 from .architecture_tab import build_architecture_tab, reuse_dropdown
 from .common import model_choices, reuse_choices
 from .finetune_data import session_state
 from .finetune_tab import build_finetune_tab
 from .predict_tab import build_predict_tab
 
-__all__ = ["build_app", "launch", "LAUNCH_SETTINGS", "QUEUE_MAX_SIZE"]
+__all__ = ["build_app", "launch", "mcp_server_enabled", "LAUNCH_SETTINGS", "QUEUE_MAX_SIZE"]
 
 # Server settings that Gradio's defaults leave open (see the README's reliability section).
 MAX_FILE_SIZE = "200mb"  # one upload; a zip of a few thousand photos fits
 QUEUE_MAX_SIZE = 64  # a flood gets "queue full" instead of growing memory without bound
 DELETE_CACHE = (3600, 6 * 3600)  # every hour, delete uploads older than six hours
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+MCP_ENV = "GRADIO_MCP_SERVER"  # Gradio's own switch for launch(mcp_server=...)
 
 # Gradio's directory upload hands the server each file with only its bare name, which loses the
 # class folders. This script copies each file's webkitRelativePath into a hidden textbox before the
@@ -74,7 +78,8 @@ def build_app() -> gr.Blocks:
         with gr.Tab("Fine-tune", id="finetune"):
             build_finetune_tab(models, predict_model=predict.model, reuse=reuse, state=state)
         with gr.Tab("Architecture", id="architecture"):
-            build_architecture_tab(reuse, state)
+            architecture = build_architecture_tab(reuse, state)
+        wire_agent_tools(predict, architecture, state)  # /classify_image, /architecture_table: the MCP tools
         # A page opened later sees the runs (its session may use) trained since the app started.
         app.load(
             lambda s: {predict.model: gr.update(choices=model_choices(s)), reuse: gr.update(choices=reuse_choices(s))},
@@ -93,6 +98,15 @@ def configure_logging() -> None:
     logging.getLogger("densenet_demo").setLevel(logging.INFO)
 
 
+def mcp_server_enabled() -> bool:
+    """The MCP server (``/gradio_api/mcp/``): as ``GRADIO_MCP_SERVER`` says; unset, on wherever the ``mcp`` package
+    is installed (``gradio[mcp]``, requirements.txt): it adds no measurable start-up time (README)."""
+    configured = os.environ.get(MCP_ENV, "").strip().lower()
+    if configured:
+        return configured in ("1", "true", "yes", "on")
+    return importlib.util.find_spec("mcp") is not None
+
+
 def launch(app: gr.Blocks, **overrides: Any) -> None:
     """Launch with the server settings the README documents; GRADIO_SERVER_NAME/PORT are honoured.
 
@@ -108,4 +122,4 @@ def launch(app: gr.Blocks, **overrides: Any) -> None:
     runs.enforce_limits(limits=limits)
     logging.getLogger(__name__).info("runs: %s", limits)
     app.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
-    app.launch(**{**LAUNCH_SETTINGS, **overrides})
+    app.launch(**{**LAUNCH_SETTINGS, "mcp_server": mcp_server_enabled(), **overrides})

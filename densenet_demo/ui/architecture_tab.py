@@ -52,6 +52,7 @@ class ArchitectureTab(NamedTuple):
     table: gr.Dataframe
     plot: gr.LinePlot
     heatmap: gr.Plot
+    size: gr.Number
 
 
 def reuse_dropdown() -> gr.Dropdown:
@@ -134,7 +135,7 @@ def build_architecture_tab(reuse: gr.Dropdown, state: gr.State) -> ArchitectureT
         [summary, table, plot, heatmap],
         api_name="architecture",
     )
-    return ArchitectureTab(preset, reuse, summary, table, plot, heatmap)
+    return ArchitectureTab(preset, reuse, summary, table, plot, heatmap, size)
 
 
 def _fields_for_preset(preset: str) -> list[Any]:
@@ -163,8 +164,8 @@ def show_architecture(
     drop_rate: float,
     stem: str,
     in_channels: str,
-    image_size: float,
-    reuse_weights: str,
+    image_size: float | None = None,
+    reuse_weights: str = "none",
     num_classes: float | None = 1000,
     state: dict[str, Any] | None = None,
 ) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure | None]:

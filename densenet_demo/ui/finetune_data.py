@@ -81,13 +81,20 @@ def pair_folder_upload(files: list[str], relpaths_json: str) -> list[tuple[str, 
 
 def load_dataset(
     source: str,
-    zip_file: str | None,
-    folder_files: list[str] | None,
-    relpaths: str,
-    by_hand: dict[str, list[str]] | None,
-    state: dict[str, Any] | None,
+    zip_file: str | None = None,
+    folder_files: list[str] | None = None,
+    relpaths: str | None = None,
+    by_hand: dict[str, list[str]] | None = None,
+    state: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Validate the chosen data and show its report (classes, counts, skipped files)."""
+    """Validate the chosen data and show its report (classes, counts, skipped files).
+
+    Args:
+        source: "Example dataset", "Zip file", "Folder" or "Classes by hand".
+        zip_file: with "Zip file": a .zip of class subfolders (or train/ and val/).
+        folder_files: with "Folder": the folder's files.
+        relpaths: with "Folder": the files' paths inside the folder, as JSON (the page sends them).
+    """
     state = dict(state or {})
     session = session_of(state)
     session.folder()  # made with the session's first dataset, whatever its source: one place to look

@@ -10,9 +10,10 @@ from typing import Any, NamedTuple
 
 import gradio as gr
 
-from .. import memory, plots, runs, sessions, train, weights
+from .. import chunked, memory, plots, runs, sessions, train, weights
 from ..config import PRESETS
 from .common import limits_note, model_choices, reuse_choices, user_errors
+from .continue_run import build_continue_controls, wire_continue
 from .exports import export_run
 from .finetune_data import (
     SOURCE_CHOICES,
@@ -26,7 +27,7 @@ from .multigpu import build_gpu_option, gpu_run, starting_text
 from .training_settings import build_extra_settings, config_from_page, estimate_text, mode_values, suggest
 from .training_view import curves, event_line, outcome_line, per_class_frame, progress_html, skipped_lines
 
-__all__ = ["FinetuneTab", "build_finetune_tab", "start_training", "stop_training"]
+__all__ = ["FinetuneTab", "build_finetune_tab", "follow_run", "start_training", "stop_training"]
 
 
 # The built-in example trains to >90% val accuracy in well under a minute on a laptop CPU with these.
@@ -147,6 +148,7 @@ def build_finetune_tab(
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+            more = build_continue_controls()  # "Continue training": the last run, more epochs (continue_run.py)
     progress = gr.HTML(progress_html(0, "Not started."), elem_id="train-progress")
     # min_width: side by side on a wide page, one under the other on a phone (the row wraps).
     with gr.Row():
@@ -221,6 +223,7 @@ def build_finetune_tab(
         concurrency_limit=1,
         concurrency_id="train",
     )
+    wire_continue(tab, more)
     stop.click(stop_training, state, log, api_name="stop", queue=False)
     export_button.click(export_run, state, export_file, api_name="export_run_onnx", concurrency_limit=1)
     return tab
@@ -269,11 +272,11 @@ def start_training(
     epochs: float,
     lr: float | None,
     batch_size: float,
-    image_size: float | None,
-    memory_efficient: bool,
-    amp: str,
-    optimizer: str,
-    schedule: str,
+    image_size: float | None = None,
+    memory_efficient: bool = False,
+    amp: str = "Auto",
+    optimizer: str = "default",
+    schedule: str = "default",
     recipe: str = "quick",  # then training_settings.ExtraSettings, in its order
     time_budget: str = "",
     augment: str = "none",
@@ -292,21 +295,46 @@ def start_training(
     basics = (model, weights_choice, mode, epochs, lr, batch_size, image_size, memory_efficient, amp, optimizer)
     extra = (recipe, time_budget, augment, label_smoothing, early_stopping, val_fraction, device)
     config, note = config_from_page(*basics, schedule, *extra), _weights_note(model, weights_choice, mode)
+    if all_gpus:  # a torchrun child process, one rank per GPU
+        yield from follow_run(tab, state, None, note, torchrun_config=config)
+        return
+    files, report = state["dataset"]
+    with user_errors(ValueError, weights.CheckpointError):
+        trainer = chunked.training(config, files, report=report)  # one loop here; GPU calls on ZeroGPU (gpu.py)
+    yield from follow_run(tab, state, trainer, note)
+
+
+def follow_run(
+    tab: FinetuneTab,
+    state: dict[str, Any],
+    trainer: chunked.TrainingRun | None,
+    note: str | None,
+    *,
+    torchrun_config: train.TrainConfig | None = None,
+) -> Iterator[dict[Any, Any]]:
+    """A run's events as the page's live updates: curves, progress, log, then the results (Start and Continue).
+
+    ``trainer`` None: the run of ``torchrun_config`` on all GPUs, as a torchrun child process."""
     session = session_of(state)
     state["cancel"] = cancel = train.CancelToken()
-    state["torchrun"] = all_gpus  # what Stop says
-    if all_gpus:  # the child names its run: it becomes the session's at its Started event, before any file
-        run_id, n_val, run = None, 0, gpu_run(config, state["dataset"], session, cancel)
+    state["torchrun"] = trainer is None  # what Stop says
+    if trainer is None:  # the child names its run: it becomes the session's at its Started event, before any file
+        assert torchrun_config is not None
+        total_epochs, run_id, n_val = torchrun_config.epochs, None, 0
+        run = gpu_run(torchrun_config, state["dataset"], session, cancel)
     else:
-        run_id, n_val, run = _in_process_run(config, state["dataset"], session, cancel)
+        with user_errors(weights.CheckpointError):
+            runs.begin_run(trainer.run_id, session.owner)  # the session's run from its first file on
+        total_epochs, run_id, n_val = trainer.config.epochs, trainer.run_id, len(trainer.val_items)
+        run = trainer.run(cancel)
     session.run_in_progress = True
     history: list[dict[str, Any]] = []
     live: list[dict[str, Any]] = []  # the smoothed loss per step and mid-epoch validations, from the first steps on
     log = [note] if note else []
     last_update = 0.0
-    total_epochs, processes = config.epochs, 1
+    processes = 1
     try:
-        if all_gpus:  # torchrun takes seconds to start its processes: say so, and let Stop reach them meanwhile
+        if trainer is None:  # torchrun takes seconds to start its processes: say so, and let Stop reach them meanwhile
             yield {tab.state: state, tab.progress: progress_html(0, starting_text())}
         for event in run:
             update: dict[Any, Any] = {tab.state: state}
@@ -358,19 +386,6 @@ def start_training(
         run.close()
         del run
         memory.release_freed_memory()
-
-
-def _in_process_run(
-    config: train.TrainConfig, dataset: tuple[Any, Any], session: sessions.Session, cancel: train.CancelToken
-) -> tuple[str, int, Iterator[train.Event]]:
-    """A ``Trainer`` in this process: its run id (the session's from its first file on), its number of validation
-    images and its events."""
-    files, report = dataset
-    with user_errors(ValueError, weights.CheckpointError):
-        trainer = train.Trainer(config, files, report=report)
-    with user_errors(weights.CheckpointError):
-        runs.begin_run(trainer.run_id, session.owner)  # kept while training
-    return trainer.run_id, len(trainer.val_items), trainer.run(cancel)
 
 
 def _finish(

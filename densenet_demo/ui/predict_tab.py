@@ -3,21 +3,25 @@ fine-tuned run; top-k per image, Grad-CAM, a table, and an ONNX download of the 
 
 from __future__ import annotations
 
-import logging
 import re
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import gradio as gr
 import pandas as pd
 
-from .. import examples, export, predict, weights
+from .. import examples, export, weights
 from ..config import PRESETS
-from ..images import ImageError
-from .common import check_run, names_only, unknown_model
+from .classify import (
+    RANDOM_WARNING,
+    TABLE_COLUMNS,
+    classify_paths,
+    get_predictor,
+    model_name,
+    random_warning,
+    user_messages,
+)
 from .exports import export_folder
 from .run_controls import build_run_controls
 
@@ -34,8 +38,6 @@ __all__ = [
     "WEIGHTS_CHOICES",
 ]
 
-logger = logging.getLogger(__name__)
-
 # Prediction requests served at once (the model cache is shared, read-only). bench/serve.py on 2 CPU cores:
 # 2 serves 24% more requests/s than 1, and 4 no more than 2 while holding twice the activations in memory.
 PREDICT_CONCURRENCY = 2
@@ -43,13 +45,8 @@ LIVE_FRAME_EVERY_S = 0.1  # how often the browser offers a webcam frame; frames 
 
 WEIGHTS_CHOICES = ("ImageNet", "Random init", "Checkpoint file")
 WEIGHTS_INFO = "ImageNet weights exist for densenet121/161/169/201; other presets start from random init."
-TABLE_COLUMNS = ["image", "top-1", "p", "top-k", "latency ms"]
 # Real photos of ImageNet classes (public domain / CC0, see examples/LICENSES.md).
 EXAMPLE_PHOTOS = Path(__file__).resolve().parents[2] / "examples"
-RANDOM_WARNING = (
-    "⚠️ **Random weights: these classes mean nothing.** {model} has not learned anything yet; pick ImageNet "
-    "weights (densenet121/161/169/201) or a fine-tuned run."
-)
 
 
 class PredictTab(NamedTuple):
@@ -62,6 +59,7 @@ class PredictTab(NamedTuple):
     info: gr.Markdown
     gallery: gr.Gallery
     table: gr.Dataframe
+    top_k: gr.Slider
 
 
 def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.Dropdown) -> PredictTab:
@@ -193,7 +191,7 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
         api_name="export_onnx",
         concurrency_limit=1,
     )
-    return PredictTab(model, weights_choice, photo, images, warning, label, info, gallery, table)
+    return PredictTab(model, weights_choice, photo, images, warning, label, info, gallery, table, top_k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,33 +200,43 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
 
 def predict_images(
     files: list[str] | str | None,
-    model: str,
-    weights_choice: str,
-    weights_file: str | None,
-    top_k: float,
-    show_cam: bool,
+    model: str = "densenet121",
+    weights_choice: str = "ImageNet",
+    weights_file: str | None = None,
+    top_k: float = 5,
+    show_cam: bool = True,
     state: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], list[tuple[Any, str]], pd.DataFrame, str]:
-    """Classify uploaded image files: top-k of the first, each image with its top classes, a table of all."""
+    """Classify image files with a DenseNet: the top-k classes of the first image, each image with its top
+    classes (on its Grad-CAM overlay: where the model looked), a table of all images, and a note on the model.
+
+    Args:
+        files: one or more image files (JPEG, PNG, WebP, ...).
+        model: a preset (densenet121/161/169/201 have ImageNet weights) or one of your runs as run:<run-id>.
+        weights_choice: "ImageNet" (the model's own: ImageNet where it has them), "Random init" or "Checkpoint file".
+        weights_file: with "Checkpoint file": the Fine-tune tab's .zip, or a .safetensors / .pth file.
+        top_k: classes per image, 1 to 10.
+        show_cam: draw each image's Grad-CAM overlay for its top class.
+    """
     paths = [files] if isinstance(files, str) else list(files or [])
-    result = _classify(paths, model, weights_choice, weights_file, top_k, show_cam, state)
+    result = classify_paths(paths, model, weights_choice, weights_file, top_k, show_cam, state)
     return result.label, result.gallery, result.table, result.info
 
 
 def classify(
-    photo: str | None,
-    files: list[str] | None,
-    model: str,
-    weights_choice: str,
-    weights_file: str | None,
-    top_k: float,
-    show_cam: bool,
+    photo: str | None = None,
+    files: list[str] | None = None,
+    model: str = "densenet121",
+    weights_choice: str = "ImageNet",
+    weights_file: str | None = None,
+    top_k: float = 5,
+    show_cam: bool = True,
     state: dict[str, Any] | None = None,
 ) -> tuple[Any, ...]:
     """The Classify button: the photo and the files together. A user error is one warning, not an error per panel."""
     paths = ([photo] if photo else []) + list(files or [])
     try:
-        result = _classify(paths, model, weights_choice, weights_file, top_k, show_cam, state)
+        result = classify_paths(paths, model, weights_choice, weights_file, top_k, show_cam, state)
     except gr.Error as e:
         gr.Warning(e.message)
         return gr.skip(), None, "", [], pd.DataFrame(columns=TABLE_COLUMNS)
@@ -255,14 +263,14 @@ def classify_frame(
     if not frame:
         return gr.skip(), gr.skip(), gr.skip(), last
     try:
-        predictor = _get_predictor(model, weights_choice, weights_file, state)
-        with _user_messages():
+        predictor = get_predictor(model, weights_choice, weights_file, state)
+        with user_messages():
             (result,) = predictor.predict([frame], top_k=int(top_k), names=["webcam"])
     except gr.Error as e:
         return gr.skip(), gr.skip(), f"Live: {e.message}", last
     now = time.monotonic()
     rate = f"{1.0 / (now - last):.1f} frames/s, " if last and now > last else ""
-    warning = _random_warning(predictor, model)
+    warning = random_warning(predictor.weights_label, model)
     info = f"**Live** with **{model}** ({predictor.weights_label}): {rate}{result.latency_ms:.0f} ms per frame."
     return warning, gr.update(value=dict(result.labels), label=_label_title(warning)), info, now
 
@@ -277,76 +285,19 @@ def natural_weights(model: Any) -> Any:
     return gr.update(value=choice, interactive=True, info=WEIGHTS_INFO)
 
 
-def export_onnx(model: str, weights_choice: str, weights_file: str | None, state: dict[str, Any] | None = None) -> Any:
+def export_onnx(
+    model: str, weights_choice: str = "ImageNet", weights_file: str | None = None, state: dict[str, Any] | None = None
+) -> Any:
     """The selected model as an ONNX bundle (model, class names and preprocessing, a README) to download."""
-    predictor = _get_predictor(model, weights_choice, weights_file, state)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", _model_name(model).removeprefix("run:")) or "model"
-    with _user_messages(export.ExportError):
+    predictor = get_predictor(model, weights_choice, weights_file, state)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name(model).removeprefix("run:")) or "model"
+    with user_messages(export.ExportError):
         result = export.export_onnx(predictor, out=export_folder() / f"{stem}.onnx")
     return gr.update(value=str(result.bundle_path), visible=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-class _Result(NamedTuple):
-    label: dict[str, float]
-    gallery: list[tuple[Any, str]]
-    table: pd.DataFrame
-    info: str
-    warning: str
-
-
-def _classify(
-    paths: list[str],
-    model: str,
-    weights_choice: str,
-    weights_file: str | None,
-    top_k: float,
-    show_cam: bool,
-    state: dict[str, Any] | None,
-) -> _Result:
-    if not paths:
-        raise gr.Error("Add an image first: upload, paste or take one with the webcam, or pick an example.")
-    predictor = _get_predictor(model, weights_choice, weights_file, state)
-    with _user_messages():
-        results = predictor.predict_images(paths, top_k=int(top_k), names=[Path(p).name for p in paths])
-    good = [r for r in results if isinstance(r, predict.Prediction)]
-    errors = [str(r) for r in results if not isinstance(r, predict.Prediction)]
-    if not good:
-        raise gr.Error("; ".join(errors))
-    gallery: list[tuple[Any, str]] = []
-    for path, result in zip(paths, results, strict=True):
-        if isinstance(result, predict.Prediction):
-            caption = f"{result.name}: " + ", ".join(f"{lbl} {p:.0%}" for lbl, p in result.labels[:3])
-            image = predictor.gradcam(path).overlay if show_cam else path
-            gallery.append((image, caption))
-    table = pd.DataFrame(
-        [
-            {
-                "image": r.name,
-                "top-1": r.labels[0][0],
-                "p": round(r.labels[0][1], 4),
-                "top-k": ", ".join(f"{lbl} ({p:.1%})" for lbl, p in r.labels),
-                "latency ms": round(r.latency_ms, 1),
-            }
-            for r in good
-        ],
-        columns=TABLE_COLUMNS,
-    )
-    lines = [
-        f"**{len(good)} image(s)** classified with **{model}** ({predictor.weights_label}); "
-        f"latency {good[0].latency_ms:.0f} ms for the first."
-    ]
-    if predictor.notice:
-        lines.append(f"⚠️ {names_only(predictor.notice)}")
-    lines += [f"❌ {e}" for e in errors]
-    return _Result(dict(good[0].labels), gallery, table, "\n\n".join(lines), _random_warning(predictor, model))
-
-
-def _random_warning(predictor: predict.Predictor, model: str) -> str:
-    return RANDOM_WARNING.format(model=model) if predictor.weights_label == weights.RANDOM_LABEL else ""
 
 
 def _label_title(warning: str) -> str:
@@ -365,46 +316,3 @@ def _previews(files: list[str] | None) -> Any:
     """Thumbnails of the uploaded files (the first few dozen), so people see what they are about to classify."""
     paths = list(files or [])[:32]
     return gr.update(value=[(p, Path(p).name) for p in paths] or None, visible=bool(paths))
-
-
-def _model_name(model: Any) -> str:
-    if not isinstance(model, str) or not model.strip():
-        raise gr.Error("Pick a model from the Model list first.")
-    return model
-
-
-def _weights_arg(model: str, choice: str | None, file: str | None) -> str | None:
-    if model.startswith("run:"):
-        return None
-    if choice == "Checkpoint file":
-        if not file:
-            raise gr.Error("Choose a checkpoint (.zip, .safetensors or .pth), or pick ImageNet / Random init weights.")
-        with _user_messages():
-            return str(predict.checkpoint_from_upload(file))
-    # "ImageNet" lets the model decide: its ImageNet weights where they exist, else random init.
-    return weights.DEFAULT if choice in ("ImageNet", None) else "random"
-
-
-def _get_predictor(
-    model: Any, weights_choice: str | None, weights_file: str | None, state: dict[str, Any] | None
-) -> predict.Predictor:
-    name = _model_name(model)
-    # The engine also takes checkpoint folders by path (for the CLI); a web request may only name a preset or a
-    # run in weights/runs/, so it can neither load nor probe folders elsewhere on the server.
-    if name not in PRESETS and not name.startswith("run:"):
-        raise unknown_model(name)
-    if name.startswith("run:"):
-        check_run(name, state)  # on a shared server, only the session's own runs and the published ones
-    weights_arg = _weights_arg(name, weights_choice, weights_file)
-    with _user_messages():
-        return predict.get_predictor(name, weights_arg)
-
-
-@contextmanager
-def _user_messages(*extra: type[Exception]) -> Iterator[None]:
-    """The engine's errors as messages that name files, never server paths (those go to the log)."""
-    try:
-        yield
-    except (ValueError, weights.CheckpointError, ImageError, OSError, *extra) as e:
-        logger.info("Predict request refused: %s", e)
-        raise gr.Error(names_only(str(e))) from None

@@ -113,12 +113,35 @@ def suggest(state: dict[str, Any] | None, source: str, recipe: str) -> tuple[Any
     return line, s.model, s.mode, s.image_size, s.time_budget, DEFAULTS["augment"], *mode_values(s.mode, recipe)
 
 
-def estimate_text(state: dict[str, Any] | None, *settings: Any) -> str:
-    """Time one epoch and the run on this machine (two steps of the chosen model), before Start."""
+def estimate_text(
+    state: dict[str, Any] | None,
+    model: str,
+    weights_choice: str,
+    mode: str,
+    epochs: float | None,
+    lr: float | None,
+    batch_size: float | None,
+    image_size: float | None = None,
+    memory_efficient: bool = False,
+    amp: str = "Auto",
+    optimizer: str = "default",
+    schedule: str = "default",
+    recipe: str = "quick",
+    time_budget: str = "",
+    augment: str = "none",
+    label_smoothing: float | None = None,
+    early_stopping: float | None = None,
+    val_fraction: float = 0.2,
+    device: str = "auto",
+) -> str:
+    """Time one epoch and the run on this machine (two steps of the chosen model), before Start: the settings of
+    ``/train``, by the same names."""
     dataset = (state or {}).get("dataset")
     if dataset is None:
         return "Check a dataset first: the estimate needs its size."
     files, _ = dataset
-    config = config_from_page(*settings)
+    basics = (model, weights_choice, mode, epochs, lr, batch_size, image_size, memory_efficient, amp, optimizer)
+    extra = (recipe, time_budget, augment, label_smoothing, early_stopping, val_fraction, device)
+    config = config_from_page(*basics, schedule, *extra)
     n_train, n_val = (len(part) for part in files.split(config.val_fraction, config.seed))
     return train_advice.estimate_time(config, n_train, n_val, list(files.class_names)).text()

@@ -1,0 +1,236 @@
+"""A training run wherever its GPU work runs (gpu.py): one continuous loop here, or on ZeroGPU a chain of GPU
+calls, each going on from the state the last one handed back on the CPU (train_state.py).
+
+``training(config, files)`` checks the settings at once (the errors a ``Trainer`` raises) and returns a
+``TrainingRun``; ``continue_training(run_dir, files, more_epochs)`` does the same for a finished or stopped run.
+``TrainingRun.run(cancel)`` yields the trainer's events, the same either way: one ``Started``, the steps and
+epochs across calls without a seam, and one end. Stop works inside a call (a thread here relays it to the worker
+through a file: a forked process cannot see this process's flags) and between calls (the end is then made here,
+on the CPU, from the last state). A call ZeroGPU refuses ends the run with its plain message; the state of the
+last call stays in the run's folder, so that the run can be continued later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from . import gpu
+from . import weights as W
+from .data import DatasetReport, Item, LabeledFiles
+from .events import CancelToken, Evaluated, Event, Failed, Finished, Paused, Preparing, Started
+from .train import TrainConfig, Trainer
+from .train_state import keep_state, load_state
+
+__all__ = ["RESERVE_FRACTION", "TrainingRun", "continue_training", "training"]
+
+logger = logging.getLogger(__name__)
+
+# A call plans to pause this share of its duration before its end: the worker's start, the state's trip back and
+# a step slower than the last fit in what is left (the trainer also keeps room for its next step or validation).
+RESERVE_FRACTION = 0.25
+STOP_CHECK_S = 0.1  # how often a Stop is looked for: by the relay here, by the worker in its run's stop file
+
+
+@dataclass(frozen=True)
+class _CallEnd:
+    """A call's last value when the run paused: ``state`` goes on in the next call."""
+
+    state: dict[str, Any]
+
+
+class _StopFile(CancelToken):
+    """Cancelled once the run's stop file exists (looked for at most every STOP_CHECK_S: it is asked per layer)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path, self._looked = path, 0.0
+
+    @property
+    def cancelled(self) -> bool:
+        now = time.monotonic()
+        if not super().cancelled and now - self._looked >= STOP_CHECK_S:
+            self._looked = now
+            if self.path.exists():
+                self.cancel()
+        return super().cancelled
+
+
+@contextlib.contextmanager
+def _relay(cancel: CancelToken, stop_file: Path) -> Iterator[None]:
+    """While a GPU call runs: a Stop pressed here becomes the stop file its worker looks for."""
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(STOP_CHECK_S):
+            if cancel.cancelled:
+                stop_file.touch()
+                return
+
+    watcher = threading.Thread(target=watch, name="stop-relay", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+
+
+class TrainingRun:
+    """A checked run, ready to start: ``run(cancel)`` yields its events. It answers what consumers ask of a
+    ``Trainer`` (``run_id``, ``out_dir``, ``config``, ``val_items``, ``data_parallel``)."""
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        files: LabeledFiles,
+        report: DatasetReport | None,
+        *,
+        state: dict[str, Any] | None = None,
+        more_epochs: int = 0,
+    ) -> None:
+        self.trainer = trainer  # made here, to check the settings and name the run; on ZeroGPU each call makes its own
+        self.files, self.report = files, report
+        self.state, self.more_epochs = state, more_epochs  # a continued run: where it goes on from
+
+    @property
+    def run_id(self) -> str:
+        return self.trainer.run_id
+
+    @property
+    def out_dir(self) -> Path:
+        return self.trainer.out_dir
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.trainer.config  # resolved: every default filled in
+
+    @property
+    def val_items(self) -> list[Item]:
+        return self.trainer.val_items
+
+    @property
+    def data_parallel(self) -> None:
+        return None  # a run of one process (torchrun's runs are Trainers of their own)
+
+    def run(self, cancel: CancelToken | None = None) -> Iterator[Event]:
+        """The run's events, ending with ``Finished``, ``Cancelled`` or ``Failed``."""
+        cancel = cancel or CancelToken()
+        if not gpu.zero_gpu():
+            yield from self.trainer.run(cancel)
+            return
+        with tempfile.TemporaryDirectory(prefix="densenet_demo_run_") as scratch:
+            yield from self._chain(cancel, Path(scratch) / "stop")
+
+    def _chain(self, cancel: CancelToken, stop_file: Path) -> Iterator[Event]:
+        seconds, began = gpu.call_seconds(), time.monotonic()
+        state, more, calls = self.state, self.more_epochs, 0
+        while True:
+            if cancel.cancelled and state is not None:  # between calls: the end is made here, on the CPU
+                yield from self._end_here(state)
+                return
+            calls += 1
+            paused = None
+            args = (self.trainer.config, self.files, self.report, self.run_id, str(self.out_dir), state, more)
+            try:
+                with _relay(cancel, stop_file):
+                    for value in gpu.stream(_train_in_call, *args, str(stop_file), seconds, seconds=seconds):
+                        if isinstance(value, _CallEnd):
+                            paused = value.state
+                        elif calls == 1 or not isinstance(value, (Started, Preparing)):  # one start per run
+                            yield _timed(value, began)
+            except gpu.GPUUnavailable as e:
+                yield self._refused(str(e), state)
+                return
+            if paused is None:  # the run ended inside the call
+                logger.info("training run %s took %d GPU call(s) of at most %d s", self.run_id, calls, seconds)
+                return
+            state, more = paused, 0
+
+    def _end_here(self, state: dict[str, Any]) -> Iterator[Event]:
+        """Stopped between calls: the trainer's own end (best checkpoint and state kept), made on the CPU."""
+        trainer = Trainer.from_state(state, self.files, report=self.report, device="cpu")
+        stopped = CancelToken()
+        stopped.cancel()
+        for event in trainer.run(stopped):
+            if not isinstance(event, (Started, Preparing)):
+                yield event
+
+    def _refused(self, message: str, state: dict[str, Any] | None) -> Failed:
+        """ZeroGPU refused a call: the run ends with its message; the best checkpoint and the last state stay."""
+        kept = (self.out_dir / W.CHECKPOINT_WEIGHTS).is_file()
+        if kept and state is not None:
+            try:
+                keep_state(self.out_dir, state)
+                message += " Continue training goes on from where it stopped."
+            except OSError as e:  # the checkpoint stays; only going on from here is lost
+                logger.warning("run %s: its training state was not saved (%s)", self.run_id, e)
+        return Failed(message=message, detail=None, checkpoint_dir=str(self.out_dir) if kept else None)
+
+
+def _timed(event: Event, began: float) -> Event:
+    """A call's event with its times counted from the run's start, not the call's."""
+    if isinstance(event, (Finished, Evaluated)):
+        return replace(event, seconds=time.monotonic() - began)
+    return event
+
+
+def _train_in_call(
+    config: TrainConfig,
+    files: LabeledFiles,
+    report: DatasetReport | None,
+    run_id: str,
+    out_dir: str,
+    state: dict[str, Any] | None,
+    more_epochs: int,
+    stop_file: str,
+    seconds: float,
+) -> Iterator[Event | _CallEnd]:
+    """One GPU call's worth of training: from ``state`` (None: the start) until its time is nearly up."""
+    deadline = time.monotonic() + seconds * (1 - RESERVE_FRACTION)
+    if not gpu.can_start_processes():  # a daemonic worker: the images are decoded in the training process
+        config = replace(config, num_workers=0)
+        state = None if state is None else {**state, "config": {**state["config"], "num_workers": 0}}
+    if state is None:
+        trainer = Trainer(config, files, report=report, out_dir=out_dir, run_id=run_id)
+    else:
+        trainer = Trainer.from_state(state, files, report=report, more_epochs=more_epochs)
+    for event in trainer.run(_StopFile(Path(stop_file)), deadline=deadline):
+        if isinstance(event, Paused):
+            yield _CallEnd(trainer.state_dict())
+            return
+        yield event
+
+
+def training(
+    config: TrainConfig,
+    files: LabeledFiles,
+    *,
+    report: DatasetReport | None = None,
+    out_dir: str | os.PathLike | None = None,
+    runs_root: str | os.PathLike | None = None,
+) -> TrainingRun:
+    """A new run, its settings checked (``DatasetError``, ``ValueError`` at once, as ``Trainer`` raises them)."""
+    trainer = Trainer(config, files, report=report, out_dir=out_dir, runs_root=runs_root)
+    return TrainingRun(trainer, files, report)
+
+
+def continue_training(
+    run_dir: str | os.PathLike, files: LabeledFiles, more_epochs: int, *, report: DatasetReport | None = None
+) -> TrainingRun:
+    """The finished or stopped run in ``run_dir``, trained ``more_epochs`` more on ``files`` (its own data).
+
+    ``FileNotFoundError`` for a run that kept no state, ``ValueError`` for other classes or a bad number."""
+    if isinstance(more_epochs, bool) or not isinstance(more_epochs, int) or not 1 <= more_epochs <= 10_000:
+        raise ValueError(f"more epochs must be a whole number from 1 to 10000, got {more_epochs!r}")
+    state = load_state(run_dir)
+    trainer = Trainer.from_state(state, files, report=report, more_epochs=more_epochs)
+    return TrainingRun(trainer, files, report, state=state, more_epochs=more_epochs)

@@ -1,0 +1,177 @@
+"""Classification for the Predict tab and the API: the model selection checked (presets and the session's own
+runs only), the images classified where GPU work runs (gpu.py: here, or in ZeroGPU calls within their cap), and
+the answer as the page shows it. Engine errors become messages that name files, never server paths.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import gradio as gr
+import pandas as pd
+
+from .. import gpu, predict, weights
+from ..config import PRESETS
+from ..images import ImageError
+from .common import check_run, names_only, unknown_model
+
+__all__ = [
+    "RANDOM_WARNING",
+    "TABLE_COLUMNS",
+    "Result",
+    "classify_paths",
+    "get_predictor",
+    "model_name",
+    "random_warning",
+    "selection",
+    "user_messages",
+]
+
+logger = logging.getLogger(__name__)
+
+TABLE_COLUMNS = ["image", "top-1", "p", "top-k", "latency ms"]
+RANDOM_WARNING = (
+    "⚠️ **Random weights: these classes mean nothing.** {model} has not learned anything yet; pick ImageNet "
+    "weights (densenet121/161/169/201) or a fine-tuned run."
+)
+
+
+class Result(NamedTuple):
+    """What the page shows of one request: the first image's top classes, the gallery, the table, notes."""
+
+    label: dict[str, float]
+    gallery: list[tuple[Any, str]]
+    table: pd.DataFrame
+    info: str
+    warning: str
+
+
+def classify_paths(
+    paths: list[str],
+    model: str,
+    weights_choice: str,
+    weights_file: str | None,
+    top_k: float,
+    show_cam: bool,
+    state: dict[str, Any] | None,
+) -> Result:
+    """Classify ``paths`` with the selected model: the checks, the engine call (gpu.py), the page's answer."""
+    if not paths:
+        raise gr.Error("Add an image first: upload, paste or take one with the webcam, or pick an example.")
+    done = _classify_files(*selection(model, weights_choice, weights_file, state), paths, int(top_k), show_cam)
+    results = [r for part in done for r in part.results]
+    good = [r for r in results if isinstance(r, predict.Prediction)]
+    errors = [str(r) for r in results if not isinstance(r, predict.Prediction)]
+    if not good:
+        raise gr.Error("; ".join(errors))
+    gallery: list[tuple[Any, str]] = []
+    overlays = [overlay for part in done for overlay in part.overlays]
+    for path, result, overlay in zip(paths, results, overlays, strict=True):
+        if isinstance(result, predict.Prediction):
+            caption = f"{result.name}: " + ", ".join(f"{lbl} {p:.0%}" for lbl, p in result.labels[:3])
+            gallery.append((overlay if show_cam else path, caption))
+    table = pd.DataFrame(
+        [
+            {
+                "image": r.name,
+                "top-1": r.labels[0][0],
+                "p": round(r.labels[0][1], 4),
+                "top-k": ", ".join(f"{lbl} ({p:.1%})" for lbl, p in r.labels),
+                "latency ms": round(r.latency_ms, 1),
+            }
+            for r in good
+        ],
+        columns=TABLE_COLUMNS,
+    )
+    label, notice = done[0].weights_label, done[0].notice
+    first = f"latency {good[0].latency_ms:.0f} ms for the first"
+    lines = [f"**{len(good)} image(s)** classified with **{model}** ({label}); {first}."]
+    if notice:
+        lines.append(f"⚠️ {names_only(notice)}")
+    lines += [f"❌ {e}" for e in errors]
+    return Result(dict(good[0].labels), gallery, table, "\n\n".join(lines), random_warning(label, model))
+
+
+def _classify_files(
+    name: str, weights_arg: str | None, paths: list[str], top_k: int, show_cam: bool
+) -> list[predict.Classified]:
+    """The images classified where GPU work runs (gpu.py): here, or on ZeroGPU in calls of at most the cap each."""
+    per_call, names = gpu.images_per_call(), [Path(p).name for p in paths]
+    done = []
+    with user_messages(gpu.GPUUnavailable):
+        for i in range(0, len(paths), per_call):
+            part = paths[i : i + per_call]
+            seconds = gpu.prediction_seconds(len(part))
+            done.append(
+                gpu.run(
+                    predict.classify_files,
+                    name,
+                    weights_arg,
+                    part,
+                    top_k=top_k,
+                    names=names[i : i + per_call],
+                    gradcam=bool(show_cam),
+                    seconds=seconds,
+                )  # fmt: skip
+            )
+    return done
+
+
+def random_warning(weights_label: str, model: str) -> str:
+    """The warning over the answer of a model with random weights; empty otherwise."""
+    return RANDOM_WARNING.format(model=model) if weights_label == weights.RANDOM_LABEL else ""
+
+
+def model_name(model: Any) -> str:
+    """The model asked for, or a message to pick one."""
+    if not isinstance(model, str) or not model.strip():
+        raise gr.Error("Pick a model from the Model list first.")
+    return model
+
+
+def _weights_arg(model: str, choice: str | None, file: str | None) -> str | None:
+    if model.startswith("run:"):
+        return None
+    if choice == "Checkpoint file":
+        if not file:
+            raise gr.Error("Choose a checkpoint (.zip, .safetensors or .pth), or pick ImageNet / Random init weights.")
+        with user_messages():
+            return str(predict.checkpoint_from_upload(file))
+    # "ImageNet" lets the model decide: its ImageNet weights where they exist, else random init.
+    return weights.DEFAULT if choice in ("ImageNet", None) else "random"
+
+
+def get_predictor(
+    model: Any, weights_choice: str | None, weights_file: str | None, state: dict[str, Any] | None
+) -> predict.Predictor:
+    """The selected model's predictor, built here (the live camera and the ONNX export run on this machine)."""
+    with user_messages():
+        return predict.get_predictor(*selection(model, weights_choice, weights_file, state))
+
+
+def selection(
+    model: Any, weights_choice: str | None, weights_file: str | None, state: dict[str, Any] | None
+) -> tuple[str, str | None]:
+    """(model, weights) for the engine, checked without building the model: a preset or this session's run."""
+    name = model_name(model)
+    # The engine also takes checkpoint folders by path (for the CLI); a web request may only name a preset or a
+    # run in weights/runs/, so it can neither load nor probe folders elsewhere on the server.
+    if name not in PRESETS and not name.startswith("run:"):
+        raise unknown_model(name)
+    if name.startswith("run:"):
+        check_run(name, state)  # on a shared server, only the session's own runs and the published ones
+    return name, _weights_arg(name, weights_choice, weights_file)
+
+
+@contextmanager
+def user_messages(*extra: type[Exception]) -> Iterator[None]:
+    """The engine's errors as messages that name files, never server paths (those go to the log)."""
+    try:
+        yield
+    except (ValueError, weights.CheckpointError, ImageError, OSError, *extra) as e:
+        logger.info("Predict request refused: %s", e)
+        raise gr.Error(names_only(str(e))) from None

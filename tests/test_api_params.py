@@ -1,0 +1,46 @@
+"""The API as gradio_client sees it: clean parameter names, and every parameter with a sensible default optional."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+# The inputs a call cannot do without; every other parameter has a default.
+REQUIRED = {"/predict": ["files"], "/classify_image": ["image"]}
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    return Client(app_server.url, verbose=False)
+
+
+def test_every_endpoint_names_its_parameters_and_only_the_inputs_are_required(client):
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {"/predict", "/classify_image", "/architecture", "/architecture_table", "/train"} <= set(endpoints)
+    assert "/continue_training" in endpoints and "/estimate" in endpoints
+    for name, endpoint in endpoints.items():
+        names = [p["parameter_name"] for p in endpoint["parameters"]]
+        assert all(re.fullmatch(r"[a-z][a-z_]*", n) and not n.startswith("param_") for n in names), (name, names)
+        required = [p["parameter_name"] for p in endpoint["parameters"] if not p["parameter_has_default"]]
+        assert required == REQUIRED.get(name, []), name
+    defaults = {p["parameter_name"]: p["parameter_default"] for p in endpoints["/predict"]["parameters"][1:]}
+    assert defaults == {
+        "model": "densenet121", "weights_choice": "ImageNet", "weights_file": None, "top_k": 5, "show_cam": True
+    }  # fmt: skip
+
+
+def test_predict_needs_only_the_image(client, tmp_path):
+    photo = tmp_path / "photo.png"
+    Image.new("RGB", (64, 48), (30, 160, 40)).save(photo)
+    label, gallery, table, info = client.predict([handle_file(str(photo))], api_name="/predict")
+    assert len(label["confidences"]) == 5 and len(gallery) == 1 and "densenet121" in info
+
+
+def test_the_architecture_table_needs_only_a_model(client):
+    summary, table = client.predict("densenet_bc100_k12", api_name="/architecture_table")
+    assert "769,162" in summary and len(table["data"]) > 48

@@ -1,0 +1,235 @@
+"""A run handed over between processes: paused at a deadline, resumed from its CPU state as it was, and a
+finished or stopped run continued for more epochs, in the engine, on the command line and from the page."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import time
+from pathlib import Path
+
+import gradio as gr
+import pytest
+import torch
+from test_finetune_tab import SETTINGS, _checked, _images
+from test_train import _colour_images, _config, _kinds
+
+from densenet_demo import checkpoints, chunked, data, train_state
+from densenet_demo.cli import main
+from densenet_demo.images import default_preprocessing
+from densenet_demo.model import DenseNet
+from densenet_demo.pacing import lr_factor
+from densenet_demo.train import CancelToken, Trainer
+from densenet_demo.ui import finetune_data
+from densenet_demo.ui.common import model_choices
+from densenet_demo.ui.continue_run import continue_training
+from densenet_demo.ui.finetune_tab import FinetuneTab, build_finetune_tab, start_training
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return _colour_images(tmp_path_factory.mktemp("colours"), per_class=8)
+
+
+@pytest.fixture(scope="module")
+def colours(folder) -> data.LabeledFiles:
+    return data.load_image_folder(folder)[0]
+
+
+@pytest.fixture
+def start_from(tmp_path, tiny_config) -> Path:
+    """A tiny DenseNet as a checkpoint folder, for ``--model``."""
+    model = DenseNet(tiny_config)
+    preprocessing = default_preprocessing(model.cfg)
+    checkpoints.save_checkpoint(tmp_path / "tiny", model, class_names=["x", "y", "z"], preprocessing=preprocessing)
+    return tmp_path / "tiny"
+
+
+def _tensors_on_cpu(value) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.device.type == "cpu"
+    if isinstance(value, dict):
+        return all(_tensors_on_cpu(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_tensors_on_cpu(v) for v in value)
+    return True
+
+
+def _chained(config, files, seconds_per_call: float, gap_s: float = 0.0) -> tuple[list, int]:
+    """A run as a chain of trainers, each with ``seconds_per_call`` from its start and going on from the last
+    one's state, pickled as it crosses to a GPU call; ``gap_s`` between calls (a GPU call's queue)."""
+    trainer, events, calls = Trainer(config, files), [], 0
+    while True:
+        calls += 1
+        chunk = list(trainer.run(deadline=time.monotonic() + seconds_per_call))
+        events += [e for e in chunk if e.kind != "paused" and (calls == 1 or e.kind not in ("started", "preparing"))]
+        if chunk[-1].kind != "paused":
+            return events, calls
+        state = pickle.loads(pickle.dumps(trainer.state_dict()))
+        assert _tensors_on_cpu(state)
+        time.sleep(gap_s)
+        trainer = Trainer.from_state(state, files)
+
+
+@pytest.mark.parametrize("mode", ["scratch", "linear"])
+def test_a_run_paused_after_every_step_trains_exactly_as_one_without_pauses(tiny_config, colours, mode):
+    config = _config(tiny_config, mode=mode, epochs=3, weights="random")
+    whole, calls = _chained(config, colours, seconds_per_call=float("inf"))  # never paused; the same batch order
+    assert calls == 1
+    chained, calls = _chained(config, colours, seconds_per_call=0.0)  # paused once a step has been timed
+    steps = [e for e in chained if e.kind == "step"]
+    assert calls >= len(steps) / 2 > 1
+    assert [(e.epoch, e.step) for e in steps] == [(ep, s) for ep in (1, 2, 3) for s in range(1, steps[0].steps + 1)]
+    assert _kinds(chained).split().count("started") == 1
+    # The state carries everything (weights, optimizer, RNG, the epoch's order and running sums): the same numbers.
+    assert [(e.loss, e.acc, e.lr) for e in steps] == [(e.loss, e.acc, e.lr) for e in whole if e.kind == "step"]
+    ends = [(e.train_loss, e.train_acc, e.val_acc, e.val_loss) for e in chained if e.kind == "epoch_end"]
+    assert ends == [(e.train_loss, e.train_acc, e.val_acc, e.val_loss) for e in whole if e.kind == "epoch_end"]
+    assert chained[-1].kind == whole[-1].kind == "finished"
+    assert chained[-1].best_epoch == whole[-1].best_epoch
+
+
+def test_a_time_budget_counts_the_time_inside_calls_not_between_them(tiny_config, colours):
+    config = _config(tiny_config, epochs=None, time_budget_s=3.0)
+    events, calls = _chained(config, colours, seconds_per_call=1.0, gap_s=1.5)
+    assert events[-1].kind == "finished" and events[-1].out_of_time
+    assert calls >= 3  # counted with the gaps, the budget would have run out in the second call
+    progress = [e.progress for e in events if e.kind == "step"]
+    # The lr's clock went on across the calls (a validation's measured time may move the end by a little).
+    assert progress[-1] > 0.5 and all(b > a - 0.05 for a, b in zip(progress, progress[1:], strict=False))
+
+
+def test_the_state_a_finished_run_keeps_holds_cpu_tensors_and_plain_data(tiny_config, colours):
+    trainer = Trainer(_config(tiny_config, epochs=2), colours)
+    list(trainer.run())
+    path = trainer.out_dir / train_state.STATE_FILE
+    state = torch.load(path, weights_only=True)  # nothing but data: no pickled classes
+    assert _tensors_on_cpu(state) and state["run_id"] == trainer.run_id
+    assert state["position"]["epoch"] == 3 and state["position"]["step"] == 0
+    assert state["model"].keys() == trainer.model.state_dict().keys() and state["optimizer"]["state"]
+
+
+def test_a_linear_run_keeps_only_its_head_and_a_continued_one_computes_its_features_again(tiny_config, colours):
+    trainer = Trainer(_config(tiny_config, mode="linear", epochs=2), colours)
+    list(trainer.run())
+    state = train_state.load_state(trainer.out_dir)
+    assert state["cache"] is None and all(key.startswith("classifier.") for key in state["model"])
+    events = list(chunked.continue_training(trainer.out_dir, colours, 2).run())
+    assert "caching" in _kinds(events) and events[-1].kind == "finished"
+    assert [e.epoch for e in events if e.kind == "epoch_end"] == [3, 4]
+
+
+def test_a_finished_run_continues_for_more_epochs_on_the_schedule_of_the_longer_run(tiny_config, colours):
+    config = _config(tiny_config, epochs=2)
+    trainer = Trainer(config, colours)
+    first = list(trainer.run())
+    assert first[-1].kind == "finished"
+    run = chunked.continue_training(trainer.out_dir, colours, 2)
+    events = list(run.run())
+    assert [e.epoch for e in events if e.kind == "epoch_end"] == [3, 4]
+    started = next(e for e in events if e.kind == "started")
+    assert started.epochs == 4 and started.run_id == trainer.run_id
+    step = next(e for e in events if e.kind == "step")
+    resolved = config.resolved()
+    assert step.lr == pytest.approx(resolved.lr * lr_factor(resolved.schedule, resolved.warmup, 0.5))
+    assert events[-1].kind == "finished" and events[-1].checkpoint_dir == first[-1].checkpoint_dir
+    assert events[-1].best_val_acc >= first[-1].best_val_acc  # the best so far is kept
+
+
+def test_a_stopped_run_continues_with_the_epoch_it_stopped_in(tiny_config, colours):
+    cancel = CancelToken()
+    trainer = Trainer(_config(tiny_config, epochs=2), colours)
+    for event in trainer.run(cancel):
+        if event.kind == "step" and (event.epoch, event.step) == (2, 2):
+            cancel.cancel()
+    assert event.kind == "cancelled"
+    resumed = list(chunked.continue_training(trainer.out_dir, colours, 1).run())
+    steps = [e for e in resumed if e.kind == "step"]
+    assert (steps[0].epoch, steps[0].step) == (2, 1)
+    assert resumed[-1].kind == "finished" and resumed[-1].epochs_run == 2
+
+
+def test_a_time_budget_run_continues_for_epochs(tiny_config, colours):
+    trainer = Trainer(_config(tiny_config, epochs=None, time_budget_s=1.0), colours)
+    first = list(trainer.run())
+    assert first[-1].kind == "finished"
+    events = list(chunked.continue_training(trainer.out_dir, colours, 1).run())
+    started = next(e for e in events if e.kind == "started")
+    assert started.time_budget_s is None and started.epochs == first[-1].epochs_run + 1
+    assert events[-1].kind == "finished" and not events[-1].out_of_time
+
+
+def test_continuing_on_other_classes_is_refused(tiny_config, colours, tmp_path):
+    trainer = Trainer(_config(tiny_config, epochs=1), colours)
+    list(trainer.run())
+    other, _ = data.load_image_folder(_colour_images(tmp_path / "other", per_class=4))
+    other = data.LabeledFiles(("a", "b", "c"), other.train)
+    with pytest.raises(ValueError, match="data it was trained on"):
+        chunked.continue_training(trainer.out_dir, other, 1)
+
+
+@pytest.mark.parametrize("more", [0, -1, 2.5, True])
+def test_more_epochs_must_be_a_whole_number_of_at_least_one(tmp_path, colours, more):
+    with pytest.raises(ValueError, match="more epochs must be a whole number"):
+        chunked.continue_training(tmp_path, colours, more)
+
+
+def test_a_run_without_a_saved_state_says_what_to_do(tmp_path, colours):
+    with pytest.raises(FileNotFoundError, match="Start a new run instead"):
+        chunked.continue_training(tmp_path, colours, 1)
+
+
+def test_the_command_line_continues_a_run_for_more_epochs(folder, start_from, capsys):
+    argv = ["train", str(folder), "--model", str(start_from), "--mode", "finetune", "--epochs", "1"]
+    assert main([*argv, "--image-size", "16", "--batch-size", "8", "--json"]) == 0
+    first = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(["train", str(folder), "--resume", first.name, "--epochs", "2", "--json"]) == 0
+    out, err = capsys.readouterr()
+    *lines, last = out.strip().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["epoch"] for e in events if e["event"] == "epoch_end"] == [2, 3]
+    assert events[-1]["event"] == "finished" and last == str(first)
+    assert f"continuing run {first.name}: epochs 2 to 3" in err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--lr", "0.1"], "leave out --lr"),
+        (["--model", "densenet121"], "leave out --model"),
+    ],
+)
+def test_the_command_line_refuses_new_settings_for_a_continued_run(folder, capsys, extra, message):
+    assert main(["train", str(folder), "--resume", "some-run", *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_command_line_names_a_run_it_cannot_find(folder, capsys):
+    assert main(["train", str(folder), "--resume", "no-such-run"]) == 2
+    assert "no-such-run" in capsys.readouterr().err
+
+
+def test_a_new_run_on_the_command_line_needs_a_model(folder, capsys):
+    assert main(["train", str(folder)]) == 2
+    assert "a new run needs --model" in capsys.readouterr().err
+
+
+def _page() -> FinetuneTab:
+    with gr.Blocks():
+        state = finetune_data.session_state()
+        return build_finetune_tab(model_choices(None), predict_model=gr.Dropdown(), reuse=gr.Dropdown(), state=state)
+
+
+def test_the_page_continues_its_last_run_for_more_epochs(tmp_path):
+    tab, state = _page(), _checked(_images(tmp_path / "d", 6))
+    with pytest.raises(gr.Error, match="Train a run first"):
+        next(continue_training(tab, state, 2))
+    *_, first = start_training(tab, state, *SETTINGS)  # one epoch
+    assert "Finished" in first[tab.log]
+    *_, last = continue_training(tab, first[tab.state], 2.0)
+    log = last[tab.log]
+    run_id = first[tab.state]["run_id"]
+    assert f"Continuing run {run_id} for 2 more epoch(s): epochs 2 to 3." in log
+    assert re.findall(r"Epoch (\d)/3:", log) == ["2", "3"] and "Finished" in log
+    assert last[tab.state]["run_id"] == run_id
