@@ -233,7 +233,8 @@ def trainer_run(files: data.LabeledFiles, image_size: int, out_dir: Path, **sett
         elif isinstance(event, train.Failed):
             raise RuntimeError(f"trainer failed: {event.message}")
     resolved = config.resolved()
-    keys = ("recipe", "optimizer", "lr", "schedule", "warmup", "label_smoothing", "batch_size", "augment", "epochs")
+    keys = ("recipe", "optimizer", "lr", "schedule", "warmup", "label_smoothing", "bn_recalibration", "batch_size")
+    keys += ("augment", "epochs")
     recipe = {k: getattr(resolved, k) for k in keys}
     return {"recipe": recipe, "epochs": history, "best_acc": max(h["val_acc"] for h in history), "s": finished_s}
 
