@@ -22,6 +22,11 @@ files and the same train/val split (``LabeledFiles.split(0.2, seed=0)``, or the 
    ``--budget-fraction`` x the plain loop's epoch-1 time), ``paper_epochs`` (``--recipe paper``) and the
    prototype loop with ``BASE`` by epochs (``base_epochs``).
 
+4. ``--interleave N`` (after the above): N rounds of the default run stopped at its first validation that reaches
+   the plain loop's epoch-1 accuracy, each followed by the plain loop's epoch 1 again. Each default run is
+   compared with the mean of the plain epochs just before and after it, so that a load that changes during
+   the bench (shared cores) weighs on both sides alike.
+
 Every time is measured from the run's launch inside this process (before its model is built) to the end of
 the validation that gave the accuracy. Prints one JSON object; the cores may be shared, so compare ratios
 within one run rather than seconds across runs.
@@ -233,9 +238,42 @@ def trainer_run(files: data.LabeledFiles, image_size: int, out_dir: Path, **sett
         elif isinstance(event, train.Failed):
             raise RuntimeError(f"trainer failed: {event.message}")
     resolved = config.resolved()
-    keys = ("recipe", "optimizer", "lr", "schedule", "warmup", "label_smoothing", "batch_size", "augment", "epochs")
+    keys = ("recipe", "optimizer", "lr", "schedule", "warmup", "label_smoothing", "bn_recalibration", "batch_size")
+    keys += ("augment", "epochs")
     recipe = {k: getattr(resolved, k) for k in keys}
     return {"recipe": recipe, "epochs": history, "best_acc": max(h["val_acc"] for h in history), "s": finished_s}
+
+
+def time_to_target(files: data.LabeledFiles, image_size: int, out_dir: Path, target_acc: float) -> dict:
+    """A default run (``train DATA --model densenet121 --mode scratch``) stopped at its first validation that
+    reaches ``target_acc``: its validations until then, and the seconds from its launch to that one (or None)."""
+    launched, cancel, run = time.monotonic(), train.CancelToken(), {"s": None, "validations": []}
+    config = train_settings.config_from_settings("densenet121", mode="scratch", image_size=image_size)
+    for event in train.Trainer(config, files, out_dir=out_dir).run(cancel):
+        if isinstance(event, (train.EpochEnd, train.Evaluated)) and run["s"] is None:
+            run["validations"].append(_epoch_record(event.epoch, launched, event.val_acc))
+            if event.val_acc >= target_acc:
+                run["s"] = run["validations"][-1]["s"]
+                cancel.cancel()
+        elif isinstance(event, train.Failed):
+            raise RuntimeError(f"trainer failed: {event.message}")
+    return run
+
+
+def interleaved(
+    files: data.LabeledFiles, split: tuple[list, list], p: Preprocessing, target: dict, rounds: int, workdir: Path
+) -> dict:  # fmt: skip
+    """``rounds`` x (the default run to the target, then the plain loop's epoch 1): ratios against the mean of the
+    plain epoch-1 times around each default run (the first is the bench's own plain run)."""
+    plain_s, default_runs = [target["s"]], []
+    for i in range(rounds):
+        default_runs.append(time_to_target(files, p.image_size, workdir / f"interleaved_{i}", target["val_acc"]))
+        plain_s.append(plain_loop(*split, len(files.class_names), p, 1)["epochs"][0]["s"])
+    ratios = [
+        None if run["s"] is None else round(run["s"] / ((plain_s[i] + plain_s[i + 1]) / 2), 3)
+        for i, run in enumerate(default_runs)
+    ]
+    return {"plain_epoch1_s": plain_s, "default_runs": default_runs, "ratios": ratios}
 
 
 def _score(run: dict, target_acc: float, target_s: float, plain_best: float) -> dict:
@@ -286,6 +324,10 @@ def bench_dataset(name: str, workdir: Path, args: argparse.Namespace) -> dict:
             run = recipe_loop(train_items, val_items, class_names, p, BASE, epochs=args.epochs)
         result["runs"][key] = _score(run, target_acc, target_s, plain["best_acc"])
         log(key, run)
+    if args.interleave:
+        target = {"val_acc": target_acc, "s": target_s}
+        result["interleaved"] = interleaved(files, (train_items, val_items), p, target, args.interleave, workdir)
+        print(f"[{name}] interleaved: {result['interleaved']}", file=sys.stderr, flush=True)
     return result
 
 
@@ -315,6 +357,7 @@ def main() -> None:
     parser.add_argument("--sweep", default="none", help=f"all, none, or from {', '.join(SWEEP)}")
     parser.add_argument("--runs", default="all", help=f"all, none, or from {', '.join(RUNS)}")
     parser.add_argument("--epochs", type=int, default=5, help="epochs of the plain loop and of the whole runs")
+    parser.add_argument("--interleave", type=int, default=0, help="rounds of default run to target + plain epoch 1")
     parser.add_argument("--budget-fraction", type=float, default=0.5, help="sweep budget / plain epoch-1 time")
     # One thread by default: on cores other processes share, two OpenMP threads measured 5-10x slower than one
     # (each waits for the other at every layer), which would swamp the differences between recipes.

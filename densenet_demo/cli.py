@@ -31,6 +31,7 @@ def _add_training_settings(p: argparse.ArgumentParser) -> None:
     from .train_settings import CHOICES, DEFAULTS, SETTING_HELP
 
     types = {"epochs": int, "lr": float, "label_smoothing": float, "batch_size": int, "early_stopping": int}
+    types["bn_recalibration"] = int
     types |= {"val_fraction": float, "image_size": int, "seed": int, "time_budget": str}
     for name, default in DEFAULTS.items():
         flag, line = "--" + name.replace("_", "-"), SETTING_HELP[name].replace("%", "%%")

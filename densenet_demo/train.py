@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from . import events
 from . import weights as W
+from .batchnorm_stats import RecentBatches
 from .data import DatasetError, DatasetReport, Item, LabeledFiles
 from .events import *  # noqa: F403  (re-exported: consumers import the events with the Trainer)
 from .events import CancelToken, Event
@@ -133,6 +134,7 @@ class Trainer(Resumable):
         self._sharded = False  # distributed, each rank on its own share of the images (not the gathered cache)
         self._cancel_hooks: list[Any] = []  # Stop acts inside a step too (train_cancel.py); removed at the end
         self._init_resumable()  # a new run starts at epoch 1; from_state goes on elsewhere (train_state.py)
+        self._recent = RecentBatches(0)  # inputs to recompute BatchNorm statistics from before a validation
 
     def run(self, cancel: CancelToken | None = None, *, deadline: float | None = None) -> Iterator[Event]:
         """Train, yielding events; ends with ``Finished``, ``Cancelled`` or ``Failed`` and never raises. With a
@@ -201,6 +203,7 @@ class Trainer(Resumable):
             torch.backends.cudnn.benchmark = cudnn_autotune_pays(total_steps, cfg.time_budget_s)
             torch.cuda.reset_peak_memory_stats(device)
         optimizer = make_optimizer(cfg, model)
+        self._recent = RecentBatches(0 if linear else cfg.bn_recalibration)  # linear: the backbone keeps its own
         schedule, clock, metrics, mid_step = pace(cfg, optimizer, device, steps_per_epoch, started, len(self.val_items))
         scaler = torch.amp.GradScaler(device.type, enabled=place.amp_dtype == torch.float16)
         amp_name = str(place.amp_dtype).removeprefix("torch.") if place.amp_dtype else None
@@ -273,6 +276,7 @@ class Trainer(Resumable):
                 clock.started_training()
                 schedule.apply(clock.progress(self._steps_done))
                 x, y = place.to_device(x, y)
+                self._recent.add(x)
                 with place.autocast():
                     logits = forward(x, wrapped)
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
@@ -401,6 +405,7 @@ class Trainer(Resumable):
                 raise _Stop
 
         began = time.monotonic()
+        self._recent.recalibrate(self.model, self._placement.autocast())  # statistics of these weights
         self.model.eval()
         batches = self._batches(source, shuffle_seed=None)
         confusion, loss_sum = confusion_and_loss(batches, forward, self._placement, len(self.class_names), check_cancel)

@@ -30,6 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "schedule": "default",
     "augment": "none",
     "label_smoothing": None,
+    "bn_recalibration": None,
     "amp": "auto",
     "memory_efficient": False,
     "batch_size": None,
@@ -63,6 +64,9 @@ SETTING_HELP: dict[str, str] = {
     "augment": "none | light: random crops | flip: crops and horizontal flips (only for data whose mirror image is "
     "the same class: not digits or text)",
     "label_smoothing": "share of each label spread over the other classes (default: the recipe's: 0.1 quick, 0 paper)",
+    "bn_recalibration": "before each validation, recompute the BatchNorm statistics from the last N training "
+    "batches, so that they match the weights (0: keep the running averages; default: the recipe's: 4 for quick "
+    "scratch runs, else 0)",
     "amp": "mixed precision on a GPU: auto (bf16, else fp16) | off | bf16 | fp16",
     "memory_efficient": "recompute the concatenations in backward: less memory, about a fifth slower",
     "batch_size": "images per step (default: 32 on a CPU, 64 on a GPU)",
@@ -121,6 +125,7 @@ def config_from_settings(model: Any, **settings: Any) -> TrainConfig:
     epochs, batch_size = (None if _default(v) is None else _whole(v) for v in (s["epochs"], s["batch_size"]))
     image_size, patience = (_whole(v) if _default(v) else None for v in (s["image_size"], s["early_stopping"]))
     lr, smoothing = _default(s["lr"]), _default(s["label_smoothing"])
+    recalibration = _default(s["bn_recalibration"])
     return TrainConfig(
         model=model,
         weights=W.DEFAULT if weights is None else weights,
@@ -134,6 +139,7 @@ def config_from_settings(model: Any, **settings: Any) -> TrainConfig:
         schedule=_default(s["schedule"]),
         augment=str(s["augment"]).lower(),
         label_smoothing=None if smoothing is None else float(smoothing),
+        bn_recalibration=None if recalibration is None else _whole(recalibration),
         amp=str(s["amp"]).lower(),
         memory_efficient=bool(s["memory_efficient"]),
         early_stopping_patience=patience,

@@ -48,17 +48,19 @@ def test_the_quick_recipe_is_the_default_and_trains_from_scratch_with_adamw_warm
     cfg = TrainConfig(model="densenet121", mode="scratch", device="cpu").resolved()
     assert (cfg.recipe, cfg.optimizer, cfg.lr, cfg.schedule, cfg.warmup) == ("quick", "adamw", 2e-3, "cosine", 0.1)
     assert (cfg.label_smoothing, cfg.epochs, cfg.batch_size, cfg.augment) == (0.1, 5, 32, "none")
+    assert cfg.bn_recalibration == 4  # BatchNorm statistics from the last 4 training batches before validating
 
 
 def test_the_paper_recipe_is_sgd_with_steps_and_no_smoothing():
     cfg = TrainConfig(model="densenet121", mode="scratch", recipe="paper", device="cpu").resolved()
     assert (cfg.optimizer, cfg.lr, cfg.schedule, cfg.warmup, cfg.label_smoothing) == ("sgd", 0.1, "step", 0.0, 0.0)
+    assert cfg.bn_recalibration == 0
 
 
 def test_settings_follow_the_mode_and_given_values_win():
     linear = TrainConfig(model="densenet121", mode="linear", device="cpu").resolved()
     finetune = TrainConfig(model="densenet121", mode="finetune", device="cpu", lr=5e-4).resolved()
-    assert (linear.epochs, linear.lr, linear.label_smoothing) == (30, 1e-2, 0.0)
+    assert (linear.epochs, linear.lr, linear.label_smoothing, linear.bn_recalibration) == (30, 1e-2, 0.0, 0)
     assert (finetune.epochs, finetune.lr, finetune.optimizer) == (5, 5e-4, "adamw")
 
 
@@ -122,6 +124,19 @@ def test_a_short_run_yields_a_mid_epoch_validation(tiny_config, stripes):
     evaluated = [e for e in events if isinstance(e, train.Evaluated)]
     assert len(evaluated) == 1 and evaluated[0].epoch == 0.5 and 0 <= evaluated[0].val_acc <= 1
     assert isinstance(events[-1], train.Finished)
+
+
+@pytest.mark.parametrize("batches", [0, 2])
+def test_the_checkpoint_keeps_the_batchnorm_statistics_its_validation_used(tiny_config, stripes, tmp_path, batches):
+    config = _tiny(tiny_config, epochs=2, batch_size=4, bn_recalibration=batches)
+    trainer = Trainer(config, stripes, out_dir=tmp_path)
+    assert isinstance(list(trainer.run())[-1], train.Finished)
+    norms = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    tracked = {int(m.num_batches_tracked) for m in norms}
+    # Recomputed: the average over the last 2 batches; kept: the running averages over every step so far.
+    assert (tracked == {2}) if batches else (min(tracked) >= 6)
+    saved = W.load_checkpoint(tmp_path)[0].state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in trainer.model.state_dict().items())
 
 
 # -- time budget --------------------------------------------------------------------------------------
@@ -201,6 +216,14 @@ def test_the_command_line_and_the_page_make_the_same_config(argv, page):
     defaults = ("default", "default", "quick", "", "none", None, None, 0.2, "auto")
     page = page + defaults[len(page) - 9 :] if len(page) < 18 else page
     assert _cli_config(argv) == config_from_page(*page)
+
+
+def test_batchnorm_recalibration_is_a_flag_and_a_setting_alike():
+    assert _cli_config(["--model", "densenet121", "--mode", "scratch", "--bn-recalibration", "2"]).bn_recalibration == 2
+    assert config_from_settings("densenet121", mode="scratch", bn_recalibration=2.0).bn_recalibration == 2
+    assert config_from_settings("densenet121", bn_recalibration="default").bn_recalibration is None
+    with pytest.raises(ValueError, match="bn_recalibration"):
+        config_from_settings("densenet121", bn_recalibration=-1)
 
 
 def test_every_setting_of_the_page_is_a_train_flag_with_help(capsys):
