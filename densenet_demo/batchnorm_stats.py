@@ -78,3 +78,12 @@ class RecentBatches:
     def recalibrate(self, model: torch.nn.Module, autocast: contextlib.AbstractContextManager | None = None) -> bool:
         """``recalibrate_batchnorm`` over the kept batches; False when off or before the first step."""
         return self.size > 0 and recalibrate_batchnorm(model, list(self._batches), autocast)
+
+    def state(self) -> list[torch.Tensor]:
+        """The kept batches on the CPU: a run paused between GPU calls recomputes from the same ones after."""
+        return [x.detach().cpu() for x in self._batches]
+
+    def load(self, batches: list[torch.Tensor], device: torch.device) -> None:
+        self._batches.clear()
+        for x in batches:
+            self.add(x.to(device))

@@ -175,6 +175,7 @@ class Resumable:
         clock.train_start = None if at.training_started is None else clock.launched + at.training_started
         clock.images, clock.validation_s = at.images, at.validation_s
         self._steps_done = self._steps_at_start = at.steps_done
+        self._recent.load(state.get("recent_batches", []), self.device)
 
     def _resume_epoch(self: Trainer, epoch: int, metrics: RunningMetrics) -> tuple[int, float]:
         """(steps of ``epoch`` done before, seconds spent in it): a resumed epoch's running sums come back."""
@@ -227,6 +228,7 @@ class Resumable:
         sums = {"seen": metrics.seen, "loss_sum": float(metrics.loss_sum), "correct": int(metrics.correct)}
         at = Position(epoch, step, epoch_seconds=time.monotonic() - epoch_start, smoothed_loss=smoothed, **sums)
         self._state = self._state_at(replace(at, epochs_without_best=without_best, reported=reported))
+        self._state["recent_batches"] = self._recent.state()  # only across a pause: a kept run's state stays small
         logger.info(
             "training run %s paused after step %d of epoch %d, to go on in another call", self.run_id, step, epoch
         )
