@@ -74,6 +74,10 @@ class Position:
 def load_state(run_dir: str | os.PathLike) -> dict[str, Any]:
     """The state a finished or stopped run left in its folder; ``FileNotFoundError`` says what to do."""
     path = Path(run_dir) / STATE_FILE
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(
+            f"there is no run {Path(run_dir).name}: the Predict tab's model list (run:<id>) names the runs there are."
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"run {Path(run_dir).name} cannot be continued: it kept no training state (runs trained before "

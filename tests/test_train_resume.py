@@ -233,3 +233,8 @@ def test_the_page_continues_its_last_run_for_more_epochs(tmp_path):
     assert f"Continuing run {run_id} for 2 more epoch(s): epochs 2 to 3." in log
     assert re.findall(r"Epoch (\d)/3:", log) == ["2", "3"] and "Finished" in log
     assert last[tab.state]["run_id"] == run_id
+
+
+def test_a_run_that_does_not_exist_is_named_as_such(tmp_path):
+    with pytest.raises(FileNotFoundError, match="there is no run nope"):
+        train_state.load_state(tmp_path / "nope")
