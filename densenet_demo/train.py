@@ -254,6 +254,7 @@ class Trainer(Resumable):
 
         yield events.Preparing("loading the first batch and taking the first step")
         epochs_without_best, reported, out_of_time = self._at.epochs_without_best, self._at.reported, False
+        next_epoch = self._at.epoch  # the epoch a continuation starts with: the one after the last that ended
         for epoch in range(self._at.epoch, cfg.epochs + 1):
             self._epoch = epoch
             model.train(not linear)  # linear: the frozen backbone keeps its BatchNorm statistics
@@ -333,11 +334,13 @@ class Trainer(Resumable):
                 improved=improved,
                 skipped=self.skipped[reported:],  # the first epoch also reports what feature caching found
             )
-            reported = len(self.skipped)
+            reported, next_epoch = len(self.skipped), epoch + 1
             if out_of_time or (cfg.early_stopping_patience and epochs_without_best >= cfg.early_stopping_patience):
                 break
 
-        self._keep_state(next_epoch=self._epoch + 1)  # so that the run can be continued (train_state.py)
+        # So that the run can be continued (train_state.py). A budget that ran out before the epoch's end (right
+        # after its start or its half-epoch validation) leaves that epoch to be trained again, from its start.
+        self._keep_state(next_epoch=next_epoch)
         # Leave the best epoch's weights in memory, so that trainer.model predicts what the checkpoint predicts.
         # (Distributed: only rank 0 wrote it, maybe on another machine; the other ranks end here anyway.)
         if dp is None or dp.is_main:
@@ -346,7 +349,7 @@ class Trainer(Resumable):
         best = self._best
         logger.info(
             "training run %s finished: best val acc %.4f at epoch %d of %d, saved to %s",
-            *(self.run_id, best.val.acc, best.epoch, self._epoch, self.out_dir),
+            *(self.run_id, best.val.acc, best.epoch, next_epoch - 1, self.out_dir),
         )
         yield events.Finished(
             best_val_acc=best.val.acc,
@@ -354,8 +357,8 @@ class Trainer(Resumable):
             checkpoint_dir=str(self.out_dir),
             confusion_matrix=best.val.confusion,
             class_names=self.class_names,
-            epochs_run=self._epoch,
-            stopped_early=self._epoch < cfg.epochs and not out_of_time,
+            epochs_run=next_epoch - 1,
+            stopped_early=next_epoch - 1 < cfg.epochs and not out_of_time,
             seconds=time.monotonic() - started,
             skipped=list(self.skipped),
             per_class_val_acc=best.val.per_class,

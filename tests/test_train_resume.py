@@ -19,7 +19,7 @@ from densenet_demo import checkpoints, chunked, data, train_state
 from densenet_demo.cli import main
 from densenet_demo.images import default_preprocessing
 from densenet_demo.model import DenseNet
-from densenet_demo.pacing import lr_factor
+from densenet_demo.pacing import RunClock, lr_factor
 from densenet_demo.train import CancelToken, Trainer
 from densenet_demo.ui import finetune_data
 from densenet_demo.ui.common import model_choices
@@ -238,3 +238,20 @@ def test_the_page_continues_its_last_run_for_more_epochs(tmp_path):
 def test_a_run_that_does_not_exist_is_named_as_such(tmp_path):
     with pytest.raises(FileNotFoundError, match="there is no run nope"):
         train_state.load_state(tmp_path / "nope")
+
+
+def test_a_budget_that_runs_out_as_an_epoch_begins_leaves_that_epoch_to_the_continuation(
+    tiny_config, colours, monkeypatch
+):
+    # The budget runs out at the first step of epoch 2: epoch 2 took no step, so it is not counted as run, and a
+    # continuation for 2 more epochs trains epochs 2 and 3.
+    config = _config(tiny_config, epochs=None, time_budget_s=600.0)
+    trainer = Trainer(config, colours)
+    monkeypatch.setattr(RunClock, "out_of_time", lambda self, steps_done: trainer._epoch >= 2)
+    first = list(trainer.run())
+    assert [e.epoch for e in first if e.kind == "epoch_end"] == [1]
+    assert first[-1].kind == "finished" and first[-1].out_of_time and first[-1].epochs_run == 1
+    monkeypatch.undo()
+    events = list(chunked.continue_training(trainer.out_dir, colours, 2).run())
+    assert [e.epoch for e in events if e.kind == "epoch_end"] == [2, 3]
+    assert next(e for e in events if e.kind == "step").epoch == 2
