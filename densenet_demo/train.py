@@ -119,7 +119,7 @@ class Trainer(Resumable):
         channels_last = self.config.channels_last
         self._placement = Placement(
             self.device,
-            channels_last=channels_last if channels_last is not None else self.device.type == "cuda",
+            channels_last=channels_last if channels_last is not None else self.device.type in ("cuda", "cpu"),
             amp_dtype=pick_amp_dtype(self.config.amp, self.device),
         )
         self.model: DenseNet | None = None  # after the run: the best epoch's weights, in eval mode

@@ -125,7 +125,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto: bf16 (or fp16 + loss scaling) on CUDA, off on the CPU
-    channels_last: bool | None = None  # None: on for CUDA, where convolutions run faster in NHWC
+    channels_last: bool | None = None  # None: on (CUDA and CPU convolutions run faster in NHWC: bench/finetune.py)
     memory_efficient: bool = False  # recompute concat + BN-ReLU-conv1 in backward: less memory, ~20% slower
     early_stopping_patience: int | None = None  # stop after this many epochs without a better val accuracy
     num_workers: int | None = None  # image decoding processes; None: 0 on the CPU (2 cores), up to 8 on CUDA

