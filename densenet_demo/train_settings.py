@@ -65,7 +65,7 @@ SETTING_HELP: dict[str, str] = {
     "the same class: not digits or text)",
     "label_smoothing": "share of each label spread over the other classes (default: the recipe's: 0.1 quick, 0 paper)",
     "bn_recalibration": "before each validation, recompute the BatchNorm statistics from the last N training "
-    "batches, so that they match the weights (0: keep the running averages; default: the recipe's: 4 for quick "
+    "batches, so that they match the weights (0: keep the running averages; default: the recipe's: 3 for quick "
     "scratch runs, else 0)",
     "amp": "mixed precision on a GPU: auto (bf16, else fp16) | off | bf16 | fp16",
     "memory_efficient": "recompute the concatenations in backward: less memory, about a fifth slower",

@@ -70,8 +70,10 @@ _RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 _LABEL_SMOOTHING = {"quick": {"linear": 0.0, "finetune": 0.1, "scratch": 0.1}, "paper": dict.fromkeys(MODES, 0.0)}
 # Training batches to recompute the BatchNorm statistics from before each validation (batchnorm_stats.py): from
 # scratch at a high lr the running averages lag the weights (0.39 vs 0.94 val acc on digit scans at half an
-# epoch). Linear mode's backbone keeps its statistics; fine-tuning and the paper's protocol were not measured.
-_BN_RECALIBRATION = {"quick": {"linear": 0, "finetune": 0, "scratch": 4}, "paper": dict.fromkeys(MODES, 0)}
+# epoch). 3 batches scored as 4 did (mean of 4 batch orders on digits at half an epoch: 0.942 vs 0.939; textures
+# within the spread of 5 orders) at three quarters of the cost; 2 lost a point on digits (0.932). Linear mode's
+# backbone keeps its statistics; fine-tuning and the paper's protocol were not measured.
+_BN_RECALIBRATION = {"quick": {"linear": 0, "finetune": 0, "scratch": 3}, "paper": dict.fromkeys(MODES, 0)}
 # A time budget replaces epochs: the run goes on (up to this many epochs) until the budget is spent.
 EPOCHS_UNDER_BUDGET = 10_000
 
@@ -261,4 +263,6 @@ def make_optimizer(cfg: TrainConfig, model: DenseNet) -> torch.optim.Optimizer:
         groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The fused kernel updates every tensor in one pass: on the CPU 18 ms a step for DenseNet-121 instead of 73 ms.
+    fused = all(p.device.type in ("cpu", "cuda") for group in groups for p in group["params"])
+    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)

@@ -48,7 +48,7 @@ def test_the_quick_recipe_is_the_default_and_trains_from_scratch_with_adamw_warm
     cfg = TrainConfig(model="densenet121", mode="scratch", device="cpu").resolved()
     assert (cfg.recipe, cfg.optimizer, cfg.lr, cfg.schedule, cfg.warmup) == ("quick", "adamw", 2e-3, "cosine", 0.1)
     assert (cfg.label_smoothing, cfg.epochs, cfg.batch_size, cfg.augment) == (0.1, 5, 32, "none")
-    assert cfg.bn_recalibration == 4  # BatchNorm statistics from the last 4 training batches before validating
+    assert cfg.bn_recalibration == 3  # BatchNorm statistics from the last 3 training batches before validating
 
 
 def test_the_paper_recipe_is_sgd_with_steps_and_no_smoothing():
