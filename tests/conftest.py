@@ -3,6 +3,14 @@ the session, that no test wrote into the checkout."""
 
 from __future__ import annotations
 
+import os
+
+# The suite runs on pytest-xdist workers (pyproject.toml: -n 2), one per core: each worker and the processes it
+# starts (app servers, the CLI) get one OpenMP thread, so that two workers' threads do not wait on each other's
+# cores. Set before torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -41,6 +49,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ]
     if unmarked:
         raise pytest.UsageError("tests that use app_server must be marked @pytest.mark.e2e: " + ", ".join(unmarked))
+    # Files with end-to-end tests first (a stable sort: each file's own order stays): the two workers hand out
+    # whole files in this order, so the long ones start early and the short unit files even out the end.
+    heavy = {item.path for item in items if item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: item.path not in heavy)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

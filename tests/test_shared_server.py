@@ -14,6 +14,7 @@ import pytest
 from conftest import AppServer
 from gradio_client import Client, handle_file
 from PIL import Image
+from test_train import _colour_zip
 
 from densenet_demo import checkpoints, runs, weights
 from densenet_demo.images import default_preprocessing
@@ -25,10 +26,16 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 ARCH_ARGS = ("densenet121", 32, "4,4,4,4", 64, 0, 0.5, 0.0, "imagenet", "1", None)
 
 
-def _train(client: Client, *, model="densenet_fashion", mode="scratch", epochs=1):
-    """Start a run on the example dataset; returns the job (a run of a few seconds with the defaults)."""
-    report = client.predict("Example dataset", None, None, "", api_name="/load_dataset")
-    assert "800 images in 4 classes" in report
+@pytest.fixture(scope="module")
+def squares(tmp_path_factory):
+    """A zip of 3 classes x 12 small images: a run of about a second an epoch."""
+    return _colour_zip(tmp_path_factory.mktemp("squares"), per_class=12)
+
+
+def _train(client: Client, squares, *, model="densenet_fashion", mode="scratch", epochs=1):
+    """Start a run on the squares; returns the job."""
+    report = client.predict("Zip file", handle_file(str(squares)), api_name="/load_dataset")
+    assert "36 images in 3 classes" in report, report
     args = (model, "Random init", mode, epochs, None, 32, None, False, "Auto", "default", "default")
     return client.submit(*args, api_name="/train")
 
@@ -63,12 +70,12 @@ def photo(tmp_path):
     return path
 
 
-def test_runs_are_the_sessions_own_on_a_shared_server_and_everyones_locally(tmp_path, photo):
+def test_runs_are_the_sessions_own_on_a_shared_server_and_everyones_locally(tmp_path, photo, squares):
     root = tmp_path / "app"
     server = AppServer.started(root, env={"DENSENET_DEMO_SHARED": "1"})
     try:
         a, b = Client(server.url, verbose=False), Client(server.url, verbose=False)
-        run_id = _run_id(_train(a))
+        run_id = _run_id(_train(a, squares))
         run = f"run:{run_id}"
         unknown = "run:20200101-000000-densenet_bc100_k12-0000"
 
@@ -92,8 +99,8 @@ def test_runs_are_the_sessions_own_on_a_shared_server_and_everyones_locally(tmp_
         # A still can.
         download = a.predict(run, api_name="/download_run")["value"]  # the file, shown
         assert download.endswith(f"{run_id}.zip") and os.path.getsize(download) > 1000
-        # The run's own architecture (densenet_fashion's, with the example's 4 classes) and its heatmap.
-        *_, heatmap = a.predict("custom", *ARCH_ARGS[1:], run, 4, api_name="/architecture")
+        # The run's own architecture (densenet_fashion's, with the squares' 3 classes) and its heatmap.
+        *_, heatmap = a.predict("custom", *ARCH_ARGS[1:], run, 3, api_name="/architecture")
         assert heatmap is not None
     finally:
         server.stop()
@@ -127,7 +134,7 @@ def _wait_for(condition, timeout: float, what: str, server: AppServer) -> None:
         time.sleep(0.25)
 
 
-def test_caps_and_expiry_remove_old_runs_oldest_first_never_a_training_one(tmp_path, tiny_config, photo):
+def test_caps_and_expiry_remove_old_runs_oldest_first_never_a_training_one(tmp_path, tiny_config, photo, squares):
     from short_ttl_app import SHORT_TTL_S
 
     root = tmp_path / "app"
@@ -143,12 +150,14 @@ def test_caps_and_expiry_remove_old_runs_oldest_first_never_a_training_one(tmp_p
     try:
         assert names() == ["seed1", "seed2"]  # at launch: 6 MB > 5.5 MB, the oldest went
         a = Client(server.url, verbose=False)
-        first = _run_id(_train(a, model="densenet_bc100_k12", mode="linear"))  # 2 + 2 + 3 MB (a linear run keeps
+        first = _run_id(
+            _train(a, squares, model="densenet_bc100_k12", mode="linear")
+        )  # 2 + 2 + 3 MB (a linear run keeps
         # its head only beside the checkpoint): seed1 goes, and 5 MB are within the cap
         assert names() == sorted(["seed2", first])
 
         # A long run: its session's state lives seconds only, but while it trains, nothing removes its run.
-        job = _train(a, model="densenet_fashion", mode="scratch", epochs=100)
+        job = _train(a, squares, model="densenet_fashion", mode="scratch", epochs=100)  # ~1 s an epoch
         folder = lambda: [n for n in names() if n not in ("seed2", first)]  # noqa: E731
         _wait_for(lambda: folder() and (runs_root / folder()[0] / "model.safetensors").is_file(), 120, "a save", server)
         training = folder()[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,16 @@ def _colour_images(root: Path, per_class: int, seed: int = 0) -> Path:
             pixels = np.array(colour) * rng.uniform(0.7, 1.2) + rng.normal(0, 20, (24, 24, 3))
             Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
     return root
+
+
+def _colour_zip(root: Path, per_class: int) -> Path:
+    """``_colour_images`` as a zip of class folders (``root.zip``), as a user uploads them."""
+    folder = _colour_images(root, per_class)
+    archive = root.with_suffix(".zip")
+    with zipfile.ZipFile(archive, "w") as z:
+        for path in sorted(folder.rglob("*.png")):
+            z.write(path, path.relative_to(folder))
+    return archive
 
 
 @pytest.fixture(scope="module")

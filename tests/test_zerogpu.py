@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import gradio as gr
@@ -22,7 +21,7 @@ import torch
 from conftest import AppServer, _repo_root
 from gradio_client import Client, handle_file
 from PIL import Image
-from test_train import _colour_images, _config
+from test_train import _colour_images, _colour_zip, _config
 
 from densenet_demo import chunked, data, gpu, train_setup, train_state
 from densenet_demo.train import CancelToken
@@ -282,12 +281,7 @@ def zero(tmp_path_factory):
 @pytest.fixture(scope="module")
 def squares(tmp_path_factory) -> Path:
     """A small zip of class folders: a run of a few seconds an epoch on a CPU."""
-    folder = _colour_images(tmp_path_factory.mktemp("squares"), per_class=16)
-    archive = folder.parent / "squares.zip"
-    with zipfile.ZipFile(archive, "w") as z:
-        for path in sorted(folder.rglob("*.png")):
-            z.write(path, path.relative_to(folder))
-    return archive
+    return _colour_zip(tmp_path_factory.mktemp("squares"), per_class=16)
 
 
 def _positions(outputs) -> list[tuple[int, int]]:
