@@ -74,7 +74,7 @@ def _new_run(args: argparse.Namespace, files: LabeledFiles, report: DatasetRepor
     if not args.model:
         raise ValueError("a new run needs --model (a preset or a checkpoint folder); --resume RUN continues a run")
     quick = example_config().to_dict() if args.data == "example" else {}
-    own = ("epochs", "lr", "optimizer", "schedule", "batch_size", "augment", "label_smoothing")
+    own = ("epochs", "lr", "optimizer", "schedule", "batch_size", "augment", "label_smoothing", "image_size")
     settings = {k: v for k, v in quick.items() if k in own}
     settings |= training_settings(args)
     config = config_from_settings(args.model, **settings)

@@ -194,12 +194,15 @@ class TrainConfig:
 def example_config(**changes: Any) -> TrainConfig:
     """The quick setting for the built-in example dataset: a small DenseNet from scratch, >90% in under a minute.
 
-    ``densenet_fashion`` (16 plain layers, grayscale, 64x64: the shapes differ in form, not colour) trains an
-    epoch of the 640 training images in about 2.5 s on two CPU cores; one-cycle AdamW gets there in 15 epochs.
+    ``densenet_fashion`` (16 plain layers, grayscale: the shapes differ in form, not colour) at 48 px (the images
+    are 64 px) trains an epoch of the 640 training images in about 4.5 s on two CPU cores; AdamW with a 10% warm-up
+    and cosine passed 90% at epoch 11 of 15 (50 s; best 0.938). At 64 px: the same at epoch 12 but 80 s; one-cycle
+    instead of cosine: epoch 12, 60 s at 48 px; 32 px: 0.90-0.91 only at the end; 10 epochs: never 90%.
     """
     base = {"model": "densenet_fashion", "weights": "random", "mode": "scratch", "epochs": 15, "batch_size": 32}
+    base["image_size"] = 48
     # Crops and flips (the shapes and stripes keep their class in a mirror), no label smoothing: as measured.
-    recipe = {"lr": 3e-3, "optimizer": "adamw", "schedule": "onecycle", "augment": "flip", "label_smoothing": 0.0}
+    recipe = {"lr": 3e-3, "optimizer": "adamw", "schedule": "cosine", "augment": "flip", "label_smoothing": 0.0}
     return TrainConfig(**{**base, **recipe, **changes})
 
 

@@ -85,7 +85,7 @@ def _train_the_example(argv: list[str], capsys, out: Path) -> None:
     assert main(["train", "example", *argv, "--epochs", "1", "--json", "--out", str(out)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     started = next(e for line in lines if (e := json.loads(line))["event"] == "started")
-    assert started["config"]["optimizer"] == "adamw" and started["config"]["schedule"] == "onecycle"
+    assert started["config"]["optimizer"] == "adamw" and started["config"]["schedule"] == "cosine"
     assert started["n_train"] + started["n_val"] == 800 and started["epochs"] == 1
     assert lines[-1] == str(out)
 
