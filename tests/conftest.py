@@ -49,10 +49,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ]
     if unmarked:
         raise pytest.UsageError("tests that use app_server must be marked @pytest.mark.e2e: " + ", ".join(unmarked))
-    # Files with end-to-end tests first (a stable sort: each file's own order stays): the two workers hand out
-    # whole files in this order, so the long ones start early and the short unit files even out the end.
-    heavy = {item.path for item in items if item.get_closest_marker("e2e")}
-    items.sort(key=lambda item: item.path not in heavy)
+    # Files with end-to-end tests first, those whose tests may take longest (their timeout) before the others; a
+    # stable sort, so each file keeps its own order. The two workers take whole files in this order: the long
+    # ones start early and the short unit files even out the end.
+    longest: dict[Path, float] = {}
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            timeout = item.get_closest_marker("timeout")
+            allowed = timeout.args[0] if timeout is not None and timeout.args else 0
+            longest[item.path] = max(longest.get(item.path, 0), allowed)
+    items.sort(key=lambda item: -longest.get(item.path, -1))
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
