@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import tempfile
 import threading
 import time
@@ -142,7 +143,8 @@ class TrainingRun:
             args = (self.trainer.config, self.files, self.report, self.run_id, str(self.out_dir), state, more)
             try:
                 with _relay(cancel, stop_file):
-                    for value in gpu.stream(_train_in_call, *args, str(stop_file), seconds, seconds=seconds):
+                    values = gpu.stream(_train_in_call, *args, str(stop_file), seconds, seconds=seconds)
+                    for value in _drained(values):
                         if isinstance(value, _CallEnd):
                             paused = value.state
                         elif calls == 1 or not isinstance(value, (Started, Preparing)):  # one start per run
@@ -174,6 +176,32 @@ class TrainingRun:
             except OSError as e:  # the checkpoint stays; only going on from here is lost
                 logger.warning("run %s: its training state was not saved (%s)", self.run_id, e)
         return Failed(message=message, detail=None, checkpoint_dir=str(self.out_dir) if kept else None)
+
+
+def _drained(values: Iterator[Any]) -> Iterator[Any]:
+    """``values`` read on a thread of their own as soon as they come and handed on as they are asked for: a GPU
+    call's time runs while it waits to hand a value over, so it must never wait for the page to draw the last one
+    (a fast call hands over many steps; the page draws curves). An exception comes through in its place."""
+    box: queue.Queue[tuple[bool, Any]] = queue.Queue()
+    end = object()
+
+    def pump() -> None:
+        try:
+            for value in values:
+                box.put((True, value))
+        except BaseException as e:  # raised again on the consumer's side
+            box.put((False, e))
+        else:
+            box.put((True, end))
+
+    threading.Thread(target=pump, name="gpu-call-values", daemon=True).start()
+    while True:
+        ok, value = box.get()
+        if not ok:
+            raise value
+        if value is end:
+            return
+        yield value
 
 
 def _timed(event: Event, began: float) -> Event:
