@@ -346,10 +346,10 @@ class Trainer(Resumable):
         if dp is None or dp.is_main:
             model.load_state_dict(load_file(str(self.out_dir / W.CHECKPOINT_WEIGHTS), device=str(device)))
         model.eval()
-        best = self._best
+        best, epochs_run = self._best, next_epoch - 1
         logger.info(
             "training run %s finished: best val acc %.4f at epoch %d of %d, saved to %s",
-            *(self.run_id, best.val.acc, best.epoch, next_epoch - 1, self.out_dir),
+            *(self.run_id, best.val.acc, best.epoch, epochs_run, self.out_dir),
         )
         yield events.Finished(
             best_val_acc=best.val.acc,
@@ -357,8 +357,8 @@ class Trainer(Resumable):
             checkpoint_dir=str(self.out_dir),
             confusion_matrix=best.val.confusion,
             class_names=self.class_names,
-            epochs_run=next_epoch - 1,
-            stopped_early=next_epoch - 1 < cfg.epochs and not out_of_time,
+            epochs_run=epochs_run,
+            stopped_early=epochs_run < cfg.epochs and not out_of_time,
             seconds=time.monotonic() - started,
             skipped=list(self.skipped),
             per_class_val_acc=best.val.per_class,
