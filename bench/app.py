@@ -44,7 +44,7 @@ def main() -> None:
 
     from gradio_client import Client, handle_file
 
-    from densenet_demo.predict import get_predictor
+    from densenet_demo.serving.predict import get_predictor
 
     proc, url, _ = start_app(["app.py"], weights_dir)
     try:

@@ -38,9 +38,11 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from densenet_demo import data, examples, train  # noqa: E402
 from densenet_demo.config import PRESETS  # noqa: E402
+from densenet_demo.data import datasets as data  # noqa: E402
+from densenet_demo.data import examples  # noqa: E402
 from densenet_demo.model import DenseNet  # noqa: E402
+from densenet_demo.training import loop as train  # noqa: E402
 
 SECTIONS = ("linear_cache", "memory_efficient_step", "example_dataset", "gpu")
 STEP_VARIANTS = ("ours_off", "ours_on", "torchvision_memory_efficient")

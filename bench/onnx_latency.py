@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from densenet_demo.export import export_onnx  # noqa: E402
-from densenet_demo.predict import build_predictor  # noqa: E402
+from densenet_demo.serving.export import export_onnx  # noqa: E402
+from densenet_demo.serving.predict import build_predictor  # noqa: E402
 
 BATCHES = (1, 8)
 

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from densenet_demo.config import PRESETS  # noqa: E402
 from densenet_demo.model import DenseNet  # noqa: E402
-from densenet_demo.predict import build_predictor  # noqa: E402
+from densenet_demo.serving.predict import build_predictor  # noqa: E402
 
 GOAL = 0.75  # the Predictor's batch-1 latency as a fraction of the plain forward's
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from densenet_demo import examples
+from densenet_demo.data import examples
 
 DATASETS = ("digits", "textures", "example")
 TEXTURES = ("brick", "grass", "gravel", "moon", "cell")  # loaded from files inside the wheel: no download

@@ -55,8 +55,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quick_datasets import DATASETS, write_dataset  # noqa: E402
 
-from densenet_demo import data, train, train_settings, train_setup  # noqa: E402
-from densenet_demo.images import Preprocessing  # noqa: E402
+from densenet_demo.data import datasets as data  # noqa: E402
+from densenet_demo.data.images import Preprocessing  # noqa: E402
+from densenet_demo.training import loop as train  # noqa: E402
+from densenet_demo.training import settings as train_settings  # noqa: E402
+from densenet_demo.training import setup as train_setup  # noqa: E402
 
 # The prototype quick recipe; each SWEEP entry changes one setting of it.
 BASE: dict[str, Any] = {

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch.nn.functional as F  # noqa: E402
 
-from densenet_demo.cli import main  # noqa: E402
+from densenet_demo.cli.main import main  # noqa: E402
 
 if os.environ.get("RANK") == os.environ["DENSENET_DEMO_FAIL_RANK"]:
     cross_entropy, steps = F.cross_entropy, []

@@ -6,7 +6,7 @@
   then waits for the test to kill the process in the middle of the write.
 
 With none of the files present this is the app itself: the faults sit in the engine's own calls
-(``torch.nn.functional.cross_entropy`` in train.py, ``safetensors.torch.save_file`` in checkpoints.py).
+(``torch.nn.functional.cross_entropy`` in training/loop.py, ``safetensors.torch.save_file`` in weights/checkpoints.py).
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from densenet_demo import checkpoints, train  # noqa: E402
+from densenet_demo.training import loop as train  # noqa: E402
+from densenet_demo.weights import checkpoints  # noqa: E402
 
 FAULTS = Path(os.environ["DENSENET_DEMO_FAULTS"])
 
 
 class _Functional:
-    """train.py's ``F``, with a cross_entropy that fails in training steps while ``step_error`` exists."""
+    """training/loop.py's ``F``, with a cross_entropy that fails in training steps while ``step_error`` exists."""
 
     def __getattr__(self, name: str):
         return getattr(F, name)

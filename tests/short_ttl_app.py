@@ -7,7 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from densenet_demo import sessions, ui  # noqa: E402
+from densenet_demo import ui  # noqa: E402
+from densenet_demo.hosting import sessions  # noqa: E402
 
 SHORT_TTL_S = 6  # long enough that a busy machine does not expire a session between two calls
 

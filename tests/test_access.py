@@ -219,7 +219,7 @@ def test_the_app_keeps_serving_after_the_refusals(client, photo):
 
 
 def test_a_launch_sweeps_session_folders_left_by_a_stopped_server_and_nothing_else(tmp_path):
-    from densenet_demo.sessions import SESSION_PREFIX, STATE_TTL_S, sweep_stale_sessions
+    from densenet_demo.hosting.sessions import SESSION_PREFIX, STATE_TTL_S, sweep_stale_sessions
 
     old = time.time() - STATE_TTL_S - 60
     stale = tmp_path / f"{SESSION_PREFIX}stale"
@@ -247,7 +247,7 @@ def test_a_launch_sweeps_session_folders_left_by_a_stopped_server_and_nothing_el
 def test_the_example_dataset_is_made_once_per_version_and_never_taken_from_someone_else(tmp_path, monkeypatch):
     import tempfile
 
-    from densenet_demo import examples
+    from densenet_demo.data import examples
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(examples, "_example_folders", {})

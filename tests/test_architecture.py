@@ -9,13 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from densenet_demo.architecture import (
-    MAX_IMAGE_SIZE,
-    channel_growth_table,
-    check_against_module,
-    feature_reuse,
-    totals,
-)
+from densenet_demo.architecture import MAX_IMAGE_SIZE, channel_growth_table, check_against_module, feature_reuse, totals
 from densenet_demo.config import PRESETS, DenseNetConfig, min_image_size
 from densenet_demo.model import DenseNet
 

@@ -1,11 +1,11 @@
-"""BatchNorm statistics recomputed from recent training batches before a validation (batchnorm_stats.py)."""
+"""BatchNorm statistics recomputed from recent training batches before a validation (training/batchnorm_stats.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from densenet_demo.batchnorm_stats import RecentBatches, recalibrate_batchnorm
+from densenet_demo.training.batchnorm_stats import RecentBatches, recalibrate_batchnorm
 
 
 def _net() -> torch.nn.Sequential:

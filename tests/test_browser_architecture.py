@@ -12,9 +12,10 @@ import pytest
 from gradio_client import Client
 from playwright.sync_api import expect
 
-from densenet_demo import architecture, checkpoints, runs
+from densenet_demo import architecture
 from densenet_demo.config import PRESETS, DenseNetConfig
-from densenet_demo.images import default_preprocessing
+from densenet_demo.data.images import default_preprocessing
+from densenet_demo.hosting import runs
 from densenet_demo.model import DenseNet
 from densenet_demo.ui.architecture_tab import (
     DISPLAY_COLUMNS,
@@ -23,6 +24,7 @@ from densenet_demo.ui.architecture_tab import (
     growth_frame,
     show_architecture,
 )
+from densenet_demo.weights import checkpoints
 
 RUN_CONFIG = DenseNetConfig(
     growth_rate=4, block_config=(2, 3), num_init_features=8, bn_size=2, compression=0.5, stem="cifar", num_classes=3

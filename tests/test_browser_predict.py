@@ -20,10 +20,11 @@ from gradio_client import Client, handle_file
 from PIL import Image
 from playwright.sync_api import expect
 
-from densenet_demo import checkpoints, predict
 from densenet_demo.config import DenseNetConfig
-from densenet_demo.images import default_preprocessing
+from densenet_demo.data.images import default_preprocessing
 from densenet_demo.model import DenseNet
+from densenet_demo.serving import predict
+from densenet_demo.weights import checkpoints
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

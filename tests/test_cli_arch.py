@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from densenet_demo.architecture import totals
-from densenet_demo.cli import main
+from densenet_demo.cli.main import main
 from densenet_demo.config import PRESETS
 
 REPO = Path(__file__).resolve().parent.parent

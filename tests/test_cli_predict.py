@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from densenet_demo import checkpoints, predict
-from densenet_demo.cli import main
-from densenet_demo.images import Preprocessing
+from densenet_demo.cli.main import main
+from densenet_demo.data.images import Preprocessing
 from densenet_demo.model import DenseNet
+from densenet_demo.serving import predict
+from densenet_demo.weights import checkpoints
 
 
 @pytest.fixture(autouse=True)

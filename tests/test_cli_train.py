@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from test_train import _colour_images
 
-from densenet_demo import checkpoints
-from densenet_demo.cli import main
+from densenet_demo.cli.main import main
 from densenet_demo.model import DenseNet
+from densenet_demo.weights import checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def folder(tmp_path_factory) -> Path:
 @pytest.fixture
 def tiny_checkpoint(tmp_path, tiny_config) -> Path:
     """A tiny DenseNet saved as a checkpoint folder: ``--model`` can start from it, quickly."""
-    from densenet_demo.images import default_preprocessing
+    from densenet_demo.data.images import default_preprocessing
 
     model = DenseNet(tiny_config)
     checkpoints.save_checkpoint(

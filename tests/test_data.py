@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from densenet_demo import archives, data, examples
-from densenet_demo.data import DatasetError
+from densenet_demo.data import archives, examples
+from densenet_demo.data import datasets as data
+from densenet_demo.data.datasets import DatasetError
 
 
 def _png(path: Path, color=(200, 30, 30), size: int = 16) -> Path:

@@ -16,13 +16,13 @@ import pytest
 import torch
 from test_train import _colour_images
 
-from densenet_demo import checkpoints
-from densenet_demo import distributed as D
-from densenet_demo.data import load_image_folder
-from densenet_demo.images import default_preprocessing
+from densenet_demo.data.datasets import load_image_folder
+from densenet_demo.data.images import default_preprocessing
 from densenet_demo.model import DenseNet
-from densenet_demo.predict import get_predictor
-from densenet_demo.train import (
+from densenet_demo.serving.predict import get_predictor
+from densenet_demo.training import distributed as D
+from densenet_demo.training.data import FeatureCache
+from densenet_demo.training.loop import (
     Cancelled,
     CancelToken,
     EpochEnd,
@@ -33,7 +33,7 @@ from densenet_demo.train import (
     TrainConfig,
     Trainer,
 )
-from densenet_demo.train_data import FeatureCache
+from densenet_demo.weights import checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ["--image-size", "16", "--batch-size", "8", "--lr", "0.03", "--seed", "0"]

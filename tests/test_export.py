@@ -22,13 +22,14 @@ from model_helpers import trained_looking
 from PIL import Image
 from test_train import _colour_images
 
-from densenet_demo import checkpoints, export, predict
-from densenet_demo.cli import main
+from densenet_demo.cli.main import main
 from densenet_demo.config import DenseNetConfig
-from densenet_demo.data import load_image_folder
-from densenet_demo.images import Preprocessing, default_preprocessing
+from densenet_demo.data.datasets import load_image_folder
+from densenet_demo.data.images import Preprocessing, default_preprocessing
 from densenet_demo.model import DenseNet
-from densenet_demo.train import Finished, TrainConfig, Trainer
+from densenet_demo.serving import export, predict
+from densenet_demo.training.loop import Finished, TrainConfig, Trainer
+from densenet_demo.weights import checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_BC = DenseNetConfig(

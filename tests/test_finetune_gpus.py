@@ -16,8 +16,8 @@ from conftest import AppServer
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from densenet_demo import checkpoints
-from densenet_demo.distributed import ENV_FAKE_GPUS
+from densenet_demo.training.distributed import ENV_FAKE_GPUS
+from densenet_demo.weights import checkpoints
 
 pytestmark = pytest.mark.e2e
 

@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from densenet_demo import plots, train, weights
+from densenet_demo import plots
 from densenet_demo.config import PRESETS
-from densenet_demo.images import default_preprocessing
+from densenet_demo.data.images import default_preprocessing
 from densenet_demo.model import DenseNet
+from densenet_demo.training import loop as train
 from densenet_demo.ui import finetune_data, training_view
 from densenet_demo.ui.common import model_choices
 from densenet_demo.ui.finetune_tab import build_finetune_tab, start_training
+from densenet_demo.weights import resolver as weights
 
 SETTINGS = ("densenet_fashion", "Random init", "scratch", 1, 3e-3, 8, 32, False, "Off", "adamw", "default")
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, ImageFile
 
 from densenet_demo.config import PRESETS
-from densenet_demo.images import ImageError, Preprocessing, decode_image, default_preprocessing
+from densenet_demo.data.images import ImageError, Preprocessing, decode_image, default_preprocessing
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:

@@ -7,8 +7,11 @@ import threading
 import pytest
 import torch
 
-from densenet_demo import data, examples, memory, train
+from densenet_demo.data import datasets as data
+from densenet_demo.data import examples
+from densenet_demo.hosting import memory
 from densenet_demo.model import DenseLayer, Transition
+from densenet_demo.training import loop as train
 
 # Each run's memory is handed back: after the fourth run the process holds at most this much more than after the first.
 MEMORY_MARGIN_BYTES = 64 * 2**20

@@ -11,10 +11,14 @@ import gradio as gr
 import pytest
 from PIL import Image
 
-from densenet_demo import cli, data, multi_gpu, train
-from densenet_demo import distributed as D
+from densenet_demo.cli import main as cli
+from densenet_demo.cli.common import training_settings
 from densenet_demo.config import PRESETS
-from densenet_demo.train_settings import config_from_settings, train_args
+from densenet_demo.data import datasets as data
+from densenet_demo.training import distributed as D
+from densenet_demo.training import loop as train
+from densenet_demo.training import torchrun as multi_gpu
+from densenet_demo.training.settings import config_from_settings, train_args
 from densenet_demo.ui.multigpu import build_gpu_option
 from densenet_demo.ui.training_settings import config_from_page
 from densenet_demo.ui.training_view import event_line
@@ -34,7 +38,7 @@ PAGE_FIELDS = [
 def _parsed(args: list[str]) -> train.TrainConfig:
     """What ``python -m densenet_demo train DATA *args`` builds: the command line's own parser and settings."""
     namespace = cli.build_parser().parse_args(["train", "DATA", *args])
-    return config_from_settings(namespace.model, **cli.training_settings(namespace))
+    return config_from_settings(namespace.model, **training_settings(namespace))
 
 
 @pytest.mark.parametrize("fields", PAGE_FIELDS, ids=["scratch", "finetune-paper", "linear-budget"])

@@ -14,12 +14,13 @@ import torchvision
 from model_helpers import trained_looking
 from PIL import Image
 
-from densenet_demo import checkpoints, predict, pretrained
-from densenet_demo import weights as W
 from densenet_demo.config import PRESETS
-from densenet_demo.images import ImageError, Preprocessing
+from densenet_demo.data.images import ImageError, Preprocessing
 from densenet_demo.inference import InferenceDenseNet
 from densenet_demo.model import DenseNet
+from densenet_demo.serving import predict
+from densenet_demo.weights import checkpoints, pretrained
+from densenet_demo.weights import resolver as W
 
 PREPROCESSING = Preprocessing(32, 36, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 3)
 

@@ -11,13 +11,17 @@ import pytest
 import torch
 from PIL import Image
 
-from densenet_demo import cli, data, train, train_advice
-from densenet_demo import weights as W
-from densenet_demo.pacing import RunningMetrics, cudnn_autotune_pays, lr_factor, mid_epoch_step
-from densenet_demo.train import TrainConfig, Trainer
-from densenet_demo.train_data import drops_last
-from densenet_demo.train_settings import config_from_settings, parse_duration
-from densenet_demo.train_setup import EPOCHS_UNDER_BUDGET, build_model
+from densenet_demo.cli import main as cli
+from densenet_demo.cli.common import training_settings
+from densenet_demo.data import datasets as data
+from densenet_demo.training import advice as train_advice
+from densenet_demo.training import loop as train
+from densenet_demo.training.data import drops_last
+from densenet_demo.training.loop import TrainConfig, Trainer
+from densenet_demo.training.pacing import RunningMetrics, cudnn_autotune_pays, lr_factor, mid_epoch_step
+from densenet_demo.training.settings import config_from_settings, parse_duration
+from densenet_demo.training.setup import EPOCHS_UNDER_BUDGET, build_model
+from densenet_demo.weights import resolver as W
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +75,7 @@ def test_a_time_budget_lifts_the_epoch_limit_unless_one_is_given():
 
 @pytest.mark.parametrize("augment, flips", [("none", False), ("light", False), ("flip", True)])
 def test_only_the_flip_augmentation_mirrors_images(augment, flips):
-    from densenet_demo.images import Preprocessing
+    from densenet_demo.data.images import Preprocessing
 
     transform = Preprocessing(8, 8, (0.0,), (1.0,), 1).train_transform(augment)
     image = Image.fromarray(np.tile(np.arange(8, dtype=np.uint8) * 30, (8, 1)), "L")  # bright on the right
@@ -187,7 +191,7 @@ def test_a_bad_duration_says_how_to_write_one():
 
 def _cli_config(argv: list[str]) -> TrainConfig:
     args = cli.build_parser().parse_args(["train", "DATA", *argv])
-    return config_from_settings(args.model, **cli.training_settings(args))
+    return config_from_settings(args.model, **training_settings(args))
 
 
 @pytest.mark.parametrize(
@@ -227,7 +231,7 @@ def test_batchnorm_recalibration_is_a_flag_and_a_setting_alike():
 
 
 def test_every_setting_of_the_page_is_a_train_flag_with_help(capsys):
-    from densenet_demo.train_settings import DEFAULTS
+    from densenet_demo.training.settings import DEFAULTS
     from densenet_demo.ui.training_settings import ExtraSettings
 
     with pytest.raises(SystemExit):

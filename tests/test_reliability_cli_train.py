@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from test_reliability_inputs import MODEL, hostile_zips
 
-from densenet_demo.cli import main
+from densenet_demo.cli.main import main
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 from safetensors.torch import save_file
 
-from densenet_demo.cli import main
+from densenet_demo.cli.main import main
 from densenet_demo.config import DenseNetConfig
 from densenet_demo.model import DenseNet
 

@@ -19,7 +19,9 @@ from conftest import AppServer
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from densenet_demo import checkpoints, examples, runs
+from densenet_demo.data import examples
+from densenet_demo.hosting import runs
+from densenet_demo.weights import checkpoints
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 

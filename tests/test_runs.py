@@ -8,10 +8,12 @@ import time
 
 import pytest
 
-from densenet_demo import checkpoints, runs, weights
-from densenet_demo.images import default_preprocessing
+from densenet_demo.data.images import default_preprocessing
+from densenet_demo.hosting import runs
+from densenet_demo.hosting.sessions import Session
 from densenet_demo.model import DenseNet
-from densenet_demo.sessions import Session
+from densenet_demo.weights import checkpoints
+from densenet_demo.weights import resolver as weights
 
 MB = 2**20
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from densenet_demo.sessions import SESSION_PREFIX, Session
+from densenet_demo.hosting.sessions import SESSION_PREFIX, Session
 
 
 def test_the_folder_is_made_on_first_use_reused_and_made_again_if_removed(tmp_path):

@@ -16,9 +16,11 @@ from gradio_client import Client, handle_file
 from PIL import Image
 from test_train import _colour_zip
 
-from densenet_demo import checkpoints, runs, weights
-from densenet_demo.images import default_preprocessing
+from densenet_demo.data.images import default_preprocessing
+from densenet_demo.hosting import runs
 from densenet_demo.model import DenseNet
+from densenet_demo.weights import checkpoints
+from densenet_demo.weights import resolver as weights
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

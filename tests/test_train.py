@@ -14,10 +14,13 @@ import pytest
 import torch
 from PIL import Image
 
-from densenet_demo import checkpoints, data, predict, train
+from densenet_demo.data import datasets as data
 from densenet_demo.model import DenseNet
-from densenet_demo.train import CancelToken, TrainConfig, Trainer
-from densenet_demo.train_setup import build_model, make_optimizer
+from densenet_demo.serving import predict
+from densenet_demo.training import loop as train
+from densenet_demo.training.loop import CancelToken, TrainConfig, Trainer
+from densenet_demo.training.setup import build_model, make_optimizer
+from densenet_demo.weights import checkpoints
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 
@@ -246,7 +249,7 @@ def test_a_failed_run_logs_its_message_and_traceback_at_error(tiny_config, colou
     def faulty_forward(self, x):
         raise RuntimeError("injected fault in the forward pass")
 
-    with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="densenet_demo.train"):
+    with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="densenet_demo.training.loop"):
         patch.setattr(DenseNet, "forward", faulty_forward)
         trainer, events = _run(_config(tiny_config), colours)
     assert isinstance(events[-1], train.Failed)
@@ -258,7 +261,7 @@ def test_a_failed_run_logs_its_message_and_traceback_at_error(tiny_config, colou
 
 
 def test_a_run_logs_its_start_and_its_end_at_info(tiny_config, colours, caplog):
-    with caplog.at_level(logging.INFO, logger="densenet_demo.train"):
+    with caplog.at_level(logging.INFO, logger="densenet_demo.training.loop"):
         trainer, events = _run(_config(tiny_config, epochs=1), colours)
     assert isinstance(events[-1], train.Finished)
     started, finished = [record.getMessage() for record in caplog.records]

@@ -15,16 +15,19 @@ import torch
 from test_finetune_tab import SETTINGS, _checked, _images
 from test_train import _colour_images, _config, _kinds
 
-from densenet_demo import checkpoints, chunked, data, train_state
-from densenet_demo.cli import main
-from densenet_demo.images import default_preprocessing
+from densenet_demo.cli.main import main
+from densenet_demo.data import datasets as data
+from densenet_demo.data.images import default_preprocessing
 from densenet_demo.model import DenseNet
-from densenet_demo.pacing import RunClock, lr_factor
-from densenet_demo.train import CancelToken, Trainer
+from densenet_demo.training import runners as chunked
+from densenet_demo.training import state as train_state
+from densenet_demo.training.loop import CancelToken, Trainer
+from densenet_demo.training.pacing import RunClock, lr_factor
 from densenet_demo.ui import finetune_data
 from densenet_demo.ui.common import model_choices
 from densenet_demo.ui.continue_run import continue_training
 from densenet_demo.ui.finetune_tab import FinetuneTab, build_finetune_tab, start_training
+from densenet_demo.weights import checkpoints
 
 
 @pytest.fixture(scope="module")

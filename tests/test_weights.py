@@ -21,11 +21,11 @@ from model_helpers import trained_looking
 from PIL import Image
 from safetensors.torch import save_file
 
-from densenet_demo import checkpoints, pretrained
-from densenet_demo import weights as W
 from densenet_demo.config import PRESETS
-from densenet_demo.images import Preprocessing, default_preprocessing
+from densenet_demo.data.images import Preprocessing, default_preprocessing
 from densenet_demo.model import DenseNet
+from densenet_demo.weights import checkpoints, pretrained
+from densenet_demo.weights import resolver as W
 
 PREPROCESSING = Preprocessing(32, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 3)
 

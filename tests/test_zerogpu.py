@@ -1,7 +1,7 @@
-"""Hosting on ZeroGPU: where work runs (gpu.py), a training run as a chain of GPU calls (chunked.py), ZeroGPU's
-refusals as plain messages; the test double's own rules (tests/fake_spaces); and the real app under the double
-(a forked worker per call, everything pickled, calls killed past their duration, durations above the cap
-refused), through gradio_client and the command line."""
+"""Hosting on ZeroGPU: where work runs (hosting/gpu.py), a training run as a chain of GPU calls
+(training/runners.py), ZeroGPU's refusals as plain messages; the test double's own rules (tests/fake_spaces); and
+the real app under the double (a forked worker per call, everything pickled, calls killed past their duration,
+durations above the cap refused), through gradio_client and the command line."""
 
 from __future__ import annotations
 
@@ -24,8 +24,12 @@ from gradio_client import Client, handle_file
 from PIL import Image
 from test_train import _colour_images, _colour_zip, _config
 
-from densenet_demo import chunked, data, gpu, train_setup, train_state
-from densenet_demo.train import CancelToken
+from densenet_demo.data import datasets as data
+from densenet_demo.hosting import gpu
+from densenet_demo.training import runners as chunked
+from densenet_demo.training import setup as train_setup
+from densenet_demo.training import state as train_state
+from densenet_demo.training.loop import CancelToken
 from densenet_demo.ui import classify
 
 FAKE_SPACES = Path(__file__).resolve().parent / "fake_spaces"

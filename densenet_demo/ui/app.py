@@ -13,7 +13,8 @@ from typing import Any
 
 import gradio as gr
 
-from .. import checkpoints, runs, sessions
+from ..hosting import runs, sessions
+from ..weights import checkpoints
 from .agent_tools import wire_agent_tools
 from .architecture_tab import build_architecture_tab, reuse_dropdown
 from .common import model_choices, reuse_choices

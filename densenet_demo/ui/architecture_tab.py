@@ -13,8 +13,11 @@ import gradio as gr
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .. import architecture, checkpoints, plots, predict, pretrained, units, weights
+from .. import architecture, plots, units
 from ..config import IMAGENET_PRESETS, PRESETS, DenseNetConfig, default_image_size
+from ..serving import predict
+from ..weights import checkpoints, pretrained
+from ..weights import resolver as weights
 from .common import check_run, preset_choices, reuse_choices, unknown_model, user_errors
 
 __all__ = [

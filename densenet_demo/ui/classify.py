@@ -1,5 +1,5 @@
 """Classification for the Predict tab and the API: the model selection checked (presets and the session's own
-runs only), the images classified where GPU work runs (gpu.py: here, or in ZeroGPU calls within their cap), and
+runs only), the images classified where GPU work runs (hosting/gpu.py: here, or in ZeroGPU calls within their cap), and
 the answer as the page shows it. Engine errors become messages that name files, never server paths.
 """
 
@@ -14,9 +14,11 @@ from typing import Any, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from .. import gpu, predict, weights
 from ..config import PRESETS
-from ..images import ImageError
+from ..data.images import ImageError
+from ..hosting import gpu
+from ..serving import predict
+from ..weights import resolver as weights
 from .common import check_run, names_only, unknown_model
 
 __all__ = [
@@ -59,7 +61,7 @@ def classify_paths(
     show_cam: bool,
     state: dict[str, Any] | None,
 ) -> Result:
-    """Classify ``paths`` with the selected model: the checks, the engine call (gpu.py), the page's answer."""
+    """Classify ``paths`` with the selected model: the checks, the engine call (hosting/gpu.py), the page's answer."""
     if not paths:
         raise gr.Error("Add an image first: upload, paste or take one with the webcam, or pick an example.")
     done = _classify_files(*selection(model, weights_choice, weights_file, state), paths, int(top_k), show_cam)
@@ -99,7 +101,8 @@ def classify_paths(
 def _classify_files(
     name: str, weights_arg: str | None, paths: list[str], top_k: int, show_cam: bool
 ) -> list[predict.Classified]:
-    """The images classified where GPU work runs (gpu.py): here, or on ZeroGPU in calls of at most the cap each."""
+    """The images classified where GPU work runs (hosting/gpu.py): here, or on ZeroGPU in calls of at most the
+    cap each."""
     per_call, names = gpu.images_per_call(), [Path(p).name for p in paths]
     done = []
     with user_messages(gpu.GPUUnavailable):

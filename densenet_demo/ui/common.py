@@ -14,8 +14,10 @@ from typing import Any
 
 import gradio as gr
 
-from .. import checkpoints, runs, weights
 from ..config import PRESETS
+from ..hosting import runs
+from ..weights import checkpoints
+from ..weights import resolver as weights
 
 __all__ = [
     "check_run",

@@ -1,5 +1,5 @@
 """Continue training: the session's last run, finished or stopped, trained for more epochs on the dataset it was
-trained on (its weights, optimizer and best epoch kept: train_state.py). The page's button, ``/continue_training``.
+trained on (its weights, optimizer and best epoch kept: training/state.py). The page's button, ``/continue_training``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gradio as gr
 
-from .. import checkpoints, chunked, weights
+from ..training import runners as chunked
+from ..weights import checkpoints
+from ..weights import resolver as weights
 from .common import check_run, user_errors
 
 if TYPE_CHECKING:

@@ -11,7 +11,8 @@ from typing import Any
 
 import gradio as gr
 
-from .. import export, weights
+from ..serving import export
+from ..weights import resolver as weights
 from .common import names_only
 
 __all__ = ["EXPORT_MAX_AGE_S", "export_folder", "export_run"]

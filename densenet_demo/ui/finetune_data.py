@@ -17,7 +17,9 @@ from typing import Any
 
 import gradio as gr
 
-from .. import data, examples, runs, sessions
+from ..data import datasets as data
+from ..data import examples
+from ..hosting import runs, sessions
 from .common import user_errors
 
 __all__ = [

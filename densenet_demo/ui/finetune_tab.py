@@ -10,19 +10,16 @@ from typing import Any, NamedTuple
 
 import gradio as gr
 
-from .. import chunked, memory, plots, runs, sessions, train, weights
+from .. import plots
 from ..config import PRESETS
+from ..hosting import memory, runs, sessions
+from ..training import loop as train
+from ..training import runners as chunked
+from ..weights import resolver as weights
 from .common import limits_note, model_choices, reuse_choices, user_errors
 from .continue_run import build_continue_controls, wire_continue
 from .exports import export_run
-from .finetune_data import (
-    SOURCE_CHOICES,
-    add_class,
-    ensure_dataset,
-    folder_summary,
-    load_dataset,
-    session_of,
-)
+from .finetune_data import SOURCE_CHOICES, add_class, ensure_dataset, folder_summary, load_dataset, session_of
 from .multigpu import build_gpu_option, gpu_run, starting_text
 from .training_settings import build_extra_settings, config_from_page, estimate_text, mode_values, suggest
 from .training_view import curves, event_line, outcome_line, per_class_frame, progress_html, skipped_lines
@@ -303,7 +300,7 @@ def start_training(
         return
     files, report = state["dataset"]
     with user_errors(ValueError, weights.CheckpointError):
-        trainer = chunked.training(config, files, report=report)  # one loop here; GPU calls on ZeroGPU (gpu.py)
+        trainer = chunked.training(config, files, report=report)  # one loop here; GPU calls on ZeroGPU (hosting/gpu.py)
     yield from follow_run(tab, state, trainer, note)
 
 

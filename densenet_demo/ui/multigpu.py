@@ -8,7 +8,10 @@ from typing import Any
 
 import gradio as gr
 
-from .. import distributed, multi_gpu, sessions, train
+from ..hosting import sessions
+from ..training import distributed
+from ..training import loop as train
+from ..training import torchrun as multi_gpu
 from .common import user_errors
 
 __all__ = ["build_gpu_option", "gpu_run", "starting_text"]

@@ -11,8 +11,10 @@ from typing import Any, NamedTuple
 import gradio as gr
 import pandas as pd
 
-from .. import examples, export, weights
 from ..config import PRESETS
+from ..data import examples
+from ..serving import export
+from ..weights import resolver as weights
 from .classify import (
     RANDOM_WARNING,
     TABLE_COLUMNS,

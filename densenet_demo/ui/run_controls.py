@@ -6,7 +6,8 @@ from typing import Any
 
 import gradio as gr
 
-from .. import checkpoints, runs
+from ..hosting import runs
+from ..weights import checkpoints
 from .common import check_run, model_choices, owner, reuse_choices
 from .finetune_data import session_of
 

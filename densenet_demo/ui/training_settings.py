@@ -10,8 +10,10 @@ from typing import Any, NamedTuple
 
 import gradio as gr
 
-from .. import train_advice, train_settings, train_setup
-from ..train_settings import CHOICES, DEFAULTS, SETTING_HELP
+from ..training import advice as train_advice
+from ..training import settings as train_settings
+from ..training import setup as train_setup
+from ..training.settings import CHOICES, DEFAULTS, SETTING_HELP
 from .common import user_errors
 
 __all__ = ["ExtraSettings", "build_extra_settings", "config_from_page", "estimate_text", "mode_values", "suggest"]

@@ -14,8 +14,9 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .. import plots, train
-from ..train_setup import EPOCHS_UNDER_BUDGET
+from .. import plots
+from ..training import loop as train
+from ..training.setup import EPOCHS_UNDER_BUDGET
 from .common import names_only
 
 __all__ = [

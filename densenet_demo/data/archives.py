@@ -30,7 +30,7 @@ _RATIO_MIN_BYTES = 1024 * 1024
 class DatasetError(ValueError):
     """A dataset that cannot be used; the message says what was found and what is needed."""
 
-    # Defined here, below data.py, because a refused zip is the first way an upload can be unusable.
+    # Defined here, below data/datasets.py, because a refused zip is the first way an upload can be unusable.
 
 
 def safe_extract_zip(

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+from ..config import IMAGENET_PRESETS, PRESETS, DenseNetConfig
+from ..model import DenseNet
 from .checkpoints import CheckpointError, atomic_write, weights_dir
-from .config import IMAGENET_PRESETS, PRESETS, DenseNetConfig
-from .model import DenseNet
 
 if tuple(int(p) for p in re.findall(r"\d+", torch.__version__)[:2]) < (2, 10):
     # torch.load(weights_only=True) is the only thing standing between a .pth upload and arbitrary code.

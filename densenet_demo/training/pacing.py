@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .train_setup import TrainConfig
+    from .setup import TrainConfig
 
 __all__ = [
     "LRSchedule",

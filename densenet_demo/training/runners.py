@@ -1,5 +1,5 @@
-"""A training run wherever its GPU work runs (gpu.py): one continuous loop here, or on ZeroGPU a chain of GPU
-calls, each going on from the state the last one handed back on the CPU (train_state.py).
+"""A training run wherever its GPU work runs (hosting/gpu.py): one continuous loop here, or on ZeroGPU a chain of GPU
+calls, each going on from the state the last one handed back on the CPU (training/state.py).
 
 ``training(config, files)`` checks the settings at once (the errors a ``Trainer`` raises) and returns a
 ``TrainingRun``; ``continue_training(run_dir, files, more_epochs)`` does the same for a finished or stopped run.
@@ -24,12 +24,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import gpu
-from . import weights as W
-from .data import DatasetReport, Item, LabeledFiles
+from ..data.datasets import DatasetReport, Item, LabeledFiles
+from ..hosting import gpu
+from ..weights import resolver as W
 from .events import CancelToken, Evaluated, Event, Failed, Finished, Paused, Preparing, Started
-from .train import TrainConfig, Trainer
-from .train_state import keep_state, load_state
+from .loop import TrainConfig, Trainer
+from .state import keep_state, load_state
 
 __all__ = ["RESERVE_FRACTION", "TrainingRun", "continue_training", "training"]
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .data import DatasetError, ImageFileDataset, Item, collate_skipping_failures
-from .images import Preprocessing
-from .train_setup import TrainConfig
+from ..data.datasets import DatasetError, ImageFileDataset, Item, collate_skipping_failures
+from ..data.images import Preprocessing
+from .setup import TrainConfig
 
 __all__ = ["Batch", "FeatureCache", "Placement", "iterate_batches", "drops_last", "image_loader", "note_failures"]
 

@@ -31,7 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import checkpoints, weights
+from ..weights import checkpoints
+from ..weights import resolver as weights
 
 __all__ = [
     "OWNER_FILE",

@@ -46,7 +46,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Sampler
 
-from . import gpu
+from ..hosting import gpu
+from .data import FeatureCache
 from .events import (
     Caching,
     Cancelled,
@@ -60,7 +61,6 @@ from .events import (
     Started,
     Step,
 )
-from .train_data import FeatureCache
 
 __all__ = [
     "ENV_FAKE_GPUS",

@@ -13,8 +13,8 @@ from dataclasses import fields
 from decimal import Decimal
 from typing import Any
 
-from . import weights as W
-from .train_setup import AMP_CHOICES, AUGMENTATIONS, MODES, OPTIMIZERS, RECIPE_HELP, RECIPES, SCHEDULES, TrainConfig
+from ..weights import resolver as W
+from .setup import AMP_CHOICES, AUGMENTATIONS, MODES, OPTIMIZERS, RECIPE_HELP, RECIPES, SCHEDULES, TrainConfig
 
 __all__ = ["CHOICES", "DEFAULTS", "SETTING_HELP", "config_from_settings", "parse_duration", "train_args"]
 

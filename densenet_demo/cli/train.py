@@ -14,25 +14,42 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from . import chunked
-from .checkpoints import CheckpointError, find_run, runs_dir
-from .cli import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, UsageError, training_settings
-from .data import DatasetError, DatasetReport, LabeledFiles, load_image_folder
-from .examples import example_dataset_folder
-from .train import CancelToken, Failed, Finished, Trainer, example_config
-from .train_settings import config_from_settings
+from ..data.datasets import DatasetError, DatasetReport, LabeledFiles, load_image_folder
+from ..data.examples import example_dataset_folder
+from ..training import runners as chunked
+from ..training.loop import CancelToken, Failed, Finished, Trainer, example_config
+from ..training.settings import config_from_settings
+from ..weights.checkpoints import CheckpointError, find_run, runs_dir
+from .common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, UsageError, add_training_settings, training_settings
 
 if TYPE_CHECKING:
-    from .distributed import DataParallel
+    from ..training.distributed import DataParallel
 
-__all__ = ["DEFAULT_MORE_EPOCHS", "train_command"]
+__all__ = ["DEFAULT_MORE_EPOCHS", "add_parser", "train_command"]
 
 DEFAULT_MORE_EPOCHS = 5  # --resume without --epochs
 
 
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="fine-tune or train on a folder or zip of class subfolders")
+    p.add_argument("data", help="folder or .zip of class subfolders (or train/ and val/), or 'example'")
+    p.add_argument("--model", help="preset name or a fine-tuned checkpoint folder (a new run needs it)")
+    p.add_argument(
+        "--resume", metavar="RUN", help="continue a finished or stopped run (its id or folder) on the same data, "
+        "with its own settings, for --epochs more epochs (default 5)",
+    )  # fmt: skip
+    add_training_settings(p)
+    p.add_argument("--out", default=None, help="folder for the run's checkpoint (default: weights/runs/<run-id>)")
+    p.add_argument("--json", action="store_true", help="print one JSON event per line")
+    p.add_argument(
+        "--sync-bn", action="store_true", help="under torchrun on GPUs: BatchNorm statistics over all processes"
+    )
+    p.set_defaults(handler=train_command)
+
+
 def train_command(args: argparse.Namespace) -> int:
     """Under ``torchrun --nproc-per-node N -m densenet_demo train ...`` every process runs this; rank 0 prints."""
-    from .distributed import data_parallel, is_main_process
+    from ..training.distributed import data_parallel, is_main_process
 
     try:
         with data_parallel(sync_batchnorm=args.sync_bn) as dp:
@@ -80,7 +97,8 @@ def _new_run(args: argparse.Namespace, files: LabeledFiles, report: DatasetRepor
     config = config_from_settings(args.model, **settings)
     if dp is not None:  # torchrun: this process's part in the run
         return Trainer(config, files, report=report, out_dir=args.out, data_parallel=dp)
-    return chunked.training(config, files, report=report, out_dir=args.out)  # gpu.py: one loop, or ZeroGPU calls
+    # hosting/gpu.py decides: one loop here, or a chain of ZeroGPU calls
+    return chunked.training(config, files, report=report, out_dir=args.out)
 
 
 def _continued(args: argparse.Namespace, files: LabeledFiles, report: DatasetReport, dp: DataParallel | None) -> Any:

@@ -22,14 +22,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import checkpoints
-from . import weights as W
-from .config import PRESETS
-from .data import DatasetReport, LabeledFiles
+from ..config import PRESETS
+from ..data.datasets import DatasetReport, LabeledFiles
+from ..weights import checkpoints
+from ..weights import resolver as W
 from .distributed import launch_torchrun
 from .events import CancelToken, Event, Failed
-from .train_settings import train_args
-from .train_setup import TrainConfig
+from .settings import train_args
+from .setup import TrainConfig
 
 __all__ = ["link_dataset", "train_on_all_gpus"]
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from .config import PRESETS, min_image_size
-from .data import LabeledFiles
-from .train_setup import TrainConfig, build_model, pick_device
+from ..config import PRESETS, min_image_size
+from ..data.datasets import LabeledFiles
+from .setup import TrainConfig, build_model, pick_device
 
 __all__ = ["Estimate", "Suggestion", "estimate_time", "suggest_settings"]
 

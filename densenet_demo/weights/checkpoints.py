@@ -26,9 +26,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .config import DenseNetConfig
-from .images import Preprocessing
-from .model import DenseNet
+from ..config import DenseNetConfig
+from ..data.images import Preprocessing
+from ..model import DenseNet
 
 logger = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from ..model import DenseLayer, Transition
 from .events import CancelToken
-from .model import DenseLayer, Transition
 
 __all__ = ["stop_inside_steps"]
 

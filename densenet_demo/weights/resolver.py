@@ -16,6 +16,9 @@ from pathlib import Path
 
 import torch
 
+from ..config import IMAGENET_PRESETS, PRESETS, DenseNetConfig, get_preset
+from ..data.images import Preprocessing, default_preprocessing
+from ..model import DenseNet
 from .checkpoints import (
     CHECKPOINT_WEIGHTS,
     CheckpointError,
@@ -28,9 +31,6 @@ from .checkpoints import (
     save_checkpoint,
     zip_checkpoint,
 )
-from .config import IMAGENET_PRESETS, PRESETS, DenseNetConfig, get_preset
-from .images import Preprocessing, default_preprocessing
-from .model import DenseNet
 from .pretrained import (
     WeightsUnavailable,
     imagenet_categories,
@@ -52,7 +52,7 @@ __all__ = [
     "resolve",
     "load_model",
     # The errors load_model raises, and the checkpoint calls the trainer and the Fine-tune tab make through
-    # this module; their home is checkpoints.py / pretrained.py.
+    # this module; their home is weights/checkpoints.py / weights/pretrained.py.
     "CheckpointError",
     "WeightsUnavailable",
     "CHECKPOINT_WEIGHTS",

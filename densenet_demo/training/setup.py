@@ -1,5 +1,5 @@
 """How a training run is set up: its settings (``TrainConfig``), the device, mixed precision, the model with
-its starting weights, the optimizer and the learning-rate schedule. Kept apart from ``train.py`` so that the
+its starting weights, the optimizer and the learning-rate schedule. Kept apart from ``training/loop.py`` so that the
 training loop there reads in one go.
 """
 
@@ -10,12 +10,13 @@ from typing import Any
 
 import torch
 
-from . import checkpoints, gpu, pretrained
-from . import weights as W
-from .config import PRESETS, DenseNetConfig, min_image_size
-from .images import Preprocessing
-from .model import DenseNet
-from .validation import check_choice, check_int, check_number
+from ..config import PRESETS, DenseNetConfig, min_image_size
+from ..data.images import Preprocessing
+from ..hosting import gpu
+from ..model import DenseNet
+from ..validation import check_choice, check_int, check_number
+from ..weights import checkpoints, pretrained
+from ..weights import resolver as W
 
 __all__ = [
     "MODES",
@@ -68,7 +69,7 @@ _RECIPES: dict[str, dict[str, dict[str, Any]]] = {
 # Label smoothing 0.1 helped on texture photos (+9 points) and cost little on digit scans (-3.6) when training
 # from scratch; the linear head keeps plain cross-entropy (not measured there). The paper used none.
 _LABEL_SMOOTHING = {"quick": {"linear": 0.0, "finetune": 0.1, "scratch": 0.1}, "paper": dict.fromkeys(MODES, 0.0)}
-# Training batches to recompute the BatchNorm statistics from before each validation (batchnorm_stats.py): from
+# Training batches to recompute the BatchNorm statistics from before each validation (training/batchnorm_stats.py): from
 # scratch at a high lr the running averages lag the weights (0.39 vs 0.94 val acc on digit scans at half an
 # epoch). 3 batches scored as 4 did (mean of 4 batch orders on digits at half an epoch: 0.942 vs 0.939; textures
 # within the spread of 5 orders) at three quarters of the cost; 2 lost a point on digits (0.932). Linear mode's
@@ -209,7 +210,7 @@ def example_config(**changes: Any) -> TrainConfig:
 def pick_device(choice: str) -> torch.device:
     """``auto`` -> CUDA when there is a GPU, else the CPU; asking for CUDA without one is an error.
 
-    Asked when a run starts, never at import: on ZeroGPU there is a GPU only inside a GPU call (gpu.py), and the
+    Asked when a run starts, never at import: on ZeroGPU there is a GPU only inside a GPU call (hosting/gpu.py), and the
     Space's own process, which checks the settings, works on the CPU whatever was asked for.
     """
     if choice == "auto" or gpu.deferred():

@@ -5,7 +5,7 @@ never rebuilds a model. A predictor is read-only after construction and safe to 
 inference runs through ``InferenceDenseNet`` (BN folded, channels_last, no repeated concatenation) under
 ``torch.inference_mode()``, and Grad-CAM differentiates the head on a detached feature map instead of
 registering hooks on the shared model. ``classify_files`` is one request's work as plain data in and out: what
-a ZeroGPU call computes (gpu.py), and what the app computes here everywhere else.
+a ZeroGPU call computes (hosting/gpu.py), and what the app computes here everywhere else.
 """
 
 from __future__ import annotations
@@ -25,11 +25,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from . import archives, checkpoints, gpu
-from . import weights as W
-from .images import ImageError, ImageSource, Preprocessing, decode_image
-from .inference import InferenceDenseNet
-from .model import DenseNet
+from ..data import archives
+from ..data.images import ImageError, ImageSource, Preprocessing, decode_image
+from ..hosting import gpu
+from ..inference import InferenceDenseNet
+from ..model import DenseNet
+from ..weights import checkpoints
+from ..weights import resolver as W
 
 __all__ = [
     "CACHE_SIZE",

@@ -3,7 +3,7 @@
 ``Trainer(config, files).run(cancel)`` yields ``Preparing`` (model build), ``Started``, then (linear mode)
 ``Caching``, ``Preparing`` (first batch), then ``Step`` ... ``EpochEnd`` per epoch (a short run also validates
 at half an epoch: ``Evaluated``), and ends with exactly one of ``Finished``, ``Cancelled`` or ``Failed``.
-Nothing here prints: the UI, the CLI and the tests are all consumers of the events (events.py). A run logs its
+Nothing here prints: the UI, the CLI and the tests are all consumers of the events (training/events.py). A run logs its
 start and its end at INFO, and a failure at ERROR with its traceback, for the server's log.
 
 Modes:
@@ -11,7 +11,7 @@ Modes:
   and the new head trains on that cache (seconds on a CPU instead of minutes);
 - ``finetune``: every layer trains; the backbone at ``lr * backbone_lr_factor``, the new head at ``lr``;
 - ``scratch``: random init, every layer at ``lr``.
-The recipe (train_setup.py) fills in what the config leaves open; pacing.py turns epochs or a time budget
+The recipe (training/setup.py) fills in what the config leaves open; training/pacing.py turns epochs or a time budget
 into the lr at each step and says when the time is up.
 
 The best validation (by accuracy) is saved atomically through ``weights.save_checkpoint`` to
@@ -35,22 +35,22 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
+from ..data.datasets import DatasetError, DatasetReport, Item, LabeledFiles
+from ..data.images import Preprocessing
+from ..model import DenseNet
+from ..weights import resolver as W
 from . import events
-from . import weights as W
 from .batchnorm_stats import RecentBatches
-from .data import DatasetError, DatasetReport, Item, LabeledFiles
+from .cancel import stop_inside_steps
+from .data import Batch, FeatureCache, Placement, drops_last, image_loader, iterate_batches, note_failures
+from .evaluation import BestEpoch, ValidationResult, confusion_and_loss, oom_advice
 from .events import *  # noqa: F403  (re-exported: consumers import the events with the Trainer)
 from .events import CancelToken, Event
-from .images import Preprocessing
-from .model import DenseNet
 from .pacing import RunClock, cudnn_autotune_pays, pace
-from .train_cancel import stop_inside_steps
-from .train_data import Batch, FeatureCache, Placement, drops_last, image_loader, iterate_batches, note_failures
-from .train_eval import BestEpoch, ValidationResult, confusion_and_loss, oom_advice
-from .train_setup import MODES, TrainConfig, build_model, example_config, make_optimizer, pick_amp_dtype, pick_device
-from .train_state import Resumable
+from .setup import MODES, TrainConfig, build_model, example_config, make_optimizer, pick_amp_dtype, pick_device
+from .state import Resumable
 
-# The events (events.py) are re-exported: consumers import them with the Trainer.
+# The events (training/events.py) are re-exported: consumers import them with the Trainer.
 __all__ = ["MODES", "TrainConfig", "Trainer", "example_config", *events.__all__]
 
 if TYPE_CHECKING:
@@ -132,13 +132,14 @@ class Trainer(Resumable):
         self._epoch = 0
         self._best: BestEpoch | None = None  # set only once its checkpoint is on disk
         self._sharded = False  # distributed, each rank on its own share of the images (not the gathered cache)
-        self._cancel_hooks: list[Any] = []  # Stop acts inside a step too (train_cancel.py); removed at the end
-        self._init_resumable()  # a new run starts at epoch 1; from_state goes on elsewhere (train_state.py)
+        self._cancel_hooks: list[Any] = []  # Stop acts inside a step too (training/cancel.py); removed at the end
+        self._init_resumable()  # a new run starts at epoch 1; from_state goes on elsewhere (training/state.py)
         self._recent = RecentBatches(0)  # inputs to recompute BatchNorm statistics from before a validation
 
     def run(self, cancel: CancelToken | None = None, *, deadline: float | None = None) -> Iterator[Event]:
         """Train, yielding events; ends with ``Finished``, ``Cancelled`` or ``Failed`` and never raises. With a
-        ``deadline`` (``time.monotonic()``) it may end with ``Paused`` instead, to go on elsewhere (train_state.py)."""
+        ``deadline`` (``time.monotonic()``) it may end with ``Paused`` instead, to go on elsewhere
+        (training/state.py)."""
         if self._ran:
             raise RuntimeError("a Trainer runs once; make a new one for another run")
         self._ran, self._deadline = True, deadline
@@ -271,7 +272,7 @@ class Trainer(Resumable):
                 if clock.out_of_time(self._steps_done):
                     out_of_time = True
                     break
-                if self._time_is_up(epoch, step):  # run(deadline=...): go on in another call (train_state.py)
+                if self._time_is_up(epoch, step):  # run(deadline=...): go on in another call (training/state.py)
                     yield self._paused(epoch, step - 1, epoch_start, epochs_without_best, reported)
                     return
                 clock.started_training()
@@ -338,7 +339,7 @@ class Trainer(Resumable):
             if out_of_time or (cfg.early_stopping_patience and epochs_without_best >= cfg.early_stopping_patience):
                 break
 
-        # So that the run can be continued (train_state.py). A budget that ran out before the epoch's end (right
+        # So that the run can be continued (training/state.py). A budget that ran out before the epoch's end (right
         # after its start or its half-epoch validation) leaves that epoch to be trained again, from its start.
         self._keep_state(next_epoch=next_epoch)
         # Leave the best epoch's weights in memory, so that trainer.model predicts what the checkpoint predicts.
@@ -375,7 +376,7 @@ class Trainer(Resumable):
         self, items: list[Item], cancel: CancelToken, *, done: int
     ) -> Generator[Event, None, FeatureCache]:
         """Pooled backbone features of every image, computed once, in eval mode and without augmentation."""
-        if self._carried_cache:  # a resumed run brings them along (train_state.py)
+        if self._carried_cache:  # a resumed run brings them along (training/state.py)
             return self._carried_cache.pop(0)
         total = len(self.train_items) + len(self.val_items)
         loader = image_loader(items, self.preprocessing, self.config, self.device, train=False)

@@ -1,6 +1,6 @@
 """What a training run reports, and how it is stopped: the event dataclasses and the cancel token.
 
-``Trainer.run()`` (train.py) yields these; the UI renders them, the CLI prints them, the tests assert on them.
+``Trainer.run()`` (training/loop.py) yields these; the UI renders them, the CLI prints them, the tests assert on them.
 Each event is a frozen dataclass; ``to_dict()`` gives its JSON form, tagged with its ``kind``.
 """
 
@@ -169,7 +169,7 @@ class Failed(Event):
 @dataclass(frozen=True)
 class Paused(Event):
     """The run stopped at a step boundary because its time (``run(deadline=...)``) was up, to go on elsewhere:
-    ``Trainer.state_dict()`` holds where it was (a GPU call's worth of training on ZeroGPU, train_state.py)."""
+    ``Trainer.state_dict()`` holds where it was (a GPU call's worth of training on ZeroGPU, training/state.py)."""
 
     kind: ClassVar[str] = "paused"
     epoch: int

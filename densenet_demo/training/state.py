@@ -1,12 +1,12 @@
 """A training run's state as plain data and CPU tensors, so that another process can go on with it.
 
-The ``Trainer`` (train.py) takes this mixin. Two ways to go on:
+The ``Trainer`` (training/loop.py) takes this mixin. Two ways to go on:
 
 - **resume** exactly where a run paused: ``run(deadline=...)`` ends with a ``Paused`` event at a step boundary
   when its time is nearly up, ``state_dict()`` then holds everything (weights, optimizer, gradient scaler, RNG,
   where in which epoch with that epoch's running sums, the clock of a time budget, the best epoch so far, the
   images found broken, linear mode's feature cache), and ``Trainer.from_state(state, files)`` goes on from
-  there, mid-epoch included, on the same batches. On ZeroGPU a run is a chain of such calls (chunked.py).
+  there, mid-epoch included, on the same batches. On ZeroGPU a run is a chain of such calls (training/runners.py).
 - **continue** a finished or stopped run for more epochs: every run of one process leaves ``trainer_state.pt``
   beside its checkpoint; ``from_state(load_state(run_dir), files, more_epochs=N)`` trains N epochs more, from
   the weights it ended with, its optimizer's moments and its best epoch kept. The run then counts as one of
@@ -29,17 +29,18 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from . import checkpoints, events
-from . import weights as W
-from .config import DenseNetConfig
-from .data import DatasetReport, LabeledFiles
-from .train_data import Batch, FeatureCache
-from .train_eval import BestEpoch, ValidationResult
-from .train_setup import TrainConfig
+from ..config import DenseNetConfig
+from ..data.datasets import DatasetReport, LabeledFiles
+from ..weights import checkpoints
+from ..weights import resolver as W
+from . import events
+from .data import Batch, FeatureCache
+from .evaluation import BestEpoch, ValidationResult
+from .setup import TrainConfig
 
 if TYPE_CHECKING:
+    from .loop import Trainer
     from .pacing import RunClock, RunningMetrics
-    from .train import Trainer
 
 __all__ = ["STATE_FILE", "EpochOrder", "Position", "Resumable", "keep_state", "load_state"]
 
@@ -143,7 +144,7 @@ class Resumable:
         self._last_check: tuple[int, int, float] | None = None  # (epoch, step, time) of the last pause check
         self._step_s: float | None = None  # the last step's duration
 
-    # -- in the loop (train.py) -------------------------------------------------------------------
+    # -- in the loop (training/loop.py) -------------------------------------------------------------------
 
     def _order_sampler(self: Trainer) -> Any:
         """For ``image_loader``: a run that may pause shuffles by ``EpochOrder``; others as always (None)."""

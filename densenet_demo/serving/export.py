@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import checkpoints
+from ..weights import checkpoints
 from .predict import Predictor, get_predictor
 
 __all__ = [

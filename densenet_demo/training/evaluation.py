@@ -9,7 +9,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .train_data import Placement
+from .data import Placement
 
 __all__ = ["BestEpoch", "ValidationResult", "confusion_and_loss", "oom_advice"]
 

@@ -21,7 +21,7 @@ import PIL
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .config import DenseNetConfig, input_defaults
+from ..config import DenseNetConfig, input_defaults
 
 if tuple(int(p) for p in PIL.__version__.split(".")[:2]) < (12, 3):
     raise ImportError(f"densenet_demo needs Pillow >= 12.3 (image decoder security fixes); found {PIL.__version__}")
