@@ -22,6 +22,7 @@ from ..weights import resolver as weights
 __all__ = [
     "check_run",
     "limits_note",
+    "list_runs",
     "model_choices",
     "names_only",
     "owner",
@@ -61,6 +62,13 @@ def model_choices(state: dict[str, Any] | None = None) -> list[tuple[str, str]]:
 def reuse_choices(state: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """Where the Architecture tab's feature-reuse heatmap may take its weights from."""
     return [("none", "none"), ("ImageNet weights (when available)", "imagenet")] + run_choices(state)
+
+
+def list_runs(state: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fine-tuned runs this session may use, newest first, as (label, ``run:<id>``) choices: the Predict tab's
+    model list (runs, then presets) and the Architecture tab's heatmap weights. A page opened later sees the runs
+    trained since the app started."""
+    return gr.update(choices=model_choices(state)), gr.update(choices=reuse_choices(state))
 
 
 def unknown_model(model: str) -> gr.Error:
