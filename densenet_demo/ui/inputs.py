@@ -87,8 +87,8 @@ def _accepts(component: Any, value: Any) -> bool:
 
 
 def _described(value: Any) -> str:
-    """The value as the message shows it: text itself (shortened), anything else by its kind."""
-    if isinstance(value, str):
+    """The value as the message shows it: short text itself, anything else (a path too) by its kind."""
+    if isinstance(value, str) and "/" not in value and "\\" not in value:
         return repr(value if len(value) <= 40 else value[:39] + "…")
     return _kind(value)
 
@@ -106,6 +106,9 @@ def wrong_inputs(block_fn: BlockFunction, values: Sequence[Any]) -> str | None:
     """A message naming each value whose kind its input does not take (a list for top_k, text for show_cam), or
     None when every value may go on to Gradio's own conversion and the handler."""
     names = parameter_names(block_fn)
+    if len(values) != len(block_fn.inputs):  # Gradio fills in the session's state; the client sends the others
+        named = [name for name, c in zip(names, block_fn.inputs, strict=True) if not isinstance(c, gr.State)]
+        return f"This endpoint takes {len(named)} value(s), in this order: {', '.join(named) or 'none'}."
     problems = [
         f"{name} takes {expected_value(component)}, not {_described(value)}"
         for name, component, value in zip(names, block_fn.inputs, values, strict=False)
