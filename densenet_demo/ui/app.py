@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import warnings
 from typing import Any
 
 import gradio as gr
@@ -104,6 +105,9 @@ def launch(app: gr.Blocks, **overrides: Any) -> None:
     The runs' sharing rule and caps (``runs.settings``) apply from here; over a cap, runs go before serving.
     """
     request_log.configure_logging()
+    # classify_image's session input gives an MCP call the runs every caller may use; Gradio warns about any
+    # tool with a session input at each launch, which says nothing to the host.
+    warnings.filterwarnings("ignore", message="This MCP server includes a tool that has a gr.State input")
     runs.note_launch(server_name=overrides.get("server_name"), share=bool(overrides.get("share")))
     sessions.sweep_stale_sessions()
     checkpoints.sweep_partial_files()
