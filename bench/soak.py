@@ -23,7 +23,6 @@ import json
 import os
 import random
 import re
-import statistics
 import struct
 import sys
 import tempfile
@@ -81,9 +80,12 @@ class Stats:
 class User:
     """One person at a time on the page's API: a session that predicts, trains, uploads junk and leaves."""
 
-    def __init__(self, url: str, files: dict[str, Path], stats: Stats, rng: random.Random) -> None:
-        self.url, self.files, self.stats, self.rng = url, files, stats, rng
-        self.left: list[tuple[Any, Any]] = []  # (client, job) of trainings that went on after their user left
+    def __init__(self, url: str, files: dict[str, Path], stats: Stats, rng: random.Random, ttl: float) -> None:
+        self.url, self.files, self.stats, self.rng, self.ttl = url, files, stats, rng, ttl
+        # Pages this user left open: [when, client, its training's job or None]. Gradio keeps a closed page's
+        # state for an hour (for a reload), an open one's for its time to live: a left page stays open until its
+        # session has expired, and is closed then.
+        self.left: list[list[Any]] = []
         self.arrive()
 
     def arrive(self) -> None:
@@ -173,13 +175,18 @@ class User:
             self.stats.trainings["started"] += 1
 
     def _collect_training(self) -> None:
-        """Count the trainings that have ended: this session's and those of sessions this user left."""
+        """Count the trainings that have ended (this session's, and those of pages left), and close the pages whose
+        sessions have expired."""
         if self.job is not None and self.job.done():
             self._count(self.job)
             self.job = None
-        for client, job in [entry for entry in self.left if entry[1].done()]:
-            self.left.remove((client, job))
-            self._count(job)
+        for entry in self.left:
+            if entry[2] is not None and entry[2].done():
+                self._count(entry[2])
+                entry[0], entry[2] = time.monotonic(), None  # its session's time to live runs from its last update
+        for entry in [e for e in self.left if e[2] is None and time.monotonic() - e[0] > 2 * self.ttl + 10]:
+            self.left.remove(entry)
+            entry[1].close()
 
     def _count(self, job: Any) -> None:
         try:
@@ -209,24 +216,28 @@ class User:
             self.stats.refused(message)
 
     def leave(self) -> None:
-        """The user closes the page: a training of theirs goes on to its end; their session then expires."""
-        if self.job is not None:
-            self.left.append((self.client, self.job))
+        """The user walks away from the page: a training of theirs goes on to its end; their session then expires."""
+        self.left.append([time.monotonic(), self.client, self.job])
         self.arrive()
 
     def finish(self) -> None:
-        """The end of the soak: every training this user started is stopped and awaited, so that what the server
-        keeps afterwards is what it would keep for good."""
-        if self.job is not None:
-            self.left.append((self.client, self.job))
-            self.job = None
-        for client, job in self.left:
-            try:
-                client.predict(api_name="/stop")
-                job.result(timeout=600)
-            except Exception:  # a refused training: counted below with its message
-                pass
+        """The end of the soak: the user leaves, and every training still running is stopped and awaited, so that
+        what the server keeps once the sessions have expired is what it would keep for good."""
+        self.leave()
+        for entry in self.left:
+            if entry[2] is not None:
+                try:
+                    entry[1].predict(api_name="/stop")
+                    entry[2].result(timeout=600)
+                except Exception:  # a refused training: counted below with its message
+                    pass
         self._collect_training()
+
+    def close(self) -> None:
+        """Close every page (after the sessions have expired)."""
+        for entry in self.left:
+            entry[1].close()
+        self.client.close()
 
 
 def _files(folder: Path) -> dict[str, Path]:
@@ -292,21 +303,21 @@ def _summary(samples: list[tuple[float, dict]], warmup: float, key: str) -> dict
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The soak: the server started, the users at it for ``args.seconds``, their sessions left to expire."""
     work = Path(tempfile.mkdtemp(prefix="soak_"))
     tmp, weights = work / "tmp", work / "weights"
     tmp.mkdir()
     files = _files(work)
     server_env = {"TMPDIR": str(tmp), "DENSENET_DEMO_SHARED": "1"}
-    proc, url, _ = start_app(
-        ["-c", _LAUNCH, str(args.session_ttl)], str(weights), env=server_env, log=work / "server.log"
-    )
-    stats, samples, begin = Stats(), [], time.monotonic()
+    argv = ["-c", _LAUNCH, str(args.session_ttl)]
+    proc, url, _ = start_app(argv, str(weights), env=server_env, log=work / "server.log")
+    stats, samples, users, begin, stop = Stats(), [], [], time.monotonic(), threading.Event()
     baseline = _server_sample(proc.pid, tmp, weights)
-    stop = threading.Event()
 
     def user_loop(seed: int) -> None:
         rng = random.Random(seed)
-        user = User(url, files, stats, rng)
+        user = User(url, files, stats, rng, args.session_ttl)
+        users.append(user)
         while not stop.is_set():
             user.act()
             stop.wait(rng.uniform(0.2, 2.0))  # a person's pause between clicks
@@ -327,9 +338,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         while time.monotonic() < deadline and (end["session_folders"] or end["runs_mb"]):
             time.sleep(2)
             end = _server_sample(proc.pid, tmp, weights)
+        for user in users:
+            user.close()
+        time.sleep(5)  # the server notices the pages closing
+        end["open_files"] = _server_sample(proc.pid, tmp, weights)["open_files"]
     finally:
         stop_app(proc)
-    log = (work / "server.log").read_text(errors="replace")
+    end["log_errors"] = len(re.findall(r" ERROR |Traceback", (work / "server.log").read_text(errors="replace")))
+    return _report(args, stats, samples, baseline, end) | {"work_dir": str(work)}  # its log and folders: kept
+
+
+def _report(args: argparse.Namespace, stats: Stats, samples: list, baseline: dict, end: dict) -> dict[str, Any]:
     latencies = sorted(stats.latencies)
     pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000)  # noqa: E731
     return {
@@ -343,7 +362,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "unanswered_examples": stats.unanswered[:5],
             "p50_ms": pick(0.5) if latencies else None,
             "p95_ms": pick(0.95) if latencies else None,
-            "median_s": round(statistics.median(latencies), 3) if latencies else None,
         },
         "trainings": dict(stats.trainings),
         "refusals": dict(stats.refusals.most_common()),
@@ -362,9 +380,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for key in ("runs_mb", "sessions_mb", "uploads_mb")
         },
         "session_folders_after_expiry": end["session_folders"],
-        "server_log_errors": len(re.findall(r" ERROR |Traceback", log)),
+        "server_log_errors": end["log_errors"],
         "cpu_threads": os.cpu_count(),
-        "work_dir": str(work),  # the server's log and folders, kept to look into
     }
 
 
