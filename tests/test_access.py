@@ -144,8 +144,9 @@ def test_a_request_naming_a_server_file_as_its_upload_is_refused(app_server, pri
     event, data = _call(app_server, "predict", _predict_args([_file_data(path)]))
     assert event == "error"
     assert SECRET not in data and "root:" not in data
+    assert "must be a file uploaded to this server" in data and path not in data  # said plainly, path not echoed
     zip_event, zip_data = _call(app_server, "load_dataset", ["Zip file", _file_data(path), None, ""])
-    assert zip_event == "error" and SECRET not in zip_data
+    assert zip_event == "error" and SECRET not in zip_data and "uploaded to this server" in zip_data
 
 
 @pytest.mark.e2e
