@@ -123,3 +123,12 @@ def test_a_choice_outside_the_list_is_named_and_paths_are_not_echoed(page):
     assert inputs.wrong_inputs(block_fn, ["/etc/passwd"]).endswith("not text.")
     assert inputs.wrong_inputs(block_fn, [True]).endswith("not true/false.")  # True == 1, yet not a choice
     assert inputs.wrong_inputs(block_fn, ["Random init"]) is None
+
+
+def test_choices_the_page_added_for_this_session_are_accepted(page):
+    _, block_fn = page["choice"]
+    radio = block_fn.inputs[0]
+    updated = gr.Radio(["ImageNet", "Random init", "run:20260101-abc"], render=False)
+    assert "not 'run:20260101-abc'" in inputs.wrong_inputs(block_fn, ["run:20260101-abc"])
+    assert inputs.wrong_inputs(block_fn, ["run:20260101-abc"], {radio._id: updated}) is None  # this session's list
+    assert "not 'run:20260101-abc'" in inputs.wrong_inputs(block_fn, ["run:20260101-abc"], {})  # another session's

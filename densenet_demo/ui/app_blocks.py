@@ -74,7 +74,7 @@ class DemoBlocks(gr.Blocks):
         with request_context(request_tag(call.get("event_id"), session)):
             try:
                 if call.get("iterator") is None and not block_fn.batch:
-                    wrong = wrong_inputs(block_fn, call["inputs"])
+                    wrong = wrong_inputs(block_fn, call["inputs"], call.get("state"))
                     if wrong is not None:
                         raise gr.Error(wrong)
                 return await super().process_api(*args, **kwargs)

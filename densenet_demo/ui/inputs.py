@@ -102,19 +102,33 @@ def parameter_names(block_fn: BlockFunction) -> list[str]:
     return [names[i] if i < len(names) else f"input {i + 1}" for i in range(len(block_fn.inputs))]
 
 
-def wrong_inputs(block_fn: BlockFunction, values: Sequence[Any]) -> str | None:
+def wrong_inputs(block_fn: BlockFunction, values: Sequence[Any], session: Any = None) -> str | None:
     """A message naming each value whose kind its input does not take (a list for top_k, text for show_cam), or
-    None when every value may go on to Gradio's own conversion and the handler."""
+    None when every value may go on to Gradio's own conversion and the handler.
+
+    ``session``: Gradio's state of the calling session, which holds the components as the page has updated them
+    (a run added to a list of choices); without it, the components as built."""
     names = parameter_names(block_fn)
+    components = [_as_updated(component, session) for component in block_fn.inputs]
     if len(values) != len(block_fn.inputs):  # Gradio fills in the session's state; the client sends the others
         named = [name for name, c in zip(names, block_fn.inputs, strict=True) if not isinstance(c, gr.State)]
         return f"This endpoint takes {len(named)} value(s), in this order: {', '.join(named) or 'none'}."
     problems = [
         f"{name} takes {expected_value(component)}, not {_described(value)}"
-        for name, component, value in zip(names, block_fn.inputs, values, strict=False)
+        for name, component, value in zip(names, components, values, strict=False)
         if not isinstance(component, gr.State) and not _accepts(component, value)
     ]
     return "; ".join(problems) + "." if problems else None
+
+
+def _as_updated(component: Any, session: Any) -> Any:
+    """The session's copy of ``component`` where the page updated it (its choices), else the component itself."""
+    if session is None or getattr(component, "stateful", False):
+        return component
+    try:
+        return session[component._id] if component._id in session else component
+    except (KeyError, TypeError):
+        return component
 
 
 def input_problem(error: Exception, block_fn: BlockFunction, values: Sequence[Any]) -> str | None:
