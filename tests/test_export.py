@@ -28,7 +28,9 @@ from densenet_demo.data.datasets import load_image_folder
 from densenet_demo.data.images import Preprocessing, default_preprocessing
 from densenet_demo.model import DenseNet
 from densenet_demo.serving import export, predict
-from densenet_demo.training.loop import Finished, TrainConfig, Trainer
+from densenet_demo.training.config import TrainConfig
+from densenet_demo.training.events import Finished
+from densenet_demo.training.loop import Trainer
 from densenet_demo.weights import checkpoints
 
 REPO = Path(__file__).resolve().parent.parent

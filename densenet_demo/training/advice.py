@@ -16,7 +16,8 @@ from PIL import Image
 
 from ..config import PRESETS, min_image_size
 from ..data.datasets import LabeledFiles
-from .setup import TrainConfig, build_model, pick_device
+from .build import build_model, pick_device
+from .config import TrainConfig
 
 __all__ = ["Estimate", "Suggestion", "estimate_time", "suggest_settings"]
 
