@@ -56,9 +56,9 @@ SETTING_HELP: dict[str, str] = {
     "scratch: random init, every layer",
     "recipe": "; ".join(f"{name}: {line}" for name, line in RECIPE_HELP.items()),
     "epochs": "passes over the training images (default: the recipe's for the mode); a time budget replaces them",
-    "time_budget": "train for this long instead of a number of epochs, e.g. 60s, 2m, 1h (give one or the other): the "
-    "run trains until the budget is spent, the lr decays to 0 as the time runs out and the best validated "
-    "checkpoint is kept; default: none (epochs decide)",
+    "time_budget": "train for this long, e.g. 60s, 2m, 1h: a budget replaces epochs (give one or the other); the run "
+    "trains until it is spent, the lr decays to 0 as the time runs out and the best validated checkpoint is kept; "
+    "default: none (epochs decide)",
     "lr": "peak learning rate (default: the recipe's for the mode)",
     "optimizer": f"{' | '.join(OPTIMIZERS)} (sgd: Nesterov momentum 0.9); default: the recipe's",
     "schedule": "cosine: warm-up then cosine to 0 | step: /10 at half and at three quarters of the run (the paper) "
