@@ -172,7 +172,7 @@ class Failed(Event):
 @dataclass(frozen=True)
 class Paused(Event):
     """The run stopped at a step boundary because its time (``run(deadline=...)``) was up, to go on elsewhere:
-    ``Trainer.state_dict()`` holds where it was (a GPU call's worth of training on ZeroGPU, training/state.py)."""
+    ``Trainer.paused_state`` holds where it was (a GPU call's worth of training on ZeroGPU, training/state.py)."""
 
     kind: ClassVar[str] = "paused"
     epoch: int
