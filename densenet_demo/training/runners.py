@@ -101,8 +101,9 @@ class LocalRun(TrainingRun):
 class TorchrunRun(TrainingRun):
     """One process per GPU: a torchrun child started with the run as data (training/torchrun.py).
 
-    Checked at once as the child would check it: what one process refuses, and what several cannot do (a time
-    budget: each process's clock would stop it at another step; fewer validation images than processes).
+    Checked at once for what several processes cannot do (a time budget: each process's clock would stop it at
+    another step; fewer validation images than processes) and for bad settings (``TrainConfig``); what only the
+    child finds (no GPU where one was asked for, the images) ends its events with ``Failed``.
     """
 
     def __init__(
