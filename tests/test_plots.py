@@ -1,4 +1,4 @@
-"""Figures of the app: what their axes span."""
+"""Figures and numbers for people: what the axes of the figures span, how probabilities read."""
 
 from __future__ import annotations
 
@@ -28,3 +28,9 @@ def test_a_single_epoch_is_a_visible_point_on_a_short_axis():
     fig = plots.curves_figure({"val acc": [(1, 0.8)]}, title="Accuracy", epochs=1, percent=True)
     left, right = fig.axes[0].get_xlim()
     assert left < 1 < right <= 1.5
+
+
+def test_probabilities_keep_the_digits_that_tell_them_apart_from_zero():
+    from densenet_demo.units import percent
+
+    assert [percent(p) for p in (0.973, 0.034, 0.00123, 0.00001, 0.0)] == ["97%", "3.4%", "0.12%", "<0.01%", "0%"]
