@@ -1,6 +1,6 @@
-"""A training run's settings as data: ``TrainConfig`` (every field by name, to and from JSON), the recipes that
-fill in what a config leaves open, and the example dataset's quick setting. Pure data and checks: what a run is
-built from (the device, the model, the optimizer) is training/build.py.
+"""A training run's settings as data: ``TrainConfig`` (every field by name, to and from a JSON-ready dict), the
+recipes that fill in what a config leaves open, and the example dataset's quick setting. Pure data and checks:
+what a run is built from (the device, the model, the optimizer) is training/build.py.
 
 One rule ties epochs to a time budget: a run counts in epochs, or (with ``time_budget_s``) it trains until the
 budget is spent, its epochs then only an upper bound of ``EPOCHS_UNDER_BUDGET``. The settings both faces take
@@ -9,7 +9,6 @@ budget is spent, its epochs then only an upper bound of ``EPOCHS_UNDER_BUDGET``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -203,13 +202,6 @@ class TrainConfig:
             raise ValueError(f"unknown training config fields: {', '.join(sorted(unknown))}")
         model = d.get("model", cls.model)
         return cls(**{**d, "model": DenseNetConfig.from_dict(model) if isinstance(model, dict) else model})
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> TrainConfig:
-        return cls.from_dict(json.loads(text))
 
 
 def example_config(**changes: Any) -> TrainConfig:
