@@ -298,5 +298,5 @@ def test_densenet121_exports_with_imagenet_labels_and_preprocessing(tmp_path):
         assert np.abs(got - expected[: len(batch)]).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
 
 
-def test_the_projects_readme_shows_the_bundles_snippet():
-    assert export.SNIPPET in (REPO / "README.md").read_text(encoding="utf-8")
+def test_the_export_docs_show_the_bundles_snippet():
+    assert export.SNIPPET in (REPO / "docs" / "export.md").read_text(encoding="utf-8")
