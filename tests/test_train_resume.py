@@ -18,6 +18,7 @@ from test_train import _colour_images, _config, _kinds
 from densenet_demo.cli.main import main
 from densenet_demo.data import datasets as data
 from densenet_demo.data.images import default_preprocessing
+from densenet_demo.hosting.training_queue import TrainingQueue
 from densenet_demo.model import DenseNet
 from densenet_demo.training import runners
 from densenet_demo.training.events import CancelToken
@@ -218,7 +219,13 @@ def test_the_command_line_names_a_run_it_cannot_find(folder, capsys):
 def _page() -> FinetuneTab:
     with gr.Blocks():
         state = finetune_data.session_state()
-        return build_finetune_tab(model_choices(None), predict_model=gr.Dropdown(), reuse=gr.Dropdown(), state=state)
+        return build_finetune_tab(
+            model_choices(None),
+            predict_model=gr.Dropdown(),
+            reuse=gr.Dropdown(),
+            state=state,
+            trainings=TrainingQueue(),
+        )
 
 
 def test_the_page_continues_its_last_run_for_more_epochs(tmp_path):

@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 
 from ..hosting import request_log, runs, sessions
+from ..hosting.training_queue import TrainingQueue
 from ..weights import checkpoints
 from .agent_tools import wire_agent_tools
 from .app_blocks import DemoBlocks
@@ -81,7 +82,7 @@ def build_app() -> gr.Blocks:
         with gr.Tab("Predict", id="predict"):
             predict = build_predict_tab(models, state, reuse)
         with gr.Tab("Fine-tune", id="finetune"):
-            build_finetune_tab(models, predict_model=predict.model, reuse=reuse, state=state)
+            build_finetune_tab(models, predict_model=predict.model, reuse=reuse, state=state, trainings=TrainingQueue())
         with gr.Tab("Architecture", id="architecture"):
             architecture = build_architecture_tab(reuse, state)
         wire_agent_tools(predict, architecture, state)  # /classify_image, /architecture_table: the MCP tools

@@ -6,6 +6,7 @@ decides which runs a page may list and use (``runs.visible_runs`` / ``runs.can_u
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +25,7 @@ __all__ = [
     "WEIGHTS_LABELS",
     "api_type",
     "check_run",
+    "describe",
     "limits_note",
     "list_runs",
     "model_choices",
@@ -87,6 +89,12 @@ def model_choices(state: dict[str, Any] | None = None) -> list[tuple[str, str]]:
 def reuse_choices(state: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """Where the Architecture tab's feature-reuse heatmap may take its weights from."""
     return [("none", "none"), ("ImageNet weights (when available)", "imagenet")] + run_choices(state)
+
+
+def describe(handler: Any) -> str:
+    """A handler's docstring, up to its arguments: its endpoint's description where Gradio cannot read it (a
+    ``functools.partial`` shows Python's own doc of partial)."""
+    return (inspect.getdoc(handler) or "").split("\n\nArgs:")[0]
 
 
 def list_runs(state: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -10,10 +10,11 @@ from typing import Any
 import gradio as gr
 
 from ..config import PRESETS
+from ..hosting.training_queue import TrainingQueue
 from ..training import runners
 from ..training.config import example_config
 from ..weights import resolver as weights
-from .common import WEIGHTS_LABELS, user_errors
+from .common import WEIGHTS_LABELS, describe, user_errors
 from .continue_run import build_continue_controls, wire_continue
 from .exports import export_run
 from .finetune_data import SOURCE_CHOICES, add_class, ensure_dataset, folder_summary, load_dataset, session_of
@@ -28,6 +29,7 @@ from .training_settings import (
     suggest,
     takes_page_settings,
 )
+from .training_turn import STOPPED_WHILE_WAITING, take_turn, turn_over
 from .training_view import progress_html
 
 __all__ = ["build_finetune_tab", "start_training"]
@@ -38,11 +40,16 @@ _EXAMPLE_SETTINGS = example_config()
 
 
 def build_finetune_tab(
-    models: list[tuple[str, str]], predict_model: gr.Dropdown, reuse: gr.Dropdown, state: gr.State
+    models: list[tuple[str, str]],
+    predict_model: gr.Dropdown,
+    reuse: gr.Dropdown,
+    state: gr.State,
+    trainings: TrainingQueue,
 ) -> FinetuneTab:
     """The tab's layout and events; call inside ``gr.Tab``. A finished run refreshes ``predict_model`` and ``reuse``.
 
     ``state``: the session (``finetune_data.session_state``), shared with the other tabs: its runs are its own.
+    ``trainings``: the server's trainings queue (one training at a time, one per session).
     """
     ex = _EXAMPLE_SETTINGS
     gr.Markdown(
@@ -130,6 +137,7 @@ def build_finetune_tab(
         **{name: shown[name] for name in ("loss", "acc", "progress", "log", "confusion", "per_class", "download")},
         predict_model=predict_model,
         reuse=reuse,
+        trainings=trainings,
     )
     source.change(
         functools.partial(_source_defaults, tab),
@@ -165,8 +173,8 @@ def build_finetune_tab(
         [state, *settings, all_gpus],
         tab.training_outputs(),
         api_name="train",
-        concurrency_limit=1,
-        concurrency_id="train",
+        api_description=describe(start_training),
+        concurrency_limit=None,  # it waits its turn in the trainings queue, not in Gradio's (training_turn.py)
     )
     wire_continue(tab, more)
     stop.click(stop_training, state, tab.log, api_name="stop", queue=False)
@@ -244,7 +252,9 @@ def start_training(
     settings: dict[str, Any],
     all_gpus: bool = False,  # the "use all N GPUs" box: a torchrun child process, one process per GPU
 ) -> Iterator[dict[Any, Any]]:
-    """Train on the loaded dataset, yielding live updates: curves, progress, log, then the results."""
+    """Train on the session's dataset (/load_dataset first) with these settings, streaming live updates: the loss
+    and accuracy curves, the progress line, the log, then the confusion matrix, per-class accuracy and the best
+    checkpoint. A session trains one run at a time; while others train, it waits its turn, its place shown."""
     state = dict(state or {})
     if state.get("dataset") is None:
         raise gr.Error("Check a dataset first (step 1), then press Start.")
@@ -253,9 +263,16 @@ def start_training(
     config = config_from_page(settings)
     note = _weights_note(settings["model"], settings["weights_choice"], settings["mode"])
     files, report = state["dataset"]
-    with user_errors(ValueError, weights.CheckpointError):
-        if all_gpus:  # one process per GPU
-            run = gpu_run(config, files, report, session_of(state))
-        else:  # one loop here; GPU calls on ZeroGPU (hosting/gpu.py)
-            run = runners.start(config, files, report=report)
-    yield from follow_run(tab, state, run, note)
+    ticket = yield from take_turn(tab.trainings, state, session_of(state).owner, tab.show(state))
+    if ticket is None:
+        yield tab.show(state)(STOPPED_WHILE_WAITING)
+        return
+    try:
+        with user_errors(ValueError, weights.CheckpointError):
+            if all_gpus:  # one process per GPU
+                run = gpu_run(config, files, report, session_of(state))
+            else:  # one loop here; GPU calls on ZeroGPU (hosting/gpu.py)
+                run = runners.start(config, files, report=report)
+        yield from follow_run(tab, state, run, note)
+    finally:
+        turn_over(ticket, state)
