@@ -21,6 +21,7 @@ from ..weights import resolver as weights
 
 __all__ = [
     "MODEL_API",
+    "PAGE_WEIGHTS",
     "WEIGHTS_LABELS",
     "api_type",
     "check_run",
@@ -40,6 +41,7 @@ __all__ = [
 # translation between them, for every tab. "ImageNet" lets the model decide: its ImageNet weights where it has
 # them, else random init.
 WEIGHTS_LABELS: dict[str, str] = {"ImageNet": weights.DEFAULT, "Random init": "random"}
+PAGE_WEIGHTS: dict[str, str] = {engine: page for page, engine in WEIGHTS_LABELS.items()}  # the other way
 
 # An absolute server path in a message: a '/' that starts a word (not the '//' of a URL), up to a space,
 # quote, bracket, comma or colon.
