@@ -31,7 +31,7 @@ from .training_settings import (
     suggest_settings,
     takes_page_settings,
 )
-from .training_view import progress_html
+from .training_view import per_class_frame, progress_html
 
 __all__ = ["build_finetune_tab", "start_training"]
 
@@ -202,8 +202,9 @@ def _build_results() -> dict[str, Any]:
     with gr.Row():
         confusion = gr.Plot(label="Confusion matrix", elem_id="train-confusion", min_width=340)
         per_class = gr.Dataframe(
-            label="Per-class validation accuracy (best epoch)", interactive=False, elem_id="train-per-class"
-        )
+            per_class_frame(None), label="Per-class validation accuracy (best epoch)", interactive=False,
+            elem_id="train-per-class",
+        )  # fmt: skip
     with gr.Row():
         download = gr.File(label="Best checkpoint (model.safetensors + model.json)", elem_id="train-download")
         with gr.Column():

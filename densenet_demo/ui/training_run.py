@@ -88,7 +88,8 @@ def follow_run(tab: FinetuneTab, state: dict[str, Any], run: TrainingRun, note: 
     try:
         # The last run's results leave the page at once; torchrun takes seconds to start its processes: say so.
         starting = f"Starting {run.processes} training processes (torchrun)…" if run.processes > 1 else "Starting…"
-        cleared = {tab.loss: None, tab.acc: None, tab.confusion: None, tab.per_class: None, tab.download: None}
+        cleared = {tab.loss: None, tab.acc: None, tab.confusion: None, tab.per_class: per_class_frame(None)}
+        cleared[tab.download] = None
         yield {tab.state: state, tab.progress: progress_html(0, starting), **cleared}
         for event in stream:
             update = view.update(event)
@@ -186,7 +187,7 @@ def _finish(
     # Failed: the page shows the plain message; the trainer has logged the traceback to the server's log.
     headline = outcome_line(event, n_val)
     log.append(headline)
-    confusion = per_class = None
+    confusion, per_class = None, per_class_frame(None)
     if checkpoint:
         log += limits_note(runs.enforce_limits(session.owner, keep=Path(checkpoint).name))
     if isinstance(event, (Finished, Cancelled)) and event.confusion_matrix and event.class_names:

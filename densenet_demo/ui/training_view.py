@@ -36,6 +36,7 @@ __all__ = [
     "curves",
     "event_line",
     "outcome_line",
+    "PER_CLASS_COLUMNS",
     "per_class_frame",
     "progress_html",
     "skipped_lines",
@@ -142,11 +143,13 @@ def few_images(n_val: int) -> str:
     )
 
 
-def per_class_frame(per_class: dict[str, float | None]) -> pd.DataFrame | None:
-    """Per-class validation accuracy as a table; None when there is none (no epoch ended)."""
-    if not per_class:
-        return None
-    return pd.DataFrame([{"class": c, "val acc": None if a is None else round(a, 4)} for c, a in per_class.items()])
+PER_CLASS_COLUMNS = ["class", "val acc"]
+
+
+def per_class_frame(per_class: dict[str, float | None] | None) -> pd.DataFrame:
+    """Per-class validation accuracy as a table; with its headers and no rows when there is none yet."""
+    rows = [{"class": c, "val acc": None if a is None else round(a, 4)} for c, a in (per_class or {}).items()]
+    return pd.DataFrame(rows, columns=PER_CLASS_COLUMNS)
 
 
 def curves(
