@@ -331,9 +331,9 @@ def test_a_killed_save_leaves_a_loadable_checkpoint_and_only_hidden_leftovers(tm
         f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-        from densenet_demo.checkpoints import save_checkpoint
+        from densenet_demo.weights.checkpoints import save_checkpoint
         from densenet_demo.config import PRESETS
-        from densenet_demo.images import default_preprocessing
+        from densenet_demo.data.images import default_preprocessing
         from densenet_demo.model import DenseNet
         cfg = PRESETS["densenet_fashion"].config
         model = DenseNet(cfg)
@@ -375,3 +375,13 @@ def test_partial_files_are_swept_only_when_old_and_only_the_hidden_temporaries(t
         os.utime(f, (hour_ago, hour_ago))
     assert sorted(checkpoints.sweep_partial_files(tmp_path)) == sorted([old, download])
     assert all(f.exists() for f in keep)
+
+
+def test_the_weights_folder_is_the_projects_own_unless_the_environment_names_one(monkeypatch, tmp_path):
+    project = Path(__file__).resolve().parent.parent
+    with monkeypatch.context() as patch:
+        patch.delenv("DENSENET_DEMO_WEIGHTS", raising=False)
+        assert checkpoints.weights_dir() == project / "weights"
+        assert (checkpoints.weights_dir() / "README.md").is_file()
+        patch.setenv("DENSENET_DEMO_WEIGHTS", str(tmp_path))
+        assert checkpoints.weights_dir() == tmp_path
