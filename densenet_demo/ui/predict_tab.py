@@ -14,6 +14,7 @@ import pandas as pd
 from ..config import PRESETS
 from ..data import examples
 from ..serving import export
+from ..weights import hub
 from ..weights import resolver as weights
 from .classify import (
     RANDOM_WARNING,
@@ -25,6 +26,7 @@ from .classify import (
     user_messages,
 )
 from .exports import export_folder
+from .hub_models import build_hub_loader
 from .run_controls import build_run_controls
 
 __all__ = [
@@ -77,6 +79,7 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
                 allow_custom_value=True,  # API clients may name runs made after this page was built
             )
             build_run_controls(model, state, reuse)
+            build_hub_loader(model, state)
             weights_choice = gr.Radio(
                 list(WEIGHTS_CHOICES), value="ImageNet", label="Weights", info=WEIGHTS_INFO, elem_id="predict-weights"
             )
@@ -283,6 +286,8 @@ def natural_weights(model: Any) -> Any:
         return gr.skip()
     if model.startswith("run:"):
         return gr.update(value=None, interactive=False, info="A fine-tuned run brings its own weights.")
+    if model.startswith(hub.HUB_PREFIX):
+        return gr.update(value=None, interactive=False, info="A model from the Hub brings its own weights.")
     choice = "ImageNet" if weights.default_weights(model) == "imagenet" else "Random init"
     return gr.update(value=choice, interactive=True, info=WEIGHTS_INFO)
 

@@ -248,9 +248,11 @@ def download(ref: HubRef, *, token: str | bool | None = None, offline_cache: boo
             f"{ref.repo_id}'s {HUB_WEIGHTS} takes {sizes[HUB_WEIGHTS] / 2**20:.0f} MiB, more than the "
             f"{MAX_WEIGHTS_BYTES / 2**20:.0f} MiB a DenseNet of this project needs; not downloaded"
         )
-    pinned = HubRef(ref.repo_id, info.sha)
-    paths = [fetch_file(pinned, name, token) for name in (HUB_CONFIG, HUB_WEIGHTS)]
-    return HubSnapshot(paths[0].parent, pinned)
+    # By the revision's name first, so that the cache records which commit it names (an offline run finds it).
+    config = fetch_file(HubRef(ref.repo_id, ref.revision or "main"), HUB_CONFIG, token)
+    pinned = HubRef(ref.repo_id, config.parent.name if _COMMIT.match(config.parent.name) else info.sha)
+    fetch_file(pinned, HUB_WEIGHTS, token)
+    return HubSnapshot(config.parent, pinned)
 
 
 def fetch_file(ref: HubRef, filename: str, token: str | bool | None) -> Path:
