@@ -13,6 +13,7 @@ import hashlib
 import os
 import pickle
 import re
+import time
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "load_imagenet_state_dict",
     "load_imagenet_into",
     "download_file",
+    "imagenet_can_be_had",
     "load_state_dict_file",
     "remap_legacy_keys",
     "load_weights_into",
@@ -124,6 +126,30 @@ def load_imagenet_state_dict(model_name: str) -> dict[str, torch.Tensor]:
         raise WeightsUnavailable(
             f"the cached ImageNet weights are unreadable ({e}). {_how_to_place(model_name)}"
         ) from None
+
+
+_REACHABLE: dict[str, tuple[float, bool]] = {}  # url -> (when asked, answer): asked once in a while, not per call
+_REACHABLE_TTL_S = 600.0
+
+
+def imagenet_can_be_had(model_name: str, timeout_s: float = 3.0) -> bool:
+    """Whether a preset's ImageNet weights are here or can be downloaded now: the cached file, else a quick HEAD
+    request to their URL (the answer is kept for ten minutes). Never raises; offline it answers False."""
+    path = imagenet_file(model_name)
+    if path.is_file():
+        return True
+    url = imagenet_weights(model_name).url
+    asked = _REACHABLE.get(url)
+    if asked is not None and time.monotonic() - asked[0] < _REACHABLE_TTL_S:
+        return asked[1]
+    try:
+        request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "densenet_demo"})
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            answer = 200 <= response.status < 400
+    except (OSError, ValueError):  # no network, DNS, timeouts, HTTP errors
+        answer = False
+    _REACHABLE[url] = (time.monotonic(), answer)
+    return answer
 
 
 def download_file(url: str, path: Path, sha256_prefix: str | None = None, timeout_s: float | None = None) -> None:
