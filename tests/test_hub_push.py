@@ -184,13 +184,14 @@ def test_a_private_model_loads_for_its_owner_and_for_nobody_else(signed_in, monk
     assert "no model alice/colours on the Hub, or it is private" in capsys.readouterr().err
 
 
-def test_a_cached_private_model_is_refused_to_someone_without_access_even_offline_only_locally(signed_in, capsys):
+def test_a_cached_private_model_is_refused_to_someone_without_access_where_the_cache_is_not_theirs(signed_in, capsys):
     """Another caller on the same machine (a shared server's visitor) cannot reach a cached private model by name."""
     saved_run("r1")
     assert _push(capsys, "run:r1", "--repo", "colours", "--private")[0] == 0
-    hub.download(hub.parse_hub_ref("alice/colours"))  # in the cache now, with alice's token
-    with pytest.raises(checkpoints.CheckpointError, match="or it is private"):
-        hub.download(hub.parse_hub_ref("alice/colours"), token=False, offline_cache=False)
+    pinned = hub.download(hub.parse_hub_ref("alice/colours")).ref  # in the cache now, with alice's token
+    for ref in (hub.parse_hub_ref("alice/colours"), pinned):  # by name, and by the commit it is cached under
+        with pytest.raises(checkpoints.CheckpointError, match="or it is private"):
+            hub.download(ref, token=False, trust_cache=False)
 
 
 def test_offline_a_model_downloaded_before_comes_from_the_cache_locally(signed_in, monkeypatch, images, capsys):
@@ -200,7 +201,7 @@ def test_offline_a_model_downloaded_before_comes_from_the_cache_locally(signed_i
     monkeypatch.setenv("HF_ENDPOINT", _closed_port_url())
     assert _predict_json("hf-hub:alice/colours", images, capsys) == online
     with pytest.raises(checkpoints.CheckpointError, match="cannot reach the Hugging Face Hub"):
-        hub.download(hub.parse_hub_ref("alice/colours"), offline_cache=False)
+        hub.download(hub.parse_hub_ref("alice/colours"), trust_cache=False)
     with pytest.raises(checkpoints.CheckpointError, match="not in the cache"):
         hub.download(hub.parse_hub_ref("alice/other"))
 
@@ -226,3 +227,8 @@ def test_the_cards_torchvision_snippet_gives_the_projects_answer(signed_in, tmp_
     (expected,) = build_predictor("hf-hub:alice/colours").predict([images[0]], top_k=1)
     label, p = expected.labels[0]
     assert first == [f"{p:.2%}", label]
+
+
+def test_a_run_that_does_not_exist_is_said_before_anything_goes_over_the_network(signed_in, capsys):
+    code, out, err = _push(capsys, "run:no-such-run", "--repo", "colours")
+    assert code == 2 and out == "" and "no run no-such-run" in err and signed_in.seen == []

@@ -107,9 +107,10 @@ def test_a_visitor_loads_their_private_model_and_another_session_cannot_use_it(s
     assert ("Hub: visitor/colours · 3 classes", spec) in update["choices"]
     assert standin.tokens_used("/") == {"visitor-token"}
     theirs = {"session": Session()}
-    with pytest.raises(gr.Error) as error:  # signed out: the cached download is not theirs to take
-        load_hub_model("visitor/colours", theirs, None)
-    assert "or it is private" in _message(error)
+    for name in ("visitor/colours", spec):  # signed out: the cached download is not theirs, by name or by commit
+        with pytest.raises(gr.Error) as error:
+            load_hub_model(name, theirs, None)
+        assert "or it is private" in _message(error)
     with pytest.raises(gr.Error) as error:  # nor the pinned name, typed into the model list
         selection(spec, "ImageNet", None, theirs)
     assert "is not loaded in this session" in _message(error)
@@ -136,3 +137,12 @@ def test_a_name_that_is_no_model_gets_one_plain_message(standin):
     with pytest.raises(gr.Error) as error:
         load_hub_model("just-a-name", {}, None)
     assert "is not a Hub repository: write USER/NAME" in _message(error)
+
+
+def test_the_spaces_front_matter_asks_for_sign_in_with_the_scope_to_create_repositories():
+    from pathlib import Path
+
+    from huggingface_hub import metadata_load
+
+    meta = metadata_load(Path(__file__).resolve().parent.parent / "README.md")
+    assert meta["hf_oauth"] is True and meta["hf_oauth_scopes"] == ["contribute-repos"]

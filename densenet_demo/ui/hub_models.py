@@ -59,9 +59,9 @@ def load_hub_model(
         raise gr.Error("Type a model's USER/NAME on the Hugging Face Hub, e.g. one pushed from the Fine-tune tab.")
     try:
         ref = hub.parse_hub_ref(text)
-        # Shared servers never fall back to the cache: it may hold another visitor's private download.
+        # Only locally is the cache this visitor's own; a shared server's may hold another visitor's private model.
         token = download_token(oauth_token)
-        snapshot = hub.download(ref, token=token, offline_cache=token is None)
+        snapshot = hub.download(ref, token=token, trust_cache=token is None)
         predictor = predict.get_predictor(snapshot.ref.spec)  # checked like any checkpoint, and ready to predict
     except (ValueError, weights.CheckpointError, OSError) as e:
         logger.info("Hub model %r refused: %s", text[:120], e)

@@ -208,16 +208,16 @@ def load_hub_folder(folder: str | os.PathLike, map_location: str = "cpu") -> tup
 # Downloads
 
 
-def download(ref: HubRef, *, token: str | bool | None = None, offline_cache: bool = True) -> HubSnapshot:
+def download(ref: HubRef, *, token: str | bool | None = None, trust_cache: bool = True) -> HubSnapshot:
     """The repository's ``config.json`` and ``model.safetensors`` in huggingface_hub's cache, and their commit.
 
     ``token``: the caller's (None: this machine's sign-in, ``HF_TOKEN`` or ``hf auth login``; False: none).
-    A commit already in the cache needs no network. Otherwise the Hub is asked first, with ``token``, which
-    commit the revision is (so a repo the caller may not read is refused even when another caller's download
-    of it sits in the cache); ``offline_cache``: when the Hub cannot be reached, fall back to what the cache
-    holds for the revision (this machine's own downloads). Raises ``CheckpointError`` with a plain message.
+    The Hub is asked first, with ``token``, which commit the revision is, so a repository the caller may not
+    read is refused even when someone else's download of it sits in the cache. ``trust_cache``: the cache holds
+    this machine's own downloads, so a commit already there is used without asking, and when the Hub cannot be
+    reached the cache answers for the revision (False on a shared server). Raises ``CheckpointError``.
     """
-    if ref.pinned and (cached := _from_cache(ref, ref.revision)) is not None:
+    if trust_cache and ref.pinned and (cached := _from_cache(ref, ref.revision)) is not None:
         return cached
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
@@ -227,7 +227,7 @@ def download(ref: HubRef, *, token: str | bool | None = None, offline_cache: boo
             ref.repo_id, revision=ref.revision, token=token, files_metadata=True
         )
     except network_errors() as e:
-        cached = _from_cache(ref, ref.revision or "main") if offline_cache else None
+        cached = _from_cache(ref, ref.revision or "main") if trust_cache else None
         if cached is None:
             raise CheckpointError(
                 f"cannot reach the Hugging Face Hub ({hub_endpoint()}) to get {ref.repo_id}, and it is not in the "
