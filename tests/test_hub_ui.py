@@ -5,17 +5,18 @@ that leaves the run as it was."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import gradio as gr
 import pytest
 from hub_helpers import colour_images, folder_digest, hub_env, saved_run
 from hub_standin import HubStandIn
 
-from densenet_demo.hosting import runs
+from densenet_demo.hosting import handover, runs
 from densenet_demo.hosting.sessions import Session
 from densenet_demo.serving.hub import push_to_hub
 from densenet_demo.ui.classify import classify_paths, selection
-from densenet_demo.ui.hub_controls import push_run
+from densenet_demo.ui.hub_controls import offer_handover, push_run, take_over_run
 from densenet_demo.ui.hub_models import load_hub_model
 from densenet_demo.weights import checkpoints
 
@@ -146,3 +147,37 @@ def test_the_spaces_front_matter_asks_for_sign_in_with_the_scope_to_create_repos
 
     meta = metadata_load(Path(__file__).resolve().parent.parent / "README.md")
     assert meta["hf_oauth"] is True and meta["hf_oauth_scopes"] == ["contribute-repos"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The sign-in reloads the page: the run comes along
+
+
+def _request(code: str) -> SimpleNamespace:
+    return SimpleNamespace(query_params={"handover": code} if code else {})
+
+
+def test_a_run_offered_before_the_sign_in_is_the_new_pages_after_it_and_only_once(standin, on_a_space):
+    state = _session_with_run("r1")
+    code = offer_handover(state)
+    assert code.startswith("r1~") and len(code) > 30
+    new_state, note, models = take_over_run(_request(code))
+    assert new_state["run_id"] == "r1" and "Run r1 is still here after signing in" in note
+    assert runs.owner_of("r1") == new_state["session"].owner != state["session"].owner
+    assert "run:r1" in [value for _, value in models["choices"]]
+    assert take_over_run(_request(code)) == (gr.skip(), gr.skip(), gr.skip())  # used up
+    state["session"].close(remove_runs=True)  # the old page's session expires: the run is no longer its own
+    assert (checkpoints.run_path("r1") / checkpoints.CHECKPOINT_WEIGHTS).is_file()
+    assert "Created [visitor/colours]" in push_run("colours", True, new_state, _oauth("visitor-token"))
+
+
+def test_a_wrong_or_lapsed_code_hands_nothing_over(standin, on_a_space, monkeypatch):
+    state = _session_with_run("r1")
+    owner = runs.owner_of("r1")
+    assert take_over_run(_request("r1~not-the-secret")) == (gr.skip(), gr.skip(), gr.skip())
+    assert take_over_run(_request("")) == (gr.skip(), gr.skip(), gr.skip())
+    code = offer_handover(state)
+    later = time.time() + handover.HANDOVER_TTL_S + 1
+    monkeypatch.setattr(handover.time, "time", lambda: later)
+    assert take_over_run(_request(code)) == (gr.skip(), gr.skip(), gr.skip())
+    assert runs.owner_of("r1") == owner and offer_handover({"session": Session(), "run_id": "r1"}) == ""

@@ -4,6 +4,10 @@ The visitor signs in with ``gr.LoginButton`` where the page can offer one (``hub
 ``hf_oauth: true``, or locally when this machine is signed in) and names the repository; it is private unless
 they untick the box. The push reads the run and never changes it, and a run being pushed is kept from the
 server's retention until the push is over (``runs.in_use``). Each failure is one plain message.
+
+Signing in leaves the page and comes back to a new session. So that the run comes along, opening the panel (and
+pressing the sign-in button) offers the run for handover (``hosting/handover.py``): the code goes into the
+page's address, which the sign-in carries, and the page that comes back takes the run over on load.
 """
 
 from __future__ import annotations
@@ -13,26 +17,37 @@ from typing import Any
 
 import gradio as gr
 
-from ..hosting import runs
+from ..hosting import handover, runs
 from ..serving.export import ExportError
 from ..serving.hub import HubPushError, push_to_hub
 from ..weights import checkpoints
-from .common import check_run, names_only
+from .common import check_run, model_choices, names_only, owner
+from .finetune_data import session_of
 from .hub_access import login_available, push_token, where
 
-__all__ = ["build_push_controls", "push_run"]
+__all__ = ["build_push_controls", "offer_handover", "push_run", "take_over_run"]
 
 logger = logging.getLogger(__name__)
 
 PUSH_CONCURRENCY = 2  # uploads wait on the network, not the CPU; two at once keep one visitor from holding all
 
 
-def build_push_controls(state: gr.State) -> None:
-    """The "Push to Hub" accordion, for the run the tab trained last; call where it should show."""
-    with gr.Accordion("Push to the Hugging Face Hub: keep and share this run", open=False, elem_id="hub-push"):
+# The handover code into the page's address (Gradio's sign-in keeps the query string), and out again once used.
+KEEP_CODE_JS = """(code) => { if (code) { const u = new URL(window.location.href);
+  u.searchParams.set("handover", code); window.history.replaceState(null, "", u); } }"""
+DROP_CODE_JS = """() => { const u = new URL(window.location.href); if (u.searchParams.has("handover")) {
+  u.searchParams.delete("handover"); window.history.replaceState(null, "", u); } }"""
+
+
+def build_push_controls(state: gr.State, predict_model: gr.Dropdown) -> None:
+    """The "Push to Hub" accordion, for the run the tab trained last; call where it should show.
+
+    ``predict_model``: the Predict tab's model list, which a run handed over through the sign-in joins.
+    """
+    with gr.Accordion("Push to the Hugging Face Hub: keep and share this run", open=False, elem_id="hub-push") as panel:
         gr.Markdown(_intro())
-        if login_available():
-            gr.LoginButton(elem_id="hub-login")
+        login = gr.LoginButton(elem_id="hub-login") if login_available() else None
+        code = gr.Textbox(visible=False)
         with gr.Row():
             repo = gr.Textbox(
                 label="Repository name", placeholder="cats-vs-dogs (under your account), or USER/NAME", scale=3,
@@ -50,16 +65,31 @@ def build_push_controls(state: gr.State) -> None:
         concurrency_limit=PUSH_CONCURRENCY,
         concurrency_id="hub_push",
     )
+    if login is None:
+        return
+    # Before the sign-in leaves the page: when the panel opens, and (quickly, outside the queue) on the button.
+    for trigger, queued in ((panel.expand, True), (login.click, False)):
+        trigger(offer_handover, state, code, api_visibility="private", queue=queued).then(
+            None, code, None, js=KEEP_CODE_JS, api_visibility="private"
+        )
+    gr.on(None, take_over_run, None, [state, result, predict_model], api_visibility="private").then(
+        None, None, None, js=DROP_CODE_JS, api_visibility="private"
+    )
 
 
 def _intro() -> str:
     place = where()
     if place == "space":
-        who = "Sign in with your Hugging Face account; the push uses your sign-in, nothing else."
+        who = (
+            "Sign in with your Hugging Face account (the page reloads, and this run comes along); the push uses "
+            "your sign-in and nothing else."
+        )
     elif place == "shared":
         who = "This server cannot sign you in to Hugging Face: download the run and push it from your computer."
+    elif login_available():
+        who = "Running locally: the push uses this machine's Hugging Face sign-in, which the button stands for."
     else:
-        who = "Running locally: the push uses this machine's Hugging Face sign-in (HF_TOKEN or `hf auth login`)."
+        who = "Running locally: the push uses this machine's Hugging Face sign-in (set HF_TOKEN or `hf auth login`)."
     return (
         "Uploads the last run of this session (weights, config, a model card with its accuracy per class) to a "
         f"model repository; load it back anywhere with `hf-hub:USER/NAME`. {who}"
@@ -95,3 +125,29 @@ def push_run(
         f"tab under *Load from the Hugging Face Hub*, or `python -m densenet_demo predict IMAGE --model "
         f"hf-hub:{result.repo_id}`."
     )
+
+
+def offer_handover(state: dict[str, Any] | None) -> str:
+    """A code that brings the session's last run along through the sign-in's page reload ("" without a run)."""
+    run_id = (state or {}).get("run_id")
+    if not run_id:
+        return ""
+    try:
+        return handover.offer(run_id, owner(state))
+    except (runs.RunError, OSError, checkpoints.CheckpointError) as e:
+        logger.info("no handover for run %s: %s", run_id, e)
+        return ""
+
+
+def take_over_run(request: gr.Request) -> tuple[Any, ...]:
+    """On load: the run a handover code in the page's address brings (the sign-in came back with it), if any."""
+    code = request.query_params.get("handover") if request is not None else None
+    if not code:
+        return gr.skip(), gr.skip(), gr.skip()
+    state: dict[str, Any] = {}
+    run_id = handover.accept(code, session_of(state).owner)
+    if run_id is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    state["run_id"] = run_id
+    note = f"Run {run_id} is still here after signing in: name the repository and press Push to Hub."
+    return state, note, gr.update(choices=model_choices(state))
