@@ -4,6 +4,7 @@ that leaves the run as it was."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from types import SimpleNamespace
 
@@ -181,3 +182,14 @@ def test_a_wrong_or_lapsed_code_hands_nothing_over(standin, on_a_space, monkeypa
     monkeypatch.setattr(handover.time, "time", lambda: later)
     assert take_over_run(_request(code)) == (gr.skip(), gr.skip(), gr.skip())
     assert runs.owner_of("r1") == owner and offer_handover({"session": Session(), "run_id": "r1"}) == ""
+
+
+def test_predicting_never_downloads_a_hub_model_whose_copy_is_gone(standin, tmp_path):
+    saved_run("r1")
+    push_to_hub("run:r1", "host/colours", token=None, private=False)
+    update, state, _ = load_hub_model("host/colours", {}, None)
+    shutil.rmtree(tmp_path / "hf-cache")  # the server's cache cleared since
+    standin.seen.clear()
+    with pytest.raises(gr.Error) as error:
+        selection(update["value"], "ImageNet", None, state)
+    assert "no longer on this server: press Load again" in _message(error) and standin.seen == []

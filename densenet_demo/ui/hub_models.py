@@ -80,9 +80,13 @@ def load_hub_model(
 
 
 def check_hub_model(model: str, state: dict[str, Any] | None) -> None:
-    """Refuse an ``hf-hub:`` model this session has not loaded (the same words for every such name)."""
+    """Refuse an ``hf-hub:`` model this session has not loaded (the same words for every such name), or whose
+    download has gone from the cache since (predicting must never download: it would use no visitor's sign-in)."""
     if model not in ((state or {}).get(HUB_MODELS) or {}):
         raise gr.Error(
             f"{model[:100]!r} is not loaded in this session: type its USER/NAME under "
             "'Load from the Hugging Face Hub' and press Load first."
         )
+    ref = hub.parse_hub_ref(model)
+    if hub.from_cache(ref, ref.revision or "main") is None:
+        raise gr.Error(f"The download of {ref.repo_id} is no longer on this server: press Load again to fetch it.")

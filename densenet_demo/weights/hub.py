@@ -37,6 +37,7 @@ __all__ = [
     "HubSnapshot",
     "download",
     "fetch_file",
+    "from_cache",
     "hub_config",
     "hub_endpoint",
     "is_hub_folder",
@@ -217,7 +218,7 @@ def download(ref: HubRef, *, token: str | bool | None = None, trust_cache: bool 
     this machine's own downloads, so a commit already there is used without asking, and when the Hub cannot be
     reached the cache answers for the revision (False on a shared server). Raises ``CheckpointError``.
     """
-    if trust_cache and ref.pinned and (cached := _from_cache(ref, ref.revision)) is not None:
+    if trust_cache and ref.pinned and (cached := from_cache(ref, ref.revision)) is not None:
         return cached
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
@@ -227,7 +228,7 @@ def download(ref: HubRef, *, token: str | bool | None = None, trust_cache: bool 
             ref.repo_id, revision=ref.revision, token=token, files_metadata=True
         )
     except network_errors() as e:
-        cached = _from_cache(ref, ref.revision or "main") if trust_cache else None
+        cached = from_cache(ref, ref.revision or "main") if trust_cache else None
         if cached is None:
             raise CheckpointError(
                 f"cannot reach the Hugging Face Hub ({hub_endpoint()}) to get {ref.repo_id}, and it is not in the "
@@ -279,8 +280,9 @@ def fetch_file(ref: HubRef, filename: str, token: str | bool | None) -> Path:
         raise CheckpointError(f"cannot store {ref.repo_id}'s {filename} in the cache ({e.strerror or e})") from None
 
 
-def _from_cache(ref: HubRef, revision: str) -> HubSnapshot | None:
-    """Both files of ``revision`` from the cache alone (no network), or None when either is not there."""
+def from_cache(ref: HubRef, revision: str) -> HubSnapshot | None:
+    """Both files of ``revision`` (a commit, or a name the cache has seen) from the cache alone (no network), or
+    None when either is not there."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
