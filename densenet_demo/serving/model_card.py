@@ -246,7 +246,7 @@ def _usage_section(info: CheckpointInfo, repo: str, placeholder: bool) -> str:
         "```\n",
         "```python",
         PROJECT_SNIPPET.format(repo_id=repo) + "```\n",
-        f"In the app, type `{repo}` under **Load from the Hub** in the Predict tab.\n",
+        f"In the app, type `{repo}` under **Load from the Hugging Face Hub** in the Predict tab.\n",
         "### With PyTorch alone\n",
     ]
     why_not = torchvision_compatible(info)

@@ -1,4 +1,4 @@
-"""Models from the Hugging Face Hub in the Predict tab: "Load from the Hub" downloads ``USER/NAME`` into the session.
+"""Models from the Hugging Face Hub in the Predict tab: "Load from the Hugging Face Hub" downloads ``USER/NAME`` into the session.
 
 A loaded model joins the session's model list as ``hf-hub:USER/NAME@<commit>``: pinned to the commit that was
 downloaded, so predicting never goes back to the network, and recorded in the session's state, so that on a
@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_hub_loader(model: gr.Dropdown, state: gr.State) -> None:
-    """A "Load from the Hub" row under the model list; call where it should show."""
+    """A "Load from the Hugging Face Hub" row under the model list; call where it should show."""
     with gr.Accordion("Load from the Hugging Face Hub", open=False):
         with gr.Row():
             repo = gr.Textbox(
