@@ -79,7 +79,7 @@ def run_choices(state: dict[str, Any] | None) -> list[tuple[str, str]]:
 
 
 def hub_choices(state: dict[str, Any] | None) -> list[tuple[str, str]]:
-    """The Hub models this session loaded (Predict's "Load from the Hugging Face Hub"), as (label, ``hf-hub:USER/NAME@commit``)."""
+    """The Hub models this session loaded (Predict's "Load from the Hugging Face Hub"): (label, ``hf-hub:…@commit``)."""
     return [(label, spec) for spec, label in ((state or {}).get(HUB_MODELS) or {}).items()]
 
 

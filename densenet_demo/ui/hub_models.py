@@ -1,4 +1,5 @@
-"""Models from the Hugging Face Hub in the Predict tab: "Load from the Hugging Face Hub" downloads ``USER/NAME`` into the session.
+"""Models from the Hugging Face Hub in the Predict tab: "Load from the Hugging Face Hub" downloads ``USER/NAME``
+into the session.
 
 A loaded model joins the session's model list as ``hf-hub:USER/NAME@<commit>``: pinned to the commit that was
 downloaded, so predicting never goes back to the network, and recorded in the session's state, so that on a
