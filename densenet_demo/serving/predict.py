@@ -230,8 +230,7 @@ def _overlay(view: Image.Image, heatmap: np.ndarray, alpha: float = 0.5) -> Imag
     return Image.blend(view.convert("RGB"), colored, alpha)
 
 
-# ---------------------------------------------------------------------------------------------
-# The cache: one predictor per resolved (model, weights, file version)
+# -- The cache: one predictor per resolved (model, weights, file version) -----------------------
 
 _cache: OrderedDict[tuple, Predictor] = OrderedDict()
 _cache_lock = threading.Lock()

@@ -24,6 +24,7 @@ from ..weights import resolver as weights
 __all__ = [
     "HUB_MODELS",
     "MODEL_API",
+    "WEIGHTS_LABELS",
     "api_type",
     "check_run",
     "hub_choices",
@@ -36,9 +37,15 @@ __all__ = [
     "run_choices",
     "unknown_model",
     "user_errors",
+    "weights_label",
 ]
 
 HUB_MODELS = "hub_models"  # the state's {hf-hub:USER/NAME@commit -> label} of the Hub models the session loaded
+
+# The page's words for where a model's weights come from, and the engine's (``weights.resolve``): the one
+# translation between them, for every tab. "ImageNet" lets the model decide: its ImageNet weights where it has
+# them, else random init.
+WEIGHTS_LABELS: dict[str, str] = {"ImageNet": weights.DEFAULT, "Random init": "random"}
 
 # An absolute server path in a message: a '/' that starts a word (not the '//' of a URL), up to a space,
 # quote, bracket, comma or colon.
@@ -128,3 +135,8 @@ def user_errors(*errors: type[Exception]) -> Iterator[None]:
 def names_only(text: str) -> str:
     """``text`` with each absolute server path shortened to its last name (``/tmp/x/run.zip`` -> ``run.zip``)."""
     return _SERVER_PATH.sub(lambda m: PurePosixPath(m.group(0)).name or m.group(0), text)
+
+
+def weights_label(model: str) -> str:
+    """The page's word for ``model``'s own weights: "ImageNet" where it has them, else "Random init"."""
+    return "ImageNet" if weights.default_weights(model) == "imagenet" else "Random init"
