@@ -18,7 +18,7 @@ from densenet_demo.hosting.sessions import Session
 from densenet_demo.serving.hub import push_to_hub
 from densenet_demo.ui.classify import classify_paths, selection
 from densenet_demo.ui.hub_controls import offer_handover, push_run, take_over_run
-from densenet_demo.ui.hub_models import load_hub_model
+from densenet_demo.ui.hub_models import load_hub_model, select_loaded
 from densenet_demo.weights import checkpoints
 
 
@@ -103,10 +103,10 @@ def test_a_visitor_loads_their_private_model_and_another_session_cannot_use_it(s
     push_to_hub("run:r1", "visitor/colours", token="visitor-token", private=True)
     standin.seen.clear()
     mine = {"session": Session()}
-    update, mine, note = load_hub_model("visitor/colours", mine, _oauth("visitor-token"))
-    spec = update["value"]
+    spec, mine, note = load_hub_model("visitor/colours", mine, _oauth("visitor-token"))
     assert spec.startswith("hf-hub:visitor/colours@") and "Loaded **visitor/colours**" in note
-    assert ("Hub: visitor/colours · 3 classes", spec) in update["choices"]
+    update = select_loaded(spec, mine)
+    assert update["value"] == spec and ("Hub: visitor/colours · 3 classes", spec) in update["choices"]
     assert standin.tokens_used("/") == {"visitor-token"}
     theirs = {"session": Session()}
     for name in ("visitor/colours", spec):  # signed out: the cached download is not theirs, by name or by commit
@@ -122,9 +122,9 @@ def test_a_visitor_loads_their_private_model_and_another_session_cannot_use_it(s
 def test_locally_a_loaded_hub_model_classifies_like_the_run_it_came_from(standin, tmp_path):
     saved_run("r1")
     push_to_hub("run:r1", "host/colours", token=None, private=False)  # locally: this machine's sign-in
-    update, state, _ = load_hub_model("host/colours", {}, None)
+    spec, state, _ = load_hub_model("host/colours", {}, None)
     images = [str(p) for p in sorted(colour_images(tmp_path / "images", per_class=2).rglob("*.png"))]
-    from_hub = classify_paths(images, update["value"], "ImageNet", None, 3, False, state)
+    from_hub = classify_paths(images, spec, "ImageNet", None, 3, False, state)
     from_run = classify_paths(images, "run:r1", "ImageNet", None, 3, False, state)
     assert from_hub.table.drop(columns="latency ms").equals(from_run.table.drop(columns="latency ms"))
     assert "(Hub host/colours @ " in from_hub.info
@@ -187,9 +187,9 @@ def test_a_wrong_or_lapsed_code_hands_nothing_over(standin, on_a_space, monkeypa
 def test_predicting_never_downloads_a_hub_model_whose_copy_is_gone(standin, tmp_path):
     saved_run("r1")
     push_to_hub("run:r1", "host/colours", token=None, private=False)
-    update, state, _ = load_hub_model("host/colours", {}, None)
+    spec, state, _ = load_hub_model("host/colours", {}, None)
     shutil.rmtree(tmp_path / "hf-cache")  # the server's cache cleared since
     standin.seen.clear()
     with pytest.raises(gr.Error) as error:
-        selection(update["value"], "ImageNet", None, state)
+        selection(spec, "ImageNet", None, state)
     assert "no longer on this server: press Load again" in _message(error) and standin.seen == []

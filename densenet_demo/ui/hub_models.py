@@ -20,7 +20,7 @@ from ..weights import resolver as weights
 from .common import HUB_MODELS, model_choices, names_only
 from .hub_access import download_token
 
-__all__ = ["build_hub_loader", "check_hub_model", "load_hub_model"]
+__all__ = ["build_hub_loader", "check_hub_model", "load_hub_model", "select_loaded"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,20 +37,22 @@ def build_hub_loader(model: gr.Dropdown, state: gr.State) -> None:
             )
             load = gr.Button("Load", size="sm", scale=1, elem_id="hub-load")
         note = gr.Markdown(elem_id="hub-note")
+        loaded = gr.Textbox(visible=False)  # what an API client gets: the model's name for its session
     gr.on(
         [load.click, repo.submit],
         load_hub_model,
         [repo, state],
-        [model, state, note],
+        [loaded, state, note],
         api_name="load_hub_model",
         concurrency_limit=2,
-    )
+    ).success(select_loaded, [loaded, state], model, api_visibility="private")
 
 
 def load_hub_model(
     repo: str, state: dict[str, Any] | None = None, oauth_token: gr.OAuthToken | None = None
-) -> tuple[Any, dict[str, Any], str]:
-    """Download a model pushed by this app (``USER/NAME`` or ``hf-hub:USER/NAME``) and select it for prediction.
+) -> tuple[str, dict[str, Any], str]:
+    """Download a model pushed by this app (``USER/NAME`` or ``hf-hub:USER/NAME``) into the session; returns its
+    name for ``model`` (``hf-hub:USER/NAME@<commit>``) and a note on it.
 
     Args:
         repo: the model's repository on the Hugging Face Hub, USER/NAME.
@@ -77,7 +79,12 @@ def load_hub_model(
         f"Loaded **{ref.repo_id}** (commit `{snapshot.ref.revision[:7]}`): {predictor.cfg.variant}, "
         f"{len(names)} classes ({shown}). It is selected in the Model list."
     )
-    return gr.update(choices=model_choices(state), value=snapshot.ref.spec), state, note
+    return snapshot.ref.spec, state, note
+
+
+def select_loaded(spec: str, state: dict[str, Any] | None) -> Any:
+    """The model list with the session's Hub models, the one just loaded selected."""
+    return gr.update(choices=model_choices(state), value=spec) if spec else gr.skip()
 
 
 def check_hub_model(model: str, state: dict[str, Any] | None) -> None:
