@@ -24,6 +24,7 @@ from ..weights import resolver as weights
 __all__ = [
     "HUB_MODELS",
     "MODEL_API",
+    "PAGE_WEIGHTS",
     "WEIGHTS_LABELS",
     "api_type",
     "check_run",
@@ -46,6 +47,7 @@ HUB_MODELS = "hub_models"  # the state's {hf-hub:USER/NAME@commit -> label} of t
 # translation between them, for every tab. "ImageNet" lets the model decide: its ImageNet weights where it has
 # them, else random init.
 WEIGHTS_LABELS: dict[str, str] = {"ImageNet": weights.DEFAULT, "Random init": "random"}
+PAGE_WEIGHTS: dict[str, str] = {engine: page for page, engine in WEIGHTS_LABELS.items()}  # the other way
 
 # An absolute server path in a message: a '/' that starts a word (not the '//' of a URL), up to a space,
 # quote, bracket, comma or colon.
