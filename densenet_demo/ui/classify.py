@@ -19,8 +19,10 @@ from ..data.images import ImageError
 from ..hosting import gpu
 from ..serving import predict
 from ..units import percent
+from ..weights import hub
 from ..weights import resolver as weights
 from .common import WEIGHTS_LABELS, check_run, model_choices, names_only, unknown_model
+from .hub_models import check_hub_model
 
 __all__ = [
     "RANDOM_WARNING",
@@ -162,8 +164,11 @@ def selection(
 ) -> tuple[str, str | None]:
     """(model, weights) for the engine, checked without building the model: a preset or this session's run."""
     name = model_name(model)
-    # The engine also takes checkpoint folders by path (for the CLI); a web request may only name a preset or a
-    # run in weights/runs/, so it can neither load nor probe folders elsewhere on the server.
+    # The engine also takes checkpoint folders by path (for the CLI); a web request may only name a preset, a
+    # run in weights/runs/ or a Hub model it loaded, so it can neither load nor probe folders elsewhere.
+    if name.startswith(hub.HUB_PREFIX):
+        check_hub_model(name, state)  # only the Hub models this session loaded, with its own sign-in
+        return name, None
     if name not in PRESETS and not name.startswith("run:"):
         raise unknown_model(name)
     if name.startswith("run:"):

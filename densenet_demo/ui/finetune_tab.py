@@ -17,6 +17,7 @@ from .common import WEIGHTS_LABELS, user_errors
 from .continue_run import build_continue_controls, wire_continue
 from .exports import export_run
 from .finetune_data import SOURCE_CHOICES, add_class, ensure_dataset, folder_summary, load_dataset, session_of
+from .hub_controls import build_push_controls
 from .multigpu import build_gpu_option, gpu_run
 from .training_run import FinetuneTab, follow_run, stop_training
 from .training_settings import (
@@ -117,6 +118,7 @@ def build_finetune_tab(
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
             more = build_continue_controls()  # "Continue training": the last run, more epochs (continue_run.py)
     shown = _build_results()
+    build_push_controls(state, predict_model)  # "Push to Hub" for the last run (hub_controls.py)
 
     tab = FinetuneTab(
         state=state,

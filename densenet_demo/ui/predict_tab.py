@@ -14,6 +14,7 @@ import pandas as pd
 from ..config import PRESETS
 from ..data import examples
 from ..serving import export
+from ..weights import hub
 from ..weights import resolver as weights
 from .classify import (
     RANDOM_WARNING,
@@ -26,6 +27,7 @@ from .classify import (
 )
 from .common import MODEL_API, WEIGHTS_LABELS, api_type, names_only, weights_label
 from .exports import export_folder
+from .hub_models import build_hub_loader
 from .run_controls import build_run_controls
 
 __all__ = [
@@ -79,6 +81,7 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
             )
             api_type(model, MODEL_API)
             build_run_controls(model, state, reuse)
+            build_hub_loader(model, state)
             weights_choice = gr.Radio(
                 list(WEIGHTS_CHOICES), value="ImageNet", label="Weights", info=WEIGHTS_INFO, elem_id="predict-weights"
             )
@@ -299,6 +302,8 @@ def natural_weights(model: Any) -> Any:
         return gr.skip()
     if model.startswith("run:"):
         return gr.update(value=None, interactive=False, info="A fine-tuned run brings its own weights.")
+    if model.startswith(hub.HUB_PREFIX):
+        return gr.update(value=None, interactive=False, info="A model from the Hub brings its own weights.")
     return gr.update(value=weights_label(model), interactive=True, info=WEIGHTS_INFO)
 
 
