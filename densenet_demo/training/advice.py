@@ -167,13 +167,16 @@ def _first_result_s(t: timing.StepTiming, traits: DataTraits) -> float:
     return _STARTUP_S + traits.n_train / 2 / t.images_per_s + traits.n_val * (t.eval_s + t.decode_s)
 
 
-def _epoch_s(t: timing.StepTiming, n_train: int, n_val: int, linear: bool) -> tuple[float, float, float]:
-    """(median, low, high) seconds of an epoch: its steps, its validation and the decoding of every image."""
+def _epoch_s(
+    t: timing.StepTiming, n_train: int, n_val: int, linear: bool, recalibration: int = 0
+) -> tuple[float, float, float]:
+    """(median, low, high) seconds of an epoch: its steps, the loading of every image, its validation (the
+    BatchNorm statistics recomputed from ``recalibration`` batches first) and a checkpoint written."""
     data = (n_train + n_val) * t.decode_s
     if linear:  # the backbone once per image (features), then the head's epochs: next to nothing
         once = (n_train + n_val) * t.eval_s + data
         return once, once, once
-    validation = n_val * t.eval_s
+    validation = (n_val + recalibration * t.batch_size) * t.eval_s + t.save_s
     return tuple(n_train * s + validation + data for s in (t.train_s, t.train_low_s, t.train_high_s))
 
 
@@ -246,7 +249,7 @@ def _scratch(files: LabeledFiles, traits: DataTraits, on_gpu: bool, batch: int, 
 def _scratch_suggestion(
     model: str, size: int, t: timing.StepTiming, traits: DataTraits, batch: int, kind: str, first: float
 ) -> Suggestion:
-    epoch = _epoch_s(t, traits.n_train, traits.n_val, False)[0]
+    epoch = _epoch_s(t, traits.n_train, traits.n_val, False, recalibration=3)[0]  # the quick recipe from scratch
     budget = _budget(epoch)
     note = "the smallest model that sees them" if model == "densenet_fashion" else "its stem shrinks them 4x"
     if not traits.grayscale and model == "densenet121":
@@ -266,7 +269,7 @@ def estimate_time(
     cfg = config.resolved()
     t = timing.measure(cfg, len(class_names), files, fresh=True)
     linear = cfg.mode == "linear"
-    epoch, low, high = _epoch_s(t, n_train, n_val, linear)
+    epoch, low, high = _epoch_s(t, n_train, n_val, linear, cfg.bn_recalibration or 0)
     if linear:
         total = epoch
     elif cfg.time_budget_s is not None:
