@@ -121,4 +121,4 @@ def test_push_from_the_page_after_signing_in_and_load_it_back_in_predict(browser
     from_hub = client.predict(images, spec, "ImageNet", None, 3, False, api_name="/predict")
     from_run = client.predict(images, f"run:{run_id}", "ImageNet", None, 3, False, api_name="/predict")
     assert from_hub[0] == from_run[0] and len(from_hub[0]["confidences"]) == 3  # the first image's top classes
-    assert from_hub[2]["data"] and [row[:4] for row in from_hub[2]["data"]] == [row[:4] for row in from_run[2]["data"]]
+    assert from_hub[2]["data"] and [row[:3] for row in from_hub[2]["data"]] == [row[:3] for row in from_run[2]["data"]]
