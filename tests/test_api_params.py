@@ -13,11 +13,12 @@ from PIL import Image
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 # The inputs a call cannot do without; every other parameter has a default.
-REQUIRED = {"/predict": ["files"], "/classify_image": ["image"]}
-# The documented API (README, API); the page's own handlers are private.
+REQUIRED = {"/predict": ["files"], "/classify_image": ["image"], "/load_hub_model": ["repo"], "/push_to_hub": ["repo"]}
+# The documented API (docs/api.md); the page's own handlers are private.
 DOCUMENTED = {
-    "/predict", "/classify_image", "/architecture_table", "/architecture", "/load_dataset", "/train", "/stop",
-    "/continue_training", "/list_runs", "/delete_run", "/download_run", "/estimate", "/export_onnx", "/export_run_onnx",
+    "/predict", "/classify_image", "/architecture_table", "/architecture", "/load_dataset", "/suggest_settings",
+    "/train", "/stop", "/continue_training", "/list_runs", "/delete_run", "/download_run", "/estimate", "/export_onnx",
+    "/export_run_onnx", "/load_hub_model", "/push_to_hub",
 }  # fmt: skip
 
 
