@@ -13,7 +13,10 @@ from PIL import Image
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 # The inputs a call cannot do without; every other parameter has a default.
-REQUIRED = {"/predict": ["files"], "/classify_image": ["image"], "/load_hub_model": ["repo"], "/push_to_hub": ["repo"]}
+REQUIRED = {
+    "/predict": ["files"], "/classify_image": ["image"], "/delete_run": ["model"], "/load_hub_model": ["repo"],
+    "/push_to_hub": ["repo"],
+}  # fmt: skip
 # The documented API (docs/api.md); the page's own handlers are private.
 DOCUMENTED = {
     "/predict", "/classify_image", "/architecture_table", "/architecture", "/load_dataset", "/suggest_settings",

@@ -164,21 +164,8 @@ def build_finetune_tab(
     named |= dict(image_size=size, memory_efficient=memory_efficient, amp=amp, optimizer=optimizer, schedule=schedule)
     named |= extra._asdict()
     settings = [named[name] for name in SETTING_NAMES]  # the order of /train and /estimate
-    # Check dataset, then the settings measured for it on this machine (/suggest_settings); fields a person has
-    # set stay as they are (``touched``), and the line above Start says what was suggested and why.
-    suggestion, touched = gr.JSON(visible=False), gr.State([])
-    load.click(load_dataset, data_inputs, [report, state], api_name="load_dataset").success(
-        suggest_settings, state, [suggestion, state], api_name="suggest_settings"
-    ).success(
-        apply_suggestion,
-        [suggestion, touched, extra.recipe],
-        [*(named[name] for name in SUGGESTED), suggestion_line, estimate_line, *recipe_fields],
-        api_visibility="private",
-    )
-    for name in ("model", "weights_choice", "mode", "image_size", "batch_size", "time_budget", "augment", "epochs"):
-        # A person's own choice is kept by later suggestions; an estimate for other settings is stale.
-        named[name].input(mark_touched(name), touched, touched, api_visibility="private", queue=False)
-        named[name].input(lambda: "", None, estimate_line, api_visibility="private", queue=False)
+    checked = load.click(load_dataset, data_inputs, [report, state], api_name="load_dataset")
+    _wire_suggestion(checked, state, named, recipe_fields, suggestion_line, estimate_line)
     # Settings follow the mode (and the recipe) a person picks: the fields show the recipe's values for it.
     for chooser in (mode, extra.recipe):
         chooser.input(mode_values, [mode, extra.recipe], recipe_fields, api_visibility="private")
@@ -198,6 +185,29 @@ def build_finetune_tab(
         export_run, state, shown["export_file"], api_name="export_run_onnx", concurrency_limit=1
     )
     return tab
+
+
+def _wire_suggestion(
+    checked: Any,
+    state: gr.State,
+    named: dict[str, Any],
+    recipe_fields: list[Any],
+    suggestion_line: gr.Markdown,
+    estimate_line: gr.Markdown,
+) -> None:
+    """After Check dataset (``checked``), the settings measured for it on this machine (/suggest_settings); fields
+    a person has set stay as they are (``touched``), and the line above Start says what was suggested and why."""
+    suggestion, touched = gr.JSON(visible=False), gr.State([])
+    checked.success(suggest_settings, state, [suggestion, state], api_name="suggest_settings").success(
+        apply_suggestion,
+        [suggestion, touched, named["recipe"]],
+        [*(named[name] for name in SUGGESTED), suggestion_line, estimate_line, *recipe_fields],
+        api_visibility="private",
+    )
+    for name in ("model", "weights_choice", "mode", "image_size", "batch_size", "time_budget", "augment", "epochs"):
+        # A person's own choice is kept by later suggestions; an estimate for other settings is stale.
+        named[name].input(mark_touched(name), touched, touched, api_visibility="private", queue=False)
+        named[name].input(lambda: "", None, estimate_line, api_visibility="private", queue=False)
 
 
 def _build_results() -> dict[str, Any]:
