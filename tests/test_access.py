@@ -15,24 +15,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from gradio_client import Client, handle_file
-from PIL import Image
+from gradio_client import handle_file
 
 pytestmark = pytest.mark.timeout(300)
 
 SECRET = "not-for-the-web"  # in a file outside every folder the app may serve
-
-
-@pytest.fixture(scope="module")
-def client(app_server):
-    return Client(app_server.url, verbose=False)
-
-
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("access") / "photo.png"
-    Image.new("RGB", (48, 40), (30, 160, 90)).save(path)
-    return path
 
 
 @pytest.fixture(scope="module")

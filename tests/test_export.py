@@ -18,9 +18,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from model_helpers import trained_looking
+from helpers import TINY_CONFIG, colour_images, trained_looking
 from PIL import Image
-from test_train import _colour_images
 
 from densenet_demo.cli.main import main
 from densenet_demo.config import DenseNetConfig
@@ -32,9 +31,7 @@ from densenet_demo.training.loop import Finished, TrainConfig, Trainer
 from densenet_demo.weights import checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_BC = DenseNetConfig(
-    growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, compression=0.5, stem="cifar", num_classes=3
-)
+TINY_BC = TINY_CONFIG
 # ImageNet stem (7x7/2 conv + max-pool, 256->224-style resize and crop) at a size that exports in seconds; one
 # input channel, so that a grayscale model's export is checked in the fast loop too.
 SMALL_IMAGENET_STEM = DenseNetConfig(
@@ -78,7 +75,7 @@ def cli_exported(tmp_path_factory) -> Exported:
 
 def _export_fine_tuned_run(root: Path) -> Exported:
     start = _checkpoint(root / "start", TINY_BC, default_preprocessing(TINY_BC, 24))
-    files, _ = load_image_folder(_colour_images(root / "colours", per_class=4))
+    files, _ = load_image_folder(colour_images(root / "colours", per_class=4))
     config = TrainConfig(
         model=str(start), mode="finetune", epochs=1, batch_size=6, image_size=24, val_fraction=0.25, device="cpu"
     )
