@@ -293,5 +293,30 @@ def test_densenet121_exports_with_imagenet_labels_and_preprocessing(tmp_path):
         assert np.abs(got - expected[: len(batch)]).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
 
 
-def test_the_projects_readme_shows_the_bundles_snippet():
-    assert export.SNIPPET in (REPO / "README.md").read_text(encoding="utf-8")
+def _docs_snippets() -> list[str]:
+    """The Python blocks of the project's README and docs that run a bundle (they open its model.onnx)."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    blocks = [b for page in pages for b in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S)]
+    return [block for block in blocks if '"model.onnx"' in block]
+
+
+def test_the_projects_docs_show_a_snippet_that_classifies_with_a_bundle_as_predict_does(
+    cli_exported, tmp_path, monkeypatch, capsys
+):
+    """Each snippet the docs show, run as a reader would (in the unzipped bundle, an image as its argument), prints
+    the top classes and probabilities the project's own predictor gives."""
+    snippets = _docs_snippets()
+    assert snippets, "the README or docs/ should show how to run an exported bundle"
+    with zipfile.ZipFile(cli_exported.onnx_path.with_suffix(".zip")) as z:
+        z.extractall(tmp_path / "bundle")
+    (image,) = _images(1, tmp_path)
+    (expected,) = cli_exported.predictor.predict([image], top_k=5)
+    monkeypatch.chdir(tmp_path / "bundle")
+    monkeypatch.setattr(sys, "argv", ["classify.py", str(image)])
+    for code in snippets:
+        exec(compile(code, "docs snippet", "exec"), {"__name__": "__main__"})
+        printed = [line.split("  ", 1) for line in capsys.readouterr().out.splitlines()]
+        assert [label for _, label in printed] == [label for label, _ in expected.labels]
+        assert [float(p.rstrip("%")) for p, _ in printed] == pytest.approx(
+            [100 * p for _, p in expected.labels], abs=0.01
+        )
