@@ -15,6 +15,7 @@ import os
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import gc
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -96,6 +97,18 @@ def _private_weights_dir(tmp_path_factory, monkeypatch):
     path = tmp_path_factory.mktemp("weights")
     monkeypatch.setenv("DENSENET_DEMO_WEIGHTS", str(path))
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _collector_skips_what_is_loaded():
+    """What the process holds as a test file starts (torch, gradio, onnx and their modules: hundreds of thousands of
+    objects) is left out of later garbage collections. The engine collects at the end of every training run, which
+    would otherwise walk all of it each time: seconds a run on a busy 2-core machine. Only the collector's work
+    changes: frozen objects are still freed when no longer referenced, and whatever a test makes is collected."""
+    if os.environ.get("DENSENET_DEMO_TEST_NO_FREEZE"):
+        return
+    gc.collect()
+    gc.freeze()
 
 
 @pytest.fixture(autouse=True)

@@ -99,7 +99,16 @@ def _bad_images(folder: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict:
+def other_architecture(tmp_path_factory) -> Path:
+    """Weights of a DenseNet that is not QUICK_MODEL: the file a user picks for the wrong model."""
+    path = tmp_path_factory.mktemp("other") / "other_architecture.safetensors"
+    other = DenseNetConfig(growth_rate=4, block_config=(2, 2), num_init_features=8, num_classes=3)
+    save_file(DenseNet(other).state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, other_architecture) -> dict:
     folder = tmp_path_factory.mktemp("corpus")
     token = secrets.token_hex(4)  # names no other run uses, to look for them afterwards
     zips = hostile_zips(folder, token)
@@ -110,8 +119,6 @@ def corpus(tmp_path_factory) -> dict:
             return (exec, (f"open({str(evil_marker)!r}, 'w').write('code ran')",))
 
     torch.save({"state_dict": Payload()}, folder / "evil.pth")
-    other = DenseNetConfig(growth_rate=4, block_config=(2, 2), num_init_features=8, num_classes=3)
-    save_file(DenseNet(other).state_dict(), str(folder / "other_architecture.safetensors"))
     return {
         "folder": folder,
         "token": token,
@@ -120,7 +127,7 @@ def corpus(tmp_path_factory) -> dict:
         "zips": zips,
         "evil": folder / "evil.pth",
         "evil_marker": evil_marker,
-        "other_architecture": folder / "other_architecture.safetensors",
+        "other_architecture": other_architecture,
         "plain": folder / "odd0_twin.png",
     }
 
@@ -388,8 +395,8 @@ def test_cli_arch_refuses_an_absurd_image_size_in_one_line(capsys):
     assert "image size 100000 is too large" in capsys.readouterr().err
 
 
-def test_cli_predict_refuses_weights_of_another_architecture(corpus, capsys):
-    argv = ["predict", str(corpus["plain"]), "--model", QUICK_MODEL, "--weights", str(corpus["other_architecture"])]
+def test_cli_predict_refuses_weights_of_another_architecture(photo, other_architecture, capsys):
+    argv = ["predict", str(photo), "--model", QUICK_MODEL, "--weights", str(other_architecture)]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "other_architecture.safetensors: the weights do not fit" in err and len(err.strip().splitlines()) == 1
