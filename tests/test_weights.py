@@ -331,9 +331,9 @@ def test_a_killed_save_leaves_a_loadable_checkpoint_and_only_hidden_leftovers(tm
         f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-        from densenet_demo.checkpoints import save_checkpoint
+        from densenet_demo.weights.checkpoints import save_checkpoint
         from densenet_demo.config import PRESETS
-        from densenet_demo.images import default_preprocessing
+        from densenet_demo.data.images import default_preprocessing
         from densenet_demo.model import DenseNet
         cfg = PRESETS["densenet_fashion"].config
         model = DenseNet(cfg)
