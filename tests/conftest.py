@@ -105,8 +105,6 @@ def _collector_skips_what_is_loaded():
     objects) is left out of later garbage collections. The engine collects at the end of every training run, which
     would otherwise walk all of it each time: seconds a run on a busy 2-core machine. Only the collector's work
     changes: frozen objects are still freed when no longer referenced, and whatever a test makes is collected."""
-    if os.environ.get("DENSENET_DEMO_TEST_NO_FREEZE"):
-        return
     gc.collect()
     gc.freeze()
 
