@@ -35,10 +35,11 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from densenet_demo.config import DenseNetConfig
 from densenet_demo.data.images import default_preprocessing
 from densenet_demo.model import DenseNet
-from densenet_demo.training.loop import TrainConfig
+from densenet_demo.training.config import TrainConfig
 from densenet_demo.ui import finetune_data
 from densenet_demo.ui.common import model_choices
-from densenet_demo.ui.finetune_tab import FinetuneTab, build_finetune_tab
+from densenet_demo.ui.finetune_tab import build_finetune_tab
+from densenet_demo.ui.training_run import FinetuneTab
 from densenet_demo.weights import checkpoints
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -204,7 +205,19 @@ def event_kinds(events) -> str:
 # The Fine-tune tab in-process
 
 # The page's settings for one epoch of densenet_fashion from scratch at 32 px, in start_training's order.
-PAGE_SETTINGS = ("densenet_fashion", "Random init", "scratch", 1, 3e-3, 8, 32, False, "Off", "adamw", "default")
+ONE_EPOCH_PAGE_SETTINGS = (
+    "densenet_fashion",
+    "Random init",
+    "scratch",
+    1,
+    3e-3,
+    8,
+    32,
+    False,
+    "Off",
+    "adamw",
+    "default",
+)
 
 
 def finetune_page() -> FinetuneTab:

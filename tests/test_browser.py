@@ -19,7 +19,7 @@ from densenet_demo.config import PRESETS
 from densenet_demo.data.images import default_preprocessing
 from densenet_demo.hosting import runs
 from densenet_demo.model import DenseNet
-from densenet_demo.training.loop import example_config
+from densenet_demo.training.config import example_config
 from densenet_demo.weights import checkpoints
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
@@ -115,7 +115,7 @@ def test_architecture_tab_shows_table_plot_and_feature_reuse(page, shots, app_se
     run_config = checkpoints.read_checkpoint_info(app_server.weights_dir / "runs" / fashion_run).config
     params = architecture.totals(run_config)["params"]
     expect(page.locator("#arch-summary")).to_contain_text(f"{params:,}", timeout=60_000)
-    expect(page.locator("#arch-table")).to_contain_text("denselayer4")
+    expect(page.locator("#arch-table")).to_contain_text("block1.layer4")
     expect(page.locator("#arch-plot canvas, #arch-plot svg").first).to_be_visible()
     expect(page.locator("#arch-heatmap img").first).to_be_visible(timeout=60_000)
     page.screenshot(path=str(shots / "architecture.png"), full_page=True)

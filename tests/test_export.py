@@ -27,7 +27,9 @@ from densenet_demo.data.datasets import load_image_folder
 from densenet_demo.data.images import Preprocessing, default_preprocessing
 from densenet_demo.model import DenseNet
 from densenet_demo.serving import export, predict
-from densenet_demo.training.loop import Finished, TrainConfig, Trainer
+from densenet_demo.training.config import TrainConfig
+from densenet_demo.training.events import Finished
+from densenet_demo.training.loop import Trainer
 from densenet_demo.weights import checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
@@ -300,13 +302,13 @@ def _docs_snippets() -> list[str]:
     return [block for block in blocks if '"model.onnx"' in block]
 
 
-def test_the_projects_docs_show_a_snippet_that_classifies_with_a_bundle_as_predict_does(
+def test_the_export_docs_show_a_snippet_that_classifies_with_a_bundle_as_predict_does(
     cli_exported, tmp_path, monkeypatch, capsys
 ):
-    """Each snippet the docs show, run as a reader would (in the unzipped bundle, an image as its argument), prints
-    the top classes and probabilities the project's own predictor gives."""
+    """Each snippet the docs show (docs/export.md), run as a reader would (in the unzipped bundle, an image as its
+    argument), prints the top classes and probabilities the project's own predictor gives."""
     snippets = _docs_snippets()
-    assert snippets, "the README or docs/ should show how to run an exported bundle"
+    assert snippets, "docs/export.md should show how to run an exported bundle"
     with zipfile.ZipFile(cli_exported.onnx_path.with_suffix(".zip")) as z:
         z.extractall(tmp_path / "bundle")
     (image,) = _images(1, tmp_path)
@@ -317,6 +319,5 @@ def test_the_projects_docs_show_a_snippet_that_classifies_with_a_bundle_as_predi
         exec(compile(code, "docs snippet", "exec"), {"__name__": "__main__"})
         printed = [line.split("  ", 1) for line in capsys.readouterr().out.splitlines()]
         assert [label for _, label in printed] == [label for label, _ in expected.labels]
-        assert [float(p.rstrip("%")) for p, _ in printed] == pytest.approx(
-            [100 * p for _, p in expected.labels], abs=0.01
-        )
+        percents = [100 * p for _, p in expected.labels]
+        assert [float(p.rstrip("%")) for p, _ in printed] == pytest.approx(percents, abs=0.01)

@@ -10,20 +10,21 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm import tqdm
 
 from ..data.datasets import DatasetError, DatasetReport, LabeledFiles, load_image_folder
 from ..data.examples import example_dataset_folder
-from ..training import runners as chunked
-from ..training.loop import CancelToken, Failed, Finished, Trainer, example_config
+from ..training import runners
+from ..training.advice import suggest_settings
+from ..training.config import example_config
+from ..training.distributed import DataParallel, data_parallel, is_main_process
+from ..training.events import Failed, Finished
+from ..training.loop import Trainer
 from ..training.settings import config_from_settings
 from ..weights.checkpoints import CheckpointError, find_run, runs_dir
 from .common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, UsageError, add_training_settings, training_settings
-
-if TYPE_CHECKING:
-    from ..training.distributed import DataParallel
 
 __all__ = ["DEFAULT_MORE_EPOCHS", "add_parser", "train_command"]
 
@@ -33,7 +34,10 @@ DEFAULT_MORE_EPOCHS = 5  # --resume without --epochs
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fine-tune or train on a folder or zip of class subfolders")
     p.add_argument("data", help="folder or .zip of class subfolders (or train/ and val/), or 'example'")
-    p.add_argument("--model", help="preset name or a fine-tuned checkpoint folder (a new run needs it)")
+    p.add_argument(
+        "--model", help="preset name or a fine-tuned checkpoint folder (default: the model, mode, image size, batch "
+        "size and time budget suggested for the data on this machine, printed before the run starts)",
+    )  # fmt: skip
     p.add_argument(
         "--resume", metavar="RUN", help="continue a finished or stopped run (its id or folder) on the same data, "
         "with its own settings, for --epochs more epochs (default 5)",
@@ -49,8 +53,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def train_command(args: argparse.Namespace) -> int:
     """Under ``torchrun --nproc-per-node N -m densenet_demo train ...`` every process runs this; rank 0 prints."""
-    from ..training.distributed import data_parallel, is_main_process
-
     try:
         with data_parallel(sync_batchnorm=args.sync_bn) as dp:
             if args.sync_bn and dp is None:
@@ -74,34 +76,59 @@ def _train(args: argparse.Namespace, dp: DataParallel | None) -> int:
                 files, report = load_image_folder(example_dataset_folder())
             else:
                 files, report = load_image_folder(args.data, extract_to=os.path.join(scratch, "data"))
-            trainer = _continued(args, files, report, dp) if args.resume else _new_run(args, files, report, dp)
+            run = _continued(args, files, report, dp) if args.resume else _new_run(args, files, report, dp)
         except (DatasetError, ValueError, FileNotFoundError, CheckpointError) as e:
             raise UsageError(str(e)) from None
-        if quiet:
-            return _print_training(trainer, as_json=args.json, quiet=True)
-        if args.json:
+        if not quiet and args.json:
             print(json.dumps({"event": "dataset", **report.to_dict()}), flush=True)
-        else:
+        elif not quiet:
             print(report.summary(), file=sys.stderr)
-        return _print_training(trainer, as_json=args.json)
+        return _print_training(run, as_json=args.json, quiet=quiet, several=dp is not None)
 
 
-def _new_run(args: argparse.Namespace, files: LabeledFiles, report: DatasetReport, dp: DataParallel | None) -> Any:
-    """A new run of ``--model`` with the flags' settings (the example brings its quick settings)."""
-    if not args.model:
-        raise ValueError("a new run needs --model (a preset or a checkpoint folder); --resume RUN continues a run")
-    quick = example_config().to_dict() if args.data == "example" else {}
-    own = ("epochs", "lr", "optimizer", "schedule", "batch_size", "augment", "label_smoothing", "image_size")
-    settings = {k: v for k, v in quick.items() if k in own}
-    settings |= training_settings(args)
-    config = config_from_settings(args.model, **settings)
+def _new_run(
+    args: argparse.Namespace, files: LabeledFiles, report: DatasetReport, dp: DataParallel | None
+) -> runners.TrainingRun:
+    """A new run with the flags' settings over the data's own: the example brings its quick settings; other data
+    without ``--model`` the settings suggested for it on this machine (``advice.suggest_settings``). Epochs or a
+    time budget asked for replace the other one these bring (a time budget replaces epochs)."""
+    given = training_settings(args)
+    if args.data == "example":
+        quick = example_config().to_dict()
+        own = ("epochs", "lr", "optimizer", "schedule", "batch_size", "augment", "label_smoothing", "image_size")
+        settings, model = {k: v for k, v in quick.items() if k in own}, args.model or quick["model"]
+    elif args.model:
+        settings, model = {}, args.model
+    else:
+        settings = _suggested(files, dp, as_json=args.json)
+        model = settings.pop("model")
+    for asked, other in (("epochs", "time_budget"), ("time_budget", "epochs")):
+        if asked in given:
+            settings.pop(other, None)
+    config = config_from_settings(model, **(settings | given))
     if dp is not None:  # torchrun: this process's part in the run
-        return Trainer(config, files, report=report, out_dir=args.out, data_parallel=dp)
+        return runners.LocalRun(Trainer(config, files, report=report, out_dir=args.out, parallel=dp))
     # hosting/gpu.py decides: one loop here, or a chain of ZeroGPU calls
-    return chunked.training(config, files, report=report, out_dir=args.out)
+    return runners.start(config, files, report=report, out_dir=args.out)
 
 
-def _continued(args: argparse.Namespace, files: LabeledFiles, report: DatasetReport, dp: DataParallel | None) -> Any:
+def _suggested(files: LabeledFiles, dp: DataParallel | None, *, as_json: bool) -> dict[str, Any]:
+    """The settings suggested for ``files`` here, announced in one line (a JSON record with ``--json``)."""
+    if dp is not None:  # each process would time its own device: the processes must train the same settings
+        raise ValueError("under torchrun give --model (and the other settings): the suggestion is for one process")
+
+    suggestion = suggest_settings(files)
+    if dp is None or dp.is_main:
+        if as_json:
+            print(json.dumps({"event": "suggestion", "settings": suggestion.settings(), "reason": suggestion.reason}))
+        else:
+            print(f"suggested: {suggestion.reason}", file=sys.stderr)
+    return suggestion.settings()
+
+
+def _continued(
+    args: argparse.Namespace, files: LabeledFiles, report: DatasetReport, dp: DataParallel | None
+) -> runners.TrainingRun:
     """``--resume RUN``: the run (its id in weights/runs/, or its folder) for ``--epochs`` more, on its own settings."""
     if dp is not None:
         raise ValueError("--resume continues a run in one process; run it without torchrun")
@@ -116,24 +143,22 @@ def _continued(args: argparse.Namespace, files: LabeledFiles, report: DatasetRep
         if folder.parent != runs_dir().resolve():
             raise ValueError(f"run {folder.name} is a published run; copy its folder into {runs_dir()} to continue it")
     more = getattr(args, "epochs", None) or DEFAULT_MORE_EPOCHS
-    run = chunked.continue_training(folder, files, more, report=report)
+    run = runners.continue_training(folder, files, more, report=report)
     print(f"continuing run {run.run_id}: epochs {run.config.epochs - more + 1} to {run.config.epochs}", file=sys.stderr)
     return run
 
 
-def _print_training(trainer, *, as_json: bool, quiet: bool = False) -> int:
-    """Run a trainer, printing its events; Ctrl-C stops after the current step and keeps the best checkpoint.
+def _print_training(run: runners.TrainingRun, *, as_json: bool, quiet: bool, several: bool) -> int:
+    """Run it, printing its events; Ctrl-C stops it (the best checkpoint so far is kept).
 
-    ``quiet``: print nothing (the ranks of a torchrun run other than 0).
+    ``quiet``: print nothing (the processes of a torchrun run other than the main one); ``several``: one of them.
     """
-    cancel = CancelToken()
-    previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    previous = signal.signal(signal.SIGINT, lambda *_: run.stop())
     # torchrun ends the other ranks with SIGTERM when one fails: finish the step and report, not die mid-write.
-    distributed = trainer.data_parallel is not None
-    previous_term = signal.signal(signal.SIGTERM, lambda *_: cancel.cancel()) if distributed else None
+    previous_term = signal.signal(signal.SIGTERM, lambda *_: run.stop()) if several else None
     bar = None
     try:
-        for event in trainer.run(cancel):
+        for event in run.events():
             kind, end = event.kind, event
             if quiet:
                 continue
