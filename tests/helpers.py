@@ -24,8 +24,8 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import gradio as gr
 import numpy as np
 import torch
 from gradio_client import Client, handle_file
@@ -36,11 +36,10 @@ from densenet_demo.config import DenseNetConfig
 from densenet_demo.data.images import default_preprocessing
 from densenet_demo.model import DenseNet
 from densenet_demo.training.config import TrainConfig
-from densenet_demo.ui import finetune_data
-from densenet_demo.ui.common import model_choices
-from densenet_demo.ui.finetune_tab import build_finetune_tab
-from densenet_demo.ui.training_run import FinetuneTab
 from densenet_demo.weights import checkpoints
+
+if TYPE_CHECKING:
+    from densenet_demo.ui.training_run import FinetuneTab
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MIB = 2**20
@@ -220,8 +219,18 @@ ONE_EPOCH_PAGE_SETTINGS = (
 )
 
 
+# The page's modules (gradio and ui/) are imported where they are used: conftest.py imports this module in pytest's
+# controlling process too, which runs no test and should start in the seconds torch takes, not gradio's as well.
+
+
 def finetune_page() -> FinetuneTab:
     """The Fine-tune tab built in a throwaway Blocks: its handlers run in-process, no server."""
+    import gradio as gr
+
+    from densenet_demo.ui import finetune_data
+    from densenet_demo.ui.common import model_choices
+    from densenet_demo.ui.finetune_tab import build_finetune_tab
+
     with gr.Blocks():
         state = finetune_data.session_state()
         return build_finetune_tab(model_choices(None), predict_model=gr.Dropdown(), reuse=gr.Dropdown(), state=state)
@@ -242,6 +251,8 @@ def images_by_hand(root: Path, per_class: int) -> dict[str, list[str]]:
 
 def checked_dataset(by_hand: dict[str, list[str]]) -> dict:
     """The session state after the page's Check of ``by_hand``."""
+    from densenet_demo.ui import finetune_data
+
     _, state = finetune_data.load_dataset("Classes by hand", None, None, "", by_hand, {})
     return state
 
