@@ -58,13 +58,14 @@ SHORT_TTL_S = 6  # short_ttl_app.py's session time to live: long enough that a b
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
 
 
-def colour_images(root: Path, per_class: int, seed: int = 0) -> Path:
-    """Noisy squares of three colours at varied brightness: easy enough for a tiny model in a few epochs."""
+def colour_images(root: Path, per_class: int, seed: int = 0, size: tuple[int, int] = (24, 24)) -> Path:
+    """Noisy images of three colours at varied brightness (``size`` as height, width): easy enough for a tiny
+    model in a few epochs."""
     rng = np.random.default_rng(seed)
     for name, colour in COLOURS.items():
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            pixels = np.array(colour) * rng.uniform(0.7, 1.2) + rng.normal(0, 20, (24, 24, 3))
+            pixels = np.array(colour) * rng.uniform(0.7, 1.2) + rng.normal(0, 20, (*size, 3))
             Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
     return root
 
