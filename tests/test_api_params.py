@@ -7,7 +7,7 @@ import re
 import urllib.request
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from PIL import Image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -23,11 +23,6 @@ DOCUMENTED = {
     "/train", "/stop", "/continue_training", "/list_runs", "/delete_run", "/download_run", "/estimate", "/export_onnx",
     "/export_run_onnx", "/load_hub_model", "/push_to_hub",
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def client(app_server):
-    return Client(app_server.url, verbose=False)
 
 
 def test_the_api_is_the_documented_endpoints_each_described(client, app_server):

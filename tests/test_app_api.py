@@ -3,22 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from gradio_client import Client, handle_file
-from PIL import Image
+from gradio_client import handle_file
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-
-
-@pytest.fixture(scope="module")
-def client(app_server):
-    return Client(app_server.url, verbose=False)
-
-
-@pytest.fixture
-def photo(tmp_path):
-    path = tmp_path / "photo.png"
-    Image.new("RGB", (64, 48), (200, 30, 30)).save(path)
-    return path
 
 
 def test_predict_returns_labels_with_probabilities(client, photo):

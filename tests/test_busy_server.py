@@ -13,8 +13,8 @@ import re
 import time
 
 import pytest
-from conftest import AppServer
 from gradio_client import Client, handle_file
+from helpers import AppServer
 from PIL import Image
 
 from densenet_demo.hosting.training_queue import MAX_WAITING

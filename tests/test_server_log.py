@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 
 import pytest
-from conftest import AppServer
 from gradio_client import Client, handle_file
+from helpers import AppServer
 from PIL import Image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
