@@ -34,6 +34,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from gradio_client import Client, handle_file
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -53,8 +54,8 @@ REASONS = [
     ("bad image", r"not an image|the file is empty|truncated|decompression bomb|over the limit"),
     ("bad zip", r"points outside the upload|zip bomb|Training needs"),
     ("unknown model or run", r"Unknown model"),
-    ("training already queued or running", r"already|one training at a time"),
-    ("trainings queue full", r"trainings? queue is full|waiting for the trainer"),
+    ("training already queued or running", r"This session's training is"),
+    ("trainings queue full", r"The trainer is busy"),
     ("queue full", r"Queue is full"),
     ("nothing to do", r"Nothing is training|No run to export|Train a run first|Pick one of your"),
 ]
@@ -89,9 +90,13 @@ class User:
         self.arrive()
 
     def arrive(self) -> None:
-        from gradio_client import Client
-
-        self.client = Client(self.url, verbose=False)
+        while True:  # a person waits for a slow page, up to a minute, and reloads it if it does not come
+            try:
+                self.client = Client(self.url, verbose=False, httpx_kwargs={"timeout": 60})
+                break
+            except Exception as error:  # the page did not load: counted with the unanswered predictions
+                with self.stats.lock:
+                    self.stats.unanswered.append(f"page load: {type(error).__name__}: {str(error)[:150]}")
         self.runs: list[str] = []
         self.job: Any = None
         self.loaded = False
@@ -132,27 +137,19 @@ class User:
                 self.stats.unanswered.append(f"{api_name}: {message[:200]}")
 
     def predict_preset(self) -> None:
-        from gradio_client import handle_file
-
         model = self.rng.choice([MODEL, MODEL, MODEL, "densenet121"])  # the big one now and then: memory
         self._predict(
             [handle_file(str(self.files["photo"]))], model, "Random init", None, 5, False, api_name="/predict"
         )
 
     def classify_image(self) -> None:
-        from gradio_client import handle_file
-
         self._predict(handle_file(str(self.files["photo"])), MODEL, "Random init", 3, api_name="/classify_image")
 
     def predict_run(self) -> None:
-        from gradio_client import handle_file
-
         run = self.rng.choice(self.runs)
         self._predict([handle_file(str(self.files["photo"]))], run, "ImageNet", None, 3, False, api_name="/predict")
 
     def hostile_upload(self) -> None:
-        from gradio_client import handle_file
-
         kind = self.rng.choice(["text", "empty", "bomb", "traversal"])
         if kind == "traversal":
             _, message = self._call("Zip file", handle_file(str(self.files[kind])), None, "", api_name="/load_dataset")
