@@ -49,6 +49,29 @@ def test_configure_logging_leaves_a_hosts_set_up_alone(monkeypatch):
     assert stream.getvalue().count("\n") == 1 and "INFO [-] densenet_demo.test_configure: a note" in stream.getvalue()
 
 
+def test_a_client_leaving_mid_request_is_one_info_line_and_other_failures_keep_their_traceback(monkeypatch):
+    from starlette.requests import ClientDisconnect
+
+    server = logging.getLogger("uvicorn.error")  # where the ASGI server reports an exception in a request
+    monkeypatch.setattr(server, "filters", [])
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.NullHandler()])  # a host's set-up: kept
+    request_log.configure_logging()
+    request_log.configure_logging()  # installed once
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    monkeypatch.setattr(server, "handlers", [handler])
+    for error in (ClientDisconnect(), KeyError("custom")):
+        try:
+            raise error
+        except Exception as raised:
+            server.error("Exception in ASGI application\n", exc_info=raised)
+    left, failed = records
+    assert (left.levelname, left.getMessage(), left.exc_info) == ("INFO", "a client left mid-request", None)
+    assert failed.levelname == "ERROR" and failed.exc_info[0] is KeyError
+    assert len(server.filters) == 1
+
+
 def _refuse(text: str) -> str:
     raise gr.Error("Unknown model 'run:nope': choose a preset.\nOr one of your runs.")
 

@@ -21,6 +21,7 @@ from typing import TextIO
 
 __all__ = [
     "LOG_FORMAT",
+    "ClientLeft",
     "RequestTag",
     "configure_logging",
     "current_request",
@@ -63,10 +64,25 @@ class RequestTag(logging.Filter):
         return True
 
 
+class ClientLeft(logging.Filter):
+    """A client that went away mid-request (an upload cut short: a closed tab, a lost connection, a client's
+    timeout) is its own business: the ASGI server's ERROR with a traceback becomes one INFO line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if type(error).__name__ == "ClientDisconnect":  # starlette's, raised while a request body is read
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args, record.exc_info, record.exc_text = "a client left mid-request", (), None, None
+        return True
+
+
 def configure_logging(stream: TextIO | None = None) -> bool:
     """The server's log on stderr (or ``stream``): warnings and failures of every library with their tracebacks,
     and the app's own notes at INFO, each line tagged with its request. Leaves a host's set-up alone (a test,
-    a notebook, Spaces' runner): returns whether it set up logging."""
+    a notebook, Spaces' runner): returns whether it set up logging. A client leaving mid-request is an INFO line
+    in any case (``ClientLeft``)."""
+    if not any(isinstance(f, ClientLeft) for f in logging.getLogger("uvicorn.error").filters):
+        logging.getLogger("uvicorn.error").addFilter(ClientLeft())
     root = logging.getLogger()
     if root.handlers:
         return False
