@@ -155,3 +155,16 @@ def test_choices_the_page_added_for_this_session_are_accepted(page):
     assert "not 'run:20260101-abc'" in inputs.wrong_inputs(block_fn, ["run:20260101-abc"])
     assert inputs.wrong_inputs(block_fn, ["run:20260101-abc"], {radio._id: updated}) is None  # this session's list
     assert "not 'run:20260101-abc'" in inputs.wrong_inputs(block_fn, ["run:20260101-abc"], {})  # another session's
+
+
+def test_a_private_address_given_as_a_file_is_a_user_error_and_the_apps_own_value_errors_are_not(page):
+    import safehttpx
+
+    _, block_fn = page["refuse"]
+    try:  # what Gradio's guard raises before it fetches a URL given as a file
+        asyncio.run(safehttpx.get("http://127.0.0.1:1/x.png"))
+    except ValueError as error:
+        refused = error
+    message = inputs.input_problem(refused, block_fn, ["http://127.0.0.1:1/x.png"])
+    assert "a private or local one is refused" in message and "127.0.0.1" not in message
+    assert inputs.input_problem(ValueError("Hostname x failed validation"), block_fn, ["x"]) is None

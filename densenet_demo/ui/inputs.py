@@ -144,6 +144,8 @@ def input_problem(error: Exception, block_fn: BlockFunction, values: Sequence[An
         return f"{names[index]} takes {expected_value(component)}; the value given could not be used."
     if isinstance(error, InvalidPathError):
         return f"A file must be {FILE_EXPECTED}; a path on the server is refused."
+    if isinstance(error, ValueError) and _raised_in(error, "safehttpx"):  # Gradio's guard on the URLs it fetches
+        return f"A file must be {FILE_EXPECTED} of a public address; a private or local one is refused."
     if isinstance(error, pydantic.ValidationError):
         files = [
             name
@@ -153,3 +155,11 @@ def input_problem(error: Exception, block_fn: BlockFunction, values: Sequence[An
         name = " or ".join(files) or "A file input"
         return f"{name} takes {FILE_EXPECTED}; the value given is not a file record."
     return None
+
+
+def _raised_in(error: BaseException, package: str) -> bool:
+    """Whether ``error`` was raised by ``package``'s code (its traceback's innermost frame)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and str(tb.tb_frame.f_globals.get("__name__", "")).split(".")[0] == package
