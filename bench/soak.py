@@ -23,23 +23,20 @@ import json
 import os
 import random
 import re
-import struct
 import sys
 import tempfile
 import threading
 import time
-import zipfile
-import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from gradio_client import Client, handle_file
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._app_process import start_app, stop_app  # noqa: E402
+from bench._hostile_files import hostile_files  # noqa: E402
 
 MODEL = "densenet_bc100_k12"  # 32 px, no download: a prediction in about 0.1 s on a CPU
 # The app with its sessions' time to live cut (read when the page is built), as on a Space, but shorter.
@@ -179,13 +176,14 @@ class User:
             self.job = None
         for entry in self.left:
             if entry[2] is not None and entry[2].done():
-                self._count(entry[2])
+                self._count(entry[2], mine=False)
                 entry[0], entry[2] = time.monotonic(), None  # its session's time to live runs from its last update
         for entry in [e for e in self.left if e[2] is None and time.monotonic() - e[0] > 2 * self.ttl + 10]:
             self.left.remove(entry)
             entry[1].close()
 
-    def _count(self, job: Any) -> None:
+    def _count(self, job: Any, mine: bool = True) -> None:
+        """Count how ``job`` ended; its run is this user's to predict with only if it is this session's."""
         try:
             job.result()
         except Exception as error:
@@ -195,7 +193,7 @@ class User:
             return
         text = json.dumps(job.outputs()[-1], default=str) if job.outputs() else ""
         outcome = next((word for word in ("Finished", "Stopped", "Failed") if word in text), "other")
-        self.runs += [m for m in re.findall(r'"(run:[\w.-]+)"', text) if m not in self.runs]
+        self.runs += [m for m in re.findall(r'"(run:[\w.-]+)"', text) if m not in self.runs] if mine else []
         with self.stats.lock:
             self.stats.trainings[outcome.lower()] += 1
 
@@ -237,33 +235,6 @@ class User:
         self.client.close()
 
 
-def _files(folder: Path) -> dict[str, Path]:
-    Image.new("RGB", (224, 224), (40, 150, 90)).save(folder / "photo.jpg", quality=90)
-    (folder / "text.jpg").write_text("a shopping list, not a photo")
-    (folder / "empty.png").write_bytes(b"")
-    (folder / "bomb.png").write_bytes(_png_header_bomb(40_000))
-    with zipfile.ZipFile(folder / "traversal.zip", "w") as zf:
-        zf.writestr(zipfile.ZipInfo("../../escape.png"), b"x")
-        zf.writestr(zipfile.ZipInfo("circle/a.png"), b"x")
-    names = {"photo": "photo.jpg", "text": "text.jpg", "empty": "empty.png", "bomb": "bomb.png"}
-    return {"traversal": folder / "traversal.zip", **{k: folder / v for k, v in names.items()}}
-
-
-def _png_header_bomb(side: int) -> bytes:
-    """A PNG whose header claims side x side pixels (1.6 gigapixels at 40,000): refused from the header alone."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 1024))
-        + chunk(b"IEND", b"")
-    )
-
-
 def _du_mb(paths: list[Path]) -> float:
     total = 0
     for root in paths:
@@ -289,6 +260,18 @@ def _server_sample(pid: int, tmp: Path, weights: Path) -> dict[str, float]:
     }
 
 
+def _open_kinds(pid: int) -> dict[str, int]:
+    """The process's open files by kind: socket, pipe, anon_inode, or the top folder of a file's path."""
+    kinds: Counter[str] = Counter()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        kinds[target.split(":")[0] if not target.startswith("/") else "/" + target.split("/")[1]] += 1
+    return dict(kinds.most_common())
+
+
 def _summary(samples: list[tuple[float, dict]], warmup: float, key: str) -> dict[str, Any]:
     after = [s[key] for t, s in samples if t >= warmup] or [samples[-1][1][key]]
     return {
@@ -304,7 +287,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="soak_"))
     tmp, weights = work / "tmp", work / "weights"
     tmp.mkdir()
-    files = _files(work)
+    files = hostile_files(work)
     server_env = {"TMPDIR": str(tmp), "DENSENET_DEMO_SHARED": "1"}
     argv = ["-c", _LAUNCH, str(args.session_ttl)]
     proc, url, _ = start_app(argv, str(weights), env=server_env, log=work / "server.log")
@@ -339,6 +322,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             user.close()
         time.sleep(5)  # the server notices the pages closing
         end["open_files"] = _server_sample(proc.pid, tmp, weights)["open_files"]
+        end["open_kinds"] = _open_kinds(proc.pid)
     finally:
         stop_app(proc)
     end["log_errors"] = len(re.findall(r" ERROR |Traceback", (work / "server.log").read_text(errors="replace")))
@@ -371,6 +355,7 @@ def _report(args: argparse.Namespace, stats: Stats, samples: list, baseline: dic
             "start": baseline["open_files"],
             **_summary(samples, args.warmup, "open_files"),
             "after_expiry": end["open_files"],
+            "after_expiry_by_kind": end["open_kinds"],
         },
         "disk_mb": {
             key: {"start": baseline[key], "peak": max(s[key] for _, s in samples), "after_expiry": end[key]}
