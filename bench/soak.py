@@ -320,7 +320,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             end = _server_sample(proc.pid, tmp, weights)
         for user in users:
             user.close()
-        time.sleep(5)  # the server notices the pages closing
+        settled = time.monotonic() + 30  # the server notices the pages closing, their connections one by one
+        while time.monotonic() < settled and len(os.listdir(f"/proc/{proc.pid}/fd")) > baseline["open_files"]:
+            time.sleep(1)
         end["open_files"] = _server_sample(proc.pid, tmp, weights)["open_files"]
         end["open_kinds"] = _open_kinds(proc.pid)
     finally:

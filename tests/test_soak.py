@@ -38,4 +38,4 @@ def test_a_short_soak_answers_every_prediction_and_leaves_nothing_behind(tmp_pat
     assert soak["server_log_errors"] == 0, Path(soak["work_dir"], "server.log").read_text()[-3000:]
     assert soak["session_folders_after_expiry"] == 0
     assert disk["runs_mb"]["after_expiry"] == 0 and disk["sessions_mb"]["after_expiry"] == 0, disk
-    assert soak["open_files"]["after_expiry"] <= soak["open_files"]["start"] + 2
+    assert soak["open_files"]["after_expiry"] <= soak["open_files"]["start"] + 2, soak["open_files"]
