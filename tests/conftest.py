@@ -23,6 +23,7 @@ from playwright.sync_api import Browser, sync_playwright
 
 from densenet_demo.config import DenseNetConfig
 
+AUTO_BACKEND_ENV = "DENSENET_DEMO_AUTO_BACKEND"
 _CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache")  # written by running the tests at all: not a leak
 _CHECKOUT_BEFORE = pytest.StashKey[set]()
 
@@ -90,6 +91,14 @@ def _private_weights_dir(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _auto_backend_is_pytorch(monkeypatch):
+    """``auto`` answers from PyTorch and exports nothing: each test (and each app server) has its own weights
+    folder, so every one would export its models again in the background (DenseNet-121: ~30 s of both cores).
+    The tests of the backends themselves (test_backends.py) set it back."""
+    monkeypatch.setenv(AUTO_BACKEND_ENV, "torch")
+
+
+@pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
@@ -137,6 +146,7 @@ class AppServer:
             "GRADIO_SERVER_PORT": str(port),
             "GRADIO_ANALYTICS_ENABLED": "False",
             "DENSENET_DEMO_WEIGHTS": str(weights_dir),
+            AUTO_BACKEND_ENV: "torch",  # see _auto_backend_is_pytorch; a test's env may set it back
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }
