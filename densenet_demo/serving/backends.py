@@ -179,6 +179,11 @@ class Graphs:
                 for name, s in self._slots.items()
             ]
 
+    def cached(self, kind: str) -> bool:
+        """Whether ``kind``'s graph (or int8's verdict) is on disk already: its preparation is a load, not an export."""
+        place = self._where()
+        return place.path(kind).is_file() or (kind == "int8" and place.int8_record.is_file())
+
     def wait(self, kind: str, timeout: float | None = None) -> bool:
         """Block until ``kind`` has been prepared (ready or not); True when done within ``timeout``."""
         return self._slots[kind].done.wait(timeout)

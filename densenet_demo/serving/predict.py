@@ -40,6 +40,7 @@ __all__ = [
     "Prediction",
     "Predictor",
     "build_predictor",
+    "cached_predictor",
     "checkpoint_from_upload",
     "classify_files",
     "clear_cache",
@@ -259,6 +260,20 @@ def build_predictor(
     )
 
 
+def _cache_key(spec: W.WeightsSpec) -> tuple:
+    return (spec.cache_key, str(gpu.device()))  # on ZeroGPU: on the CPU here, on the GPU inside a call
+
+
+def cached_predictor(model: str, weights: str | os.PathLike | None = W.DEFAULT) -> Predictor | None:
+    """The predictor ``get_predictor`` would return, if it is built already; never builds one (or raises)."""
+    try:
+        key = _cache_key(W.resolve(model, weights))
+    except (ValueError, OSError, W.CheckpointError):
+        return None
+    with _cache_lock:
+        return _cache.get(key)
+
+
 def get_predictor(model: str, weights: str | os.PathLike | None = W.DEFAULT) -> Predictor:
     """The cached predictor for ``model`` (preset, ``run:<id>`` or checkpoint folder) and ``weights``.
 
@@ -267,7 +282,7 @@ def get_predictor(model: str, weights: str | os.PathLike | None = W.DEFAULT) -> 
     A file changed on disk (a re-saved run, ImageNet weights placed after a failed download) gives a new predictor.
     """
     spec = W.resolve(model, weights)
-    key = (spec.cache_key, str(gpu.device()))  # on ZeroGPU: on the CPU here, on the GPU inside a call
+    key = _cache_key(spec)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
