@@ -41,6 +41,7 @@ __all__ = [
     "THREADS_ENV",
     "BackendStatus",
     "Engine",
+    "GraphEngine",
     "Graphs",
     "check_backend",
     "onnxruntime_threads",
@@ -82,7 +83,7 @@ class Engine(Protocol):
     def logits(self, batch: torch.Tensor) -> torch.Tensor: ...
 
 
-class _GraphEngine:
+class GraphEngine:
     """An onnxruntime session; ``run`` is thread-safe, so one session serves every request."""
 
     def __init__(self, name: str, session) -> None:
@@ -121,6 +122,8 @@ class Graphs:
         torch_engine: the PyTorch engine, the fallback and the reference.
         checkpoint: the model's checkpoint folder, if any: a run's graphs live in it, its images calibrate int8.
         prepare_image: an image -> the model's input (the Predictor's decode + preprocessing).
+        torch_latency_ms: PyTorch's batch-1 latency measured so far (the Predictor times it when it warms up).
+        name: what the log calls the model (its preset name or ``run:<id>``).
     """
 
     def __init__(
@@ -131,8 +134,9 @@ class Graphs:
         checkpoint: Path | None,
         prepare_image: Callable[[object], torch.Tensor],
         torch_latency_ms: float | None = None,
+        name: str = "the model",
     ) -> None:
-        self._model, self._preprocessing, self._torch = model, preprocessing, torch_engine
+        self._model, self._preprocessing, self._torch, self._name = model, preprocessing, torch_engine, name
         self._checkpoint, self._prepare_image = checkpoint, prepare_image
         self._slots = {"torch": _Slot("ready", torch_engine, latency_ms=torch_latency_ms)}
         self._slots |= {kind: _Slot() for kind in GRAPH_BACKENDS}
@@ -184,6 +188,10 @@ class Graphs:
         place = self._where()
         return place.path(kind).is_file() or (kind == "int8" and place.int8_record.is_file())
 
+    def fp32_graph(self) -> bytes | None:
+        """The checked fp32 graph's bytes (from the disk cache, or memory when it could not be cached), if made."""
+        return self._where().read("onnxruntime") or self._fp32
+
     def wait(self, kind: str, timeout: float | None = None) -> bool:
         """Block until ``kind`` has been prepared (ready or not); True when done within ``timeout``."""
         return self._slots[kind].done.wait(timeout)
@@ -217,10 +225,10 @@ class Graphs:
                 self._prepare_int8(slot)
         except (onnx_graph.ExportError, calibration.CalibrationUnavailable) as e:
             self._finish(slot, "unavailable" if isinstance(e, calibration.CalibrationUnavailable) else "failed", e)
-            logger.warning("%s for %s not used, PyTorch answers: %s", kind, self._model.cfg.variant, e)
+            logger.warning("%s for %s not used, PyTorch answers: %s", kind, self._name, e)
         except Exception as e:  # anything else is a bug: keep serving with PyTorch, keep the traceback
             self._finish(slot, "failed", f"{type(e).__name__}: {e}")
-            logger.exception("%s for %s failed; PyTorch answers", kind, self._model.cfg.variant)
+            logger.exception("%s for %s failed; PyTorch answers", kind, self._name)
         finally:
             with self._lock:
                 if slot.state == "preparing":  # cache only, and nothing cached: a later request may export it
@@ -258,10 +266,10 @@ class Graphs:
             if not place.write("onnxruntime", data):
                 self._fp32 = data
             logger.info(
-                "onnxruntime graph for %s ready: max |Δlogit| %.1e, %.1f s", self._model.cfg.variant,
+                "onnxruntime graph for %s ready: max |Δlogit| %.1e, %.1f s", self._name,
                 graph.max_abs_diff, graph.seconds,
             )  # fmt: skip
-        engine = _GraphEngine("onnxruntime", session)
+        engine = GraphEngine("onnxruntime", session)
         self._measure(slot, engine)
         self._finish(slot, "ready", "", engine)
 
@@ -278,21 +286,21 @@ class Graphs:
             return
         if data is None:
             data, record = self._quantize(place, fp32.engine)
-        engine = _GraphEngine("int8", onnx_graph.onnxruntime_session(data, onnxruntime_threads()))
+        engine = GraphEngine("int8", onnx_graph.onnxruntime_session(data, onnxruntime_threads()))
         self._measure(slot, engine)
         if record["kept"]:
             self._finish(slot, "ready", record["description"], engine)
         else:
             self._finish(slot, "not kept", record["reason"])
-            logger.warning("int8 for %s not kept: %s", self._model.cfg.variant, record["reason"])
+            logger.warning("int8 for %s not kept: %s", self._name, record["reason"])
 
-    def _quantize(self, place: graph_cache.GraphPlace, fp32: _GraphEngine) -> tuple[bytes, dict]:
+    def _quantize(self, place: graph_cache.GraphPlace, fp32: GraphEngine) -> tuple[bytes, dict]:
         """Calibrate, quantize, check top-1 against fp32; record the verdict on disk (and the graph if kept)."""
         if self._checkpoint is not None:
             images = calibration.for_checkpoint(self._checkpoint, self._prepare_image, self._dataset)
         else:
             images = calibration.generic(self._prepare_image)
-        fp32_data = place.read("onnxruntime") or self._fp32
+        fp32_data = self.fp32_graph()
         if fp32_data is None:
             raise onnx_graph.ExportError("the fp32 graph is no longer available to quantize")
         data = int8.quantize(fp32_data, images.calibration)
@@ -305,7 +313,7 @@ class Graphs:
         place.write_record(record)
         if kept:
             place.write("int8", data)
-        logger.info("int8 for %s: %s", self._model.cfg.variant, record["description"])
+        logger.info("int8 for %s: %s", self._name, record["description"])
         return data, record
 
     def _measure(self, slot: _Slot, engine: Engine) -> None:

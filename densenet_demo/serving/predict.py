@@ -119,7 +119,7 @@ class Predictor:
         start = time.perf_counter()
         self._torch.logits(self.preprocess(blank)[None])
         latency_ms = (time.perf_counter() - start) * 1000.0
-        self.graphs = Graphs(self.model, preprocessing, self._torch, checkpoint, self.preprocess, latency_ms)
+        self.graphs = Graphs(self.model, preprocessing, self._torch, checkpoint, self.preprocess, latency_ms, model_key)
 
     def __repr__(self) -> str:
         return f"Predictor({self.model_key!r}, {self.weights_label!r}, device={self.device.type})"
