@@ -18,7 +18,9 @@ from PIL import Image, ImageOps
 from ..data.images import Preprocessing
 from ..inference import InferenceDenseNet
 
-__all__ = ["GradCam", "gradcam"]
+__all__ = ["OVERLAY_MIN_SIDE", "GradCam", "gradcam"]
+
+OVERLAY_MIN_SIDE = 256  # Grad-CAM overlays are drawn at least this large (a 32 px input is enlarged smoothly)
 
 
 @dataclass
@@ -26,7 +28,7 @@ class GradCam:
     """Where the model looked for one class."""
 
     heatmap: np.ndarray  # (H, W) float32 in [0, 1], over the model's input crop
-    overlay: Image.Image  # the input crop with the heatmap on top, RGB, same size
+    overlay: Image.Image  # the input crop with the heatmap on top, RGB, at least OVERLAY_MIN_SIDE px a side
     class_index: int
     class_name: str
 
@@ -53,12 +55,23 @@ def gradcam(
     with torch.no_grad():
         channel_weights = grads.mean(dim=(2, 3), keepdim=True)  # α_k: the class's use of channel k
         cam = F.relu((channel_weights * features).sum(dim=1, keepdim=True))
-        size = (preprocessing.image_size, preprocessing.image_size)
-        cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[0, 0].float().cpu()
+    side = preprocessing.image_size
+    heatmap = _upsampled(cam, side)
+    # People look at the overlay at a readable size: the input crop enlarged smoothly and the map upsampled
+    # from the last block's few cells to that size, not a 32 px image stretched into blocks by the browser.
+    shown = max(side, OVERLAY_MIN_SIDE)
+    view = preprocessing.view(decoded).convert("RGB").resize((shown, shown), Image.Resampling.BICUBIC)
+    overlay = _overlay(view, heatmap if shown == side else _upsampled(cam, shown))
+    return GradCam(heatmap, overlay, class_index, class_names[class_index])
+
+
+def _upsampled(cam: torch.Tensor, side: int) -> np.ndarray:
+    """A (1, 1, h, w) class activation map, bilinearly upsampled to ``side`` x ``side`` and scaled to 0..1."""
+    with torch.no_grad():
+        cam = F.interpolate(cam, size=(side, side), mode="bilinear", align_corners=False)[0, 0].float().cpu()
         low, high = float(cam.min()), float(cam.max())
         cam = (cam - low) / (high - low) if high > low else torch.zeros_like(cam)
-    heatmap = cam.numpy().astype(np.float32)
-    return GradCam(heatmap, _overlay(preprocessing.view(decoded), heatmap), class_index, class_names[class_index])
+    return cam.numpy().astype(np.float32)
 
 
 def _overlay(view: Image.Image, heatmap: np.ndarray, alpha: float = 0.5) -> Image.Image:

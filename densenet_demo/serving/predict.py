@@ -30,11 +30,12 @@ from ..inference import InferenceDenseNet
 from ..model import DenseNet
 from ..weights import resolver as W
 from .backends import BackendStatus, Engine, Graphs, check_backend
-from .gradcam import GradCam, gradcam
+from .gradcam import OVERLAY_MIN_SIDE, GradCam, gradcam
 from .uploads import checkpoint_from_upload
 
 __all__ = [
     "CACHE_SIZE",
+    "OVERLAY_MIN_SIDE",
     "Classified",
     "GradCam",
     "Prediction",

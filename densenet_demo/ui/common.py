@@ -20,6 +20,8 @@ from ..weights import checkpoints
 from ..weights import resolver as weights
 
 __all__ = [
+    "MODEL_API",
+    "api_type",
     "check_run",
     "limits_note",
     "model_choices",
@@ -35,6 +37,22 @@ __all__ = [
 # An absolute server path in a message: a '/' that starts a word (not the '//' of a URL), up to a space,
 # quote, bracket, comma or colon.
 _SERVER_PATH = re.compile(r"(?<![\w:/.~-])/[^\s'\"()<>,;:]+")
+
+
+# How API clients (view_api, MCP) are told what a model list takes: its choices are the page's at build time,
+# but every session's own runs are valid too, so the type is a string with its forms named, not an enum.
+MODEL_API = {
+    "type": "string",
+    "description": "a preset name (densenet121, densenet169, densenet_fashion, ...; see /architecture_table) or "
+    "run:<run-id> of one of your fine-tuned runs (/list_runs)",
+}
+
+
+def api_type(component: Any, info: dict[str, Any]) -> Any:
+    """``component``, described to API clients as ``info`` (a JSON schema) instead of what Gradio derives from its
+    page settings (a dropdown's choices as an enum, a slider's whole numbers as a float)."""
+    component.api_info = lambda: info
+    return component
 
 
 def preset_choices() -> list[tuple[str, str]]:

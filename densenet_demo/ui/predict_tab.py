@@ -139,6 +139,7 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
                 columns=3,
                 height="auto",
                 object_fit="contain",
+                format="png",  # overlays stay sharp (no JPEG blocks)
                 elem_id="predict-gallery",
             )
             table = gr.Dataframe(
