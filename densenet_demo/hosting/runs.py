@@ -130,8 +130,7 @@ def _number(name: str, default: float) -> float:
     return max(value, 0.0)
 
 
-# ---------------------------------------------------------------------------------------------
-# Ownership
+# -- Ownership ---------------------------------------------------------------------------------
 
 
 def claim(run_id: str, owner: str) -> Path:
@@ -197,8 +196,7 @@ def can_use(run_id: str, owner: str | None, shared: bool) -> bool:
     return not shared or folder.parent == checkpoints.published_dir().resolve() or _owned_by(run_id, owner)
 
 
-# ---------------------------------------------------------------------------------------------
-# Labels
+# -- Labels ------------------------------------------------------------------------------------
 
 
 def run_label(info: checkpoints.CheckpointInfo) -> str:
@@ -207,7 +205,7 @@ def run_label(info: checkpoints.CheckpointInfo) -> str:
     model = train_config.get("model") if isinstance(train_config.get("model"), str) else info.config.variant
     mode = train_config.get("mode") or ""
     acc = info.metrics.get("val_acc")
-    accuracy = f"{acc:.1%}" if isinstance(acc, (int, float)) else "no val acc yet"
+    accuracy = f"{acc:.1%}" if isinstance(acc, (int, float)) else "not validated"  # stopped before a validation
     parts = [_dataset_name(info), f"{model} {mode}".strip(), accuracy, _when(info.created_at)]
     return " · ".join(p for p in parts if p)
 
@@ -246,8 +244,7 @@ def _when(created_at: str) -> str:
     return moment.strftime("%Y-%m-%d %H:%M")
 
 
-# ---------------------------------------------------------------------------------------------
-# Runs in use, deletion and retention
+# -- Runs in use, deletion and retention -------------------------------------------------------
 
 
 @contextmanager

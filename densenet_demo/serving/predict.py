@@ -224,8 +224,7 @@ def _name_of(image: ImageSource, index: int) -> str:
     return getattr(image, "name", None) or f"image {index + 1}"
 
 
-# ---------------------------------------------------------------------------------------------
-# The cache: one predictor per resolved (model, weights, file version)
+# -- The cache: one predictor per resolved (model, weights, file version) -----------------------
 
 _cache: OrderedDict[tuple, Predictor] = OrderedDict()
 _cache_lock = threading.Lock()

@@ -1,13 +1,15 @@
 """What a training run reports, and how it is stopped: the event dataclasses and the cancel token.
 
 ``Trainer.run()`` (training/loop.py) yields these; the UI renders them, the CLI prints them, the tests assert on them.
-Each event is a frozen dataclass; ``to_dict()`` gives its JSON form, tagged with its ``kind``.
+Each event is a frozen dataclass. One codec carries them wherever a run's events cross a process: ``to_dict()``
+gives an event's JSON form, tagged with its ``kind``, and ``from_dict()`` makes the event again (the command
+line's ``--json``, a torchrun child's events, the tests).
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 __all__ = [
@@ -18,11 +20,13 @@ __all__ = [
     "Caching",
     "Step",
     "Evaluated",
+    "Validating",
     "EpochEnd",
     "Finished",
     "Cancelled",
     "Failed",
     "Paused",
+    "from_dict",
 ]
 
 
@@ -116,6 +120,16 @@ class Evaluated(Event):
 
 
 @dataclass(frozen=True)
+class Validating(Event):
+    """A validation begins (at half of a short run's first epoch, or at an epoch's end): seconds pass with no
+    step, and the clock's estimate stands still meanwhile."""
+
+    kind: ClassVar[str] = "validating"
+    epoch: float  # epochs done when it began, e.g. 0.5 or 3
+    images: int  # validation images (over every process)
+
+
+@dataclass(frozen=True)
 class EpochEnd(Event):
     kind: ClassVar[str] = "epoch_end"
     epoch: int
@@ -129,6 +143,7 @@ class EpochEnd(Event):
     best_val_acc: float
     improved: bool  # this epoch is the new best and was saved
     skipped: list[tuple[str, str]] = field(default_factory=list)  # found corrupt this epoch (1st: + caching)
+    fraction: float = 1.0  # of the epoch's steps taken: less when a time budget ended the run inside it
 
 
 @dataclass(frozen=True)
@@ -169,8 +184,27 @@ class Failed(Event):
 @dataclass(frozen=True)
 class Paused(Event):
     """The run stopped at a step boundary because its time (``run(deadline=...)``) was up, to go on elsewhere:
-    ``Trainer.state_dict()`` holds where it was (a GPU call's worth of training on ZeroGPU, training/state.py)."""
+    ``Trainer.paused_state`` holds where it was (a GPU call's worth of training on ZeroGPU, training/state.py)."""
 
     kind: ClassVar[str] = "paused"
     epoch: int
     step: int  # steps of ``epoch`` done
+
+
+_ALL = (Preparing, Started, Caching, Step, Validating, Evaluated, EpochEnd, Finished, Cancelled, Failed, Paused)
+_KINDS: dict[str, type[Event]] = {cls.kind: cls for cls in _ALL}
+
+
+def from_dict(record: dict[str, Any]) -> Event:
+    """The event whose ``to_dict()`` gave ``record``; ``ValueError`` for a record of no event kind.
+
+    Fields this version does not know are left out (a newer writer may add some); the (path, reason) pairs of
+    ``skipped`` come back as tuples, so that an event survives the trip unchanged.
+    """
+    cls = _KINDS.get(record.get("event", ""))
+    if cls is None:
+        raise ValueError(f"not a training event: {str(record)[:200]}")
+    values = {f.name: record[f.name] for f in fields(cls) if f.name in record}
+    if "skipped" in values:
+        values["skipped"] = [tuple(pair) for pair in values["skipped"]]
+    return cls(**values)
