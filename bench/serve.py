@@ -1,7 +1,7 @@
 """Serving /predict under load: latency and throughput for each backend, prediction concurrency limit and
 onnxruntime thread count, the PyTorch backend measured as the baseline in the same run.
 
-    python bench/serve.py [--model densenet121] [--backends torch,onnxruntime] [--limits 1,2,4] [--threads 1,2]
+    python bench/serve.py [--model densenet121] [--backends torch,onnxruntime] [--limits 1,2,4] [--threads default,1,2]
                           [--requests 64] [--sequential 30] [--repeats 2]
 
 For each (limit, threads), starts `python app.py` with `PREDICT_CONCURRENCY` set to the limit and
@@ -54,8 +54,12 @@ def _summary(latencies_s: list[float]) -> dict[str, float]:
 
 
 def _client_call(client, args: tuple) -> tuple[float, bool, str]:
+    """(seconds, answered with classes, info); a request that fails counts as not answered, the bench goes on."""
     start = time.perf_counter()
-    label, _, _, info = client.predict(*args, api_name="/predict")
+    try:
+        label, _, _, info = client.predict(*args, api_name="/predict")
+    except Exception as e:  # a timeout or a refusal under load is a figure, not the bench's end
+        return time.perf_counter() - start, False, f"{type(e).__name__}: {e}"
     return time.perf_counter() - start, bool(label.get("confidences")), info
 
 
@@ -97,7 +101,8 @@ def _median_of(runs: list[dict]) -> dict:
 def _one_setting(url: str, image: Path, args: argparse.Namespace, backends: list[str]) -> dict:
     from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False)
+    # As many workers as requests at once (the client's default is 40), and time enough for a loaded machine.
+    client = Client(url, verbose=False, max_workers=max(40, args.requests), httpx_kwargs={"timeout": 900})
     calls = {b: ([handle_file(str(image))], args.model, "Random init", None, 5, False, b) for b in backends}
     warm = {b: _warm_up(client, calls[b], b) for b in backends}
     runs: dict[str, list[dict]] = {b: [] for b in backends}
@@ -122,7 +127,9 @@ def main() -> None:
     parser.add_argument("--model", default="densenet121")
     parser.add_argument("--backends", default="torch,onnxruntime", help="/predict's backend argument, alternated")
     parser.add_argument("--limits", default="1,2,4", help="prediction concurrency limits to compare")
-    parser.add_argument("--threads", default="1,2", help="onnxruntime intra-op threads per session to compare")
+    parser.add_argument(
+        "--threads", default="1,2", help="onnxruntime intra-op threads per session to compare ('default': the app's)"
+    )
     parser.add_argument("--requests", type=int, default=64, help="submitted at once")
     parser.add_argument("--sequential", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=2, help="alternations of the backends per setting")
@@ -134,11 +141,14 @@ def main() -> None:
     load_before = os.getloadavg()[0]
     results: dict[str, dict] = {}
     for limit in [int(x) for x in args.limits.split(",")]:
-        for threads in [int(x) for x in args.threads.split(",")]:
-            env = {"DENSENET_DEMO_ORT_THREADS": str(threads)}
+        for threads in args.threads.split(","):
+            # "default": the app's own choice (its cores shared among the limit's requests: serving/backends.py)
+            env = {} if threads == "default" else {"DENSENET_DEMO_ORT_THREADS": str(int(threads))}
             proc, url, _ = start_app(["-c", _LAUNCH, str(limit)], weights_dir, env=env)
             try:
-                results[f"limit {limit}, onnxruntime threads {threads}"] = _one_setting(url, image, args, backends)
+                key = f"limit {limit}, onnxruntime threads {threads}"
+                results[key] = _one_setting(url, image, args, backends)
+                print(json.dumps({key: results[key]}), file=sys.stderr)  # kept should a later setting fail
             finally:
                 stop_app(proc)
     print(
