@@ -12,7 +12,7 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from model_helpers import trained_looking
+from helpers import trained_looking
 from PIL import Image
 
 from densenet_demo.config import DenseNetConfig
