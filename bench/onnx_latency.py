@@ -110,15 +110,16 @@ def _in_process(predictor, engines: dict, eager, preprocessing, jpegs: list[byte
             torchvision.transforms.Normalize(preprocessing.mean, preprocessing.std),
         ]
     )
+    top_k = min(5, len(predictor.class_names))  # a run may have fewer classes than 5
 
     def torchvision_eager(jpeg: bytes) -> None:
         x = transform(Image.open(io.BytesIO(jpeg)).convert("RGB"))[None]
         with torch.no_grad():
-            torch.softmax(eager(x), dim=1).topk(5)
+            torch.softmax(eager(x), dim=1).topk(top_k)
 
     variants = {"torchvision_eager": torchvision_eager}
     for backend in BACKENDS:
-        variants[f"predictor_{backend}"] = lambda jpeg, e=engines[backend]: predictor.predict_with(e, [jpeg], 5)
+        variants[f"predictor_{backend}"] = lambda jpeg, e=engines[backend]: predictor.predict_with(e, [jpeg], top_k)
     for fn in variants.values():  # warm-up: first runs allocate
         fn(jpegs[0])
     times: dict[str, list[float]] = {name: [] for name in variants}
