@@ -39,6 +39,7 @@ from ..data.datasets import DatasetError, DatasetReport, Item, LabeledFiles
 from ..data.images import Preprocessing
 from ..model import DenseNet
 from ..weights import resolver as W
+from ..weights.run_data import record_run_data
 from . import events
 from .batchnorm_stats import RecentBatches
 from .cancel import stop_inside_steps
@@ -131,6 +132,7 @@ class Trainer(Resumable):
         self._steps_done = 0
         self._epoch = 0
         self._best: BestEpoch | None = None  # set only once its checkpoint is on disk
+        self._data_recorded = False  # data.json, written with the first checkpoint
         self._sharded = False  # distributed, each rank on its own share of the images (not the gathered cache)
         self._cancel_hooks: list[Any] = []  # Stop acts inside a step too (training/cancel.py); removed at the end
         self._init_resumable()  # a new run starts at epoch 1; from_state goes on elsewhere (training/state.py)
@@ -440,6 +442,11 @@ class Trainer(Resumable):
             metrics={**metrics, "n_train": len(self.train_items), "n_val": len(self.val_items)},
             extra=extra,
         )
+        if not self._data_recorded:  # once per run: the files it learns from, for its review (weights/run_data.py)
+            root = self.report.root if self.report is not None else None
+            self._data_recorded = record_run_data(
+                self.out_dir, self.class_names, self.train_items, self.val_items, root
+            )
 
     @property
     def _oom_advice(self) -> str:
