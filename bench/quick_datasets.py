@@ -2,6 +2,7 @@
 
 - ``digits``: scikit-learn's ``load_digits``, 1,797 scanned handwritten digits (8x8, 17 grey levels, 10 classes),
   upscaled to 32 px, one class folder each; the Trainer's seeded stratified split decides train/val.
+- ``digits_rgb``: the same scans with their grey pixels saved as RGB, as scanner and phone apps save them.
 - ``textures``: crops of five texture photos that scikit-image ships in its wheel (brick, grass, gravel, the
   moon's surface, a cell culture), grayscale, 64 px. Training crops come from the top three quarters of each
   photo and validation crops from the bottom quarter (``train/`` + ``val/`` folders), so no validation pixel
@@ -21,12 +22,13 @@ from PIL import Image
 
 from densenet_demo.data import examples
 
-DATASETS = ("digits", "textures", "example")
+DATASETS = ("digits", "digits_rgb", "textures", "example")
 TEXTURES = ("brick", "grass", "gravel", "moon", "cell")  # loaded from files inside the wheel: no download
 
 
-def write_digits(target: Path, image_size: int = 32) -> Path:
-    """The 1,797 digit scans as ``target/<digit>/<i>.png`` (grayscale, ``image_size`` px)."""
+def write_digits(target: Path, image_size: int = 32, mode: str = "L") -> Path:
+    """The 1,797 digit scans as ``target/<digit>/<i>.png`` (``image_size`` px; grey pixels saved in ``mode``:
+    "L", or "RGB" as a phone or a scanner app saves a grey page)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -34,7 +36,7 @@ def write_digits(target: Path, image_size: int = 32) -> Path:
         folder = target / str(label)
         folder.mkdir(parents=True, exist_ok=True)
         image = Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8), "L")
-        image.resize((image_size, image_size), Image.Resampling.BICUBIC).save(folder / f"{i:04d}.png")
+        image.resize((image_size, image_size), Image.Resampling.BICUBIC).convert(mode).save(folder / f"{i:04d}.png")
     return target
 
 
@@ -86,6 +88,8 @@ def write_dataset(name: str, target: Path) -> tuple[Path, int]:
     """Write dataset ``name`` under ``target``; returns (its folder, the image size to train at)."""
     if name == "digits":
         return write_digits(target / "digits", 32), 32
+    if name == "digits_rgb":
+        return write_digits(target / "digits_rgb", 32, mode="RGB"), 32
     if name == "textures":
         return write_textures(target / "textures", 64), 64
     if name == "example":

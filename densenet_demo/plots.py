@@ -50,27 +50,32 @@ def curves_figure(
     series: dict[str, list[tuple[int, float]]],
     *,
     title: str,
-    epochs: int,
+    epochs: float | None,
     percent: bool,
     live: dict[str, list[tuple[float, float]]] | None = None,
 ) -> Figure:
     """Per-epoch curves, one marked line per series (``{"train loss": [(epoch, value), ...]}``), and ``live``
     series at fractional epochs (a smoothed per-step loss, mid-epoch validations) as thin lines.
 
-    Every epoch is a marker, so one epoch is a visible point; the x axis spans the run's planned epochs in
-    whole numbers (a single point no longer makes an axis of ``1.000000``).
+    ``epochs``: the run's length in epochs, planned (an epoch count) or expected (a time budget's, from the pace so
+    far); None when not known yet. The x axis spans that length or the points drawn, whichever reaches further, so
+    a run under a time budget is drawn as it happens. Every epoch is a marker, so one epoch is a visible point.
     """
     fig = Figure(figsize=(5, 3.2), layout="constrained")
     ax = fig.subplots()
+    furthest = 0.0
     for name, points in (live or {}).items():
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="." if len(points) < 20 else None, linewidth=1, alpha=0.7, label=name)
+            furthest = max(furthest, *xs)
     for name, points in series.items():
         if points:
             xs, ys = zip(*points, strict=True)
             ax.plot(xs, ys, marker="o", markersize=5, label=name)
-    ax.set_xlim(0.0 if live else 0.5, max(epochs, 1) + 0.5)
+            furthest = max(furthest, *xs)
+    length = max(epochs or 0.0, furthest, 1.0)
+    ax.set_xlim(0.0 if live else 0.5, length + (0.5 if not live or length >= 3 else 0.2))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     if percent:
         ax.yaxis.set_major_formatter(PercentFormatter(1.0))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["mib", "si"]
+__all__ = ["format_bytes", "mib", "percent", "si"]
 
 
 def si(value: float, digits: int = 2, sep: str = "") -> str:
@@ -16,3 +16,23 @@ def si(value: float, digits: int = 2, sep: str = "") -> str:
 def mib(n_bytes: float, digits: int = 2) -> str:
     """Bytes as mebibytes (2**20), without the unit: ``'12.25'``."""
     return f"{n_bytes / 2**20:.{digits}f}"
+
+
+def percent(p: float) -> str:
+    """A probability for people, with the digits that tell it apart from 0: ``0.973`` -> ``'97%'``, ``0.034`` ->
+    ``'3.4%'``, ``0.00123`` -> ``'0.12%'``, below 0.01% ``'<0.01%'`` (random weights spread 1000 classes thin)."""
+    if p >= 0.1 or p == 0:
+        return f"{p:.0%}"
+    if p >= 0.01:
+        return f"{p:.1%}"
+    if p >= 0.0001:
+        return f"{p:.2%}"
+    return "<0.01%"
+
+
+def format_bytes(n_bytes: float) -> str:
+    """Bytes for people, in powers of 1024: ``3211264`` -> ``'3.06 MiB'``, ``512`` -> ``'512 B'``."""
+    for scale, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
+        if abs(n_bytes) >= scale:
+            return f"{n_bytes / scale:.2f} {suffix}"
+    return f"{n_bytes:.0f} B"

@@ -123,7 +123,7 @@ def test_architecture_tab_shows_table_plot_and_feature_reuse(page, shots, app_se
     run_config = checkpoints.read_checkpoint_info(app_server.weights_dir / "runs" / fashion_run).config
     params = architecture.totals(run_config)["params"]
     expect(page.locator("#arch-summary")).to_contain_text(f"{params:,}", timeout=60_000)
-    expect(page.locator("#arch-table")).to_contain_text("denselayer4")
+    expect(page.locator("#arch-table")).to_contain_text("block1.layer4")
     expect(page.locator("#arch-plot canvas, #arch-plot svg").first).to_be_visible()
     expect(page.locator("#arch-heatmap img").first).to_be_visible(timeout=60_000)
     page.screenshot(path=str(shots / "architecture.png"), full_page=True)

@@ -49,7 +49,8 @@ def test_display_table_reads_first_columns_first_with_units():
     rows = architecture.channel_growth_table(PRESETS["densenet121"].config)
     table = display_table(rows)
     assert list(table.columns) == list(DISPLAY_COLUMNS)
-    assert list(table.columns[:6]) == ["Layer", "Stage", "Channels in → out", "Output size", "Params", "MACs"]
+    assert list(table.columns[:5]) == ["Layer", "Channels in → out", "Output size", "Params", "MACs"]
+    assert table.iloc[4]["Layer"] == "block1.layer1" and table.iloc[10]["Layer"] == "transition1"
     assert not any("_" in column for column in table.columns)
     first = table.iloc[0]  # conv0: 3 → 64 channels at 112×112, 9,408 params, 118,013,952 MACs, 3,211,264 bytes
     assert (first["Layer"], first["Channels in → out"], first["Output size"]) == ("conv0", "3 → 64", "112×112")
@@ -64,6 +65,15 @@ def test_channel_plot_leaves_out_the_classifier_outputs():
     assert points["channels"].max() == 342  # the last block's width, not the 1000 classes
     stages = len({row["stage"] for row in rows})  # stem, 3 blocks, 2 transitions, head
     assert len(points) == len(rows) - 1 + stages - 1  # every row but the classifier, plus a joint per later stage
+
+
+def test_the_plot_legend_names_only_the_stages_the_model_has():
+    from densenet_demo.ui.architecture_tab import stage_colours
+
+    *_, plot, _ = show_architecture("densenet40_k12", 12, "12,12,12", 16, 0, 1.0, 0.0, "cifar", "3")
+    assert list(plot["color_map"]) == ["stem", "block 1", "transition 1", "block 2", "transition 2", "block 3", "head"]
+    wide = growth_frame(architecture.channel_growth_table(PRESETS["densenet121"].config))
+    assert stage_colours(wide)["block 1"] == plot["color_map"]["block 1"]  # a stage keeps its colour across models
 
 
 def test_custom_config_with_the_presets_classes_has_the_presets_params():
@@ -111,8 +121,8 @@ def _pick(page, elem_id: str, option: str) -> None:
 def test_api_custom_config_with_classes_matches_the_preset(client):
     summary, table, _, _ = client.predict(*BC100_K12_CUSTOM, api_name="/architecture")
     assert "769,162" in summary
-    assert table["headers"][:6] == ["Layer", "Stage", "Channels in → out", "Output size", "Params", "MACs"]
-    assert table["data"][0][4:8] == ["648", "663.55K", "0 B", "96.00 KiB"]
+    assert table["headers"][:5] == ["Layer", "Channels in → out", "Output size", "Params", "MACs"]
+    assert table["data"][0][3:7] == ["648", "663.55K", "0 B", "96.00 KiB"]
 
 
 @pytest.mark.e2e
@@ -146,6 +156,20 @@ def test_table_has_plain_headers_and_units_with_params_on_screen(browser, app_se
     for header in ("Params", "MACs"):
         box = table.get_by_role("columnheader", name=header, exact=True).first.bounding_box()
         assert box is not None and box["x"] + box["width"] <= 1400, (header, box)
+    page.close()
+
+
+@pytest.mark.e2e
+def test_the_tab_opens_with_the_default_models_figures_and_a_phone_sees_layer_and_channels(browser, app_server):
+    page = _open_tab(browser, app_server.url, width=390)  # no Show pressed
+    expect(page.locator("#arch-summary")).to_contain_text("7,978,856")
+    table = page.locator("#arch-table")
+    expect(table).to_contain_text("block1.layer1")
+    for header in ("Layer", "Channels in → out"):
+        box = table.get_by_role("columnheader", name=header, exact=True).first.bounding_box()
+        assert box is not None and box["x"] + box["width"] <= 390, (header, box)
+    expect(table.locator("thead")).not_to_contain_text("Stage")
+    expect(page.locator("#arch-memory-note")).to_contain_text("recomputation")
     page.close()
 
 
@@ -185,13 +209,14 @@ def test_heatmap_of_a_run_shows_that_runs_architecture_and_never_another(browser
     page = _open_tab(browser, app_server.url)  # opened after the run exists, so the list offers it
     label = runs.run_label(checkpoints.read_checkpoint_info(app_server.weights_dir / "runs" / tiny_run))
     _pick(page, "arch-reuse", label)
-    expect(page.locator("#arch-preset input")).to_have_value("custom")
+    expect(page.locator("#arch-preset input")).to_have_value(label)  # the model shown is the run, by its label
     page.locator("#arch-button").click()
     summary = page.locator("#arch-summary")
     params = architecture.totals(RUN_CONFIG)["params"]
     expect(summary).to_contain_text(f"{params:,}", timeout=20_000)
     expect(summary).to_contain_text("blocks [2, 3]")
     expect(summary).to_contain_text("3 classes")
+    expect(summary).to_contain_text(f"Run {tiny_run}")
     expect(page.locator("#arch-heatmap img").first).to_be_visible(timeout=20_000)
     # Another model with the run's heatmap: the table shows the model, and the heatmap is not drawn.
     _pick(page, "arch-preset", "densenet_bc100_k12")

@@ -14,7 +14,6 @@ from PIL import Image
 from densenet_demo.cli import main as cli
 from densenet_demo.cli.common import training_settings
 from densenet_demo.data import datasets as data
-from densenet_demo.training import advice as train_advice
 from densenet_demo.training import loop as train
 from densenet_demo.training.data import drops_last
 from densenet_demo.training.loop import TrainConfig, Trainer
@@ -118,9 +117,11 @@ def test_running_metrics_read_the_device_only_when_due():
     assert (now.seen, now.correct, now.loss_sum) == (4, 2, 8.0) and now.loss == pytest.approx(1.2)
 
 
-def test_short_runs_validate_at_half_an_epoch_first():
+def test_short_runs_and_time_budgets_validate_at_half_an_epoch_first():
     assert mid_epoch_step(5, 40, budget_s=None) == 20
-    assert mid_epoch_step(30, 40, budget_s=None) is None and mid_epoch_step(5, 40, budget_s=60) is None
+    assert mid_epoch_step(30, 40, budget_s=None) is None and mid_epoch_step(5, 8, budget_s=None) is None
+    # A time budget is a short run too, however many epochs it may reach
+    assert mid_epoch_step(10_000, 40, budget_s=60) == 20 and mid_epoch_step(10_000, 8, budget_s=60) is None
 
 
 def test_a_short_run_yields_a_mid_epoch_validation(tiny_config, stripes):
@@ -241,25 +242,3 @@ def test_every_setting_of_the_page_is_a_train_flag_with_help(capsys):
     for name in [*page, "schedule", *ExtraSettings._fields]:
         assert name in DEFAULTS and "--" + name.replace("_", "-") in text
     assert "quick: AdamW" in text and "paper: the DenseNet paper's" in text
-
-
-# -- advice before a run ------------------------------------------------------------------------------
-
-
-def test_an_estimate_warns_when_an_epoch_would_take_minutes(tiny_config, stripes, monkeypatch):
-    config = _tiny(tiny_config, epochs=3)
-    quick = train_advice.estimate_time(config, 24, 8, ["a", "b"])
-    assert quick.epoch_s > 0 and quick.total_s == pytest.approx(3 * quick.epoch_s) and quick.warning is None
-    slow = train_advice.estimate_time(config, 10_000_000, 8, ["a", "b"])
-    assert slow.warning and "per epoch" in slow.warning and "About" in slow.text()
-
-
-def test_small_grayscale_images_suggest_a_small_model_from_scratch(tmp_path):
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        for i in range(3):
-            Image.new("L", (28, 28), 40 * i).save(tmp_path / name / f"{i}.png")
-    files, _ = data.load_image_folder(tmp_path)
-    s = train_advice.suggest_settings(files, gpu=False)
-    assert (s.model, s.mode, s.grayscale, s.time_budget) == ("densenet_fashion", "scratch", True, "60s")
-    assert s.image_size >= 28 and "28 px" in s.reason

@@ -213,11 +213,6 @@ def test_the_command_line_names_a_run_it_cannot_find(folder, capsys):
     assert "no-such-run" in capsys.readouterr().err
 
 
-def test_a_new_run_on_the_command_line_needs_a_model(folder, capsys):
-    assert main(["train", str(folder)]) == 2
-    assert "a new run needs --model" in capsys.readouterr().err
-
-
 def _page() -> FinetuneTab:
     with gr.Blocks():
         state = finetune_data.session_state()

@@ -153,7 +153,7 @@ def test_failed_download_names_the_file_its_url_and_the_folder(no_network, _priv
     message = str(error.value)
     assert "place densenet121-a639ec97.pth from https://download.pytorch.org/models/densenet121-a639ec97.pth" in message
     assert str(_private_weights_dir) in message
-    assert "name resolution" in message
+    assert "no network connection" in message and "urlopen" not in message
     assert no_network == ["https://download.pytorch.org/models/densenet121-a639ec97.pth"]
     assert list(_private_weights_dir.iterdir()) == []  # nothing half-downloaded left behind
 
@@ -331,9 +331,9 @@ def test_a_killed_save_leaves_a_loadable_checkpoint_and_only_hidden_leftovers(tm
         f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-        from densenet_demo.checkpoints import save_checkpoint
+        from densenet_demo.weights.checkpoints import save_checkpoint
         from densenet_demo.config import PRESETS
-        from densenet_demo.images import default_preprocessing
+        from densenet_demo.data.images import default_preprocessing
         from densenet_demo.model import DenseNet
         cfg = PRESETS["densenet_fashion"].config
         model = DenseNet(cfg)
@@ -375,3 +375,26 @@ def test_partial_files_are_swept_only_when_old_and_only_the_hidden_temporaries(t
         os.utime(f, (hour_ago, hour_ago))
     assert sorted(checkpoints.sweep_partial_files(tmp_path)) == sorted([old, download])
     assert all(f.exists() for f in keep)
+
+
+def test_the_weights_folder_is_the_projects_own_unless_the_environment_names_one(monkeypatch, tmp_path):
+    project = Path(__file__).resolve().parent.parent
+    with monkeypatch.context() as patch:
+        patch.delenv("DENSENET_DEMO_WEIGHTS", raising=False)
+        assert checkpoints.weights_dir() == project / "weights"
+        assert (checkpoints.weights_dir() / "README.md").is_file()
+        patch.setenv("DENSENET_DEMO_WEIGHTS", str(tmp_path))
+        assert checkpoints.weights_dir() == tmp_path
+
+
+def test_a_failed_download_is_explained_in_words():
+    import socket
+    import urllib.error
+
+    assert pretrained.download_failure(urllib.error.URLError(socket.gaierror(-3, "Temporary failure"))).startswith(
+        "no network connection"
+    )
+    http = urllib.error.HTTPError("https://x", 404, "Not Found", {}, None)
+    assert pretrained.download_failure(http) == "the server answered HTTP 404 Not Found"
+    assert pretrained.download_failure(urllib.error.URLError(TimeoutError("timed out"))) == "the connection timed out"
+    assert "<urlopen" not in pretrained.download_failure(urllib.error.URLError("refused"))

@@ -33,7 +33,10 @@ DEFAULT_MORE_EPOCHS = 5  # --resume without --epochs
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="fine-tune or train on a folder or zip of class subfolders")
     p.add_argument("data", help="folder or .zip of class subfolders (or train/ and val/), or 'example'")
-    p.add_argument("--model", help="preset name or a fine-tuned checkpoint folder (a new run needs it)")
+    p.add_argument(
+        "--model", help="preset name or a fine-tuned checkpoint folder (default: the model, mode, image size, batch "
+        "size and time budget suggested for the data on this machine, printed before the run starts)",
+    )  # fmt: skip
     p.add_argument(
         "--resume", metavar="RUN", help="continue a finished or stopped run (its id or folder) on the same data, "
         "with its own settings, for --epochs more epochs (default 5)",
@@ -87,18 +90,42 @@ def _train(args: argparse.Namespace, dp: DataParallel | None) -> int:
 
 
 def _new_run(args: argparse.Namespace, files: LabeledFiles, report: DatasetReport, dp: DataParallel | None) -> Any:
-    """A new run of ``--model`` with the flags' settings (the example brings its quick settings)."""
-    if not args.model:
-        raise ValueError("a new run needs --model (a preset or a checkpoint folder); --resume RUN continues a run")
-    quick = example_config().to_dict() if args.data == "example" else {}
-    own = ("epochs", "lr", "optimizer", "schedule", "batch_size", "augment", "label_smoothing", "image_size")
-    settings = {k: v for k, v in quick.items() if k in own}
-    settings |= training_settings(args)
-    config = config_from_settings(args.model, **settings)
+    """A new run with the flags' settings over the data's own: the example brings its quick settings; other data
+    without ``--model`` the settings suggested for it on this machine (``advice.suggest_settings``)."""
+    given = training_settings(args)
+    if args.data == "example":
+        quick = example_config().to_dict()
+        own = ("epochs", "lr", "optimizer", "schedule", "batch_size", "augment", "label_smoothing", "image_size")
+        settings, model = {k: v for k, v in quick.items() if k in own}, args.model or quick["model"]
+    elif args.model:
+        settings, model = {}, args.model
+    else:
+        settings = _suggested(files, dp, as_json=args.json)
+        model = settings.pop("model")
+        if "epochs" in given:  # epochs asked for: they decide, not the suggested time budget
+            settings.pop("time_budget")
+    settings |= given
+    config = config_from_settings(model, **settings)
     if dp is not None:  # torchrun: this process's part in the run
         return Trainer(config, files, report=report, out_dir=args.out, data_parallel=dp)
     # hosting/gpu.py decides: one loop here, or a chain of ZeroGPU calls
     return chunked.training(config, files, report=report, out_dir=args.out)
+
+
+def _suggested(files: LabeledFiles, dp: DataParallel | None, *, as_json: bool) -> dict[str, Any]:
+    """The settings suggested for ``files`` here, announced in one line (a JSON record with ``--json``)."""
+    from ..training.advice import suggest_settings
+
+    if dp is not None:  # each process would time its own device: the processes must train the same settings
+        raise ValueError("under torchrun give --model (and the other settings): the suggestion is for one process")
+
+    suggestion = suggest_settings(files)
+    if dp is None or dp.is_main:
+        if as_json:
+            print(json.dumps({"event": "suggestion", "settings": suggestion.settings(), "reason": suggestion.reason}))
+        else:
+            print(f"suggested: {suggestion.reason}", file=sys.stderr)
+    return suggestion.settings()
 
 
 def _continued(args: argparse.Namespace, files: LabeledFiles, report: DatasetReport, dp: DataParallel | None) -> Any:

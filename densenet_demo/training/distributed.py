@@ -342,7 +342,7 @@ def launch_torchrun(
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     command += ["-m", "densenet_demo", "train", *train_args, "--json"]
     child_env = {**os.environ, **(env or {})}
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])
     child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, child_env.get("PYTHONPATH")) if p)
     if child_env.get(ENV_FAKE_GPUS):
         child_env["CUDA_VISIBLE_DEVICES"] = ""  # the stand-in "GPUs" are CPU processes on gloo

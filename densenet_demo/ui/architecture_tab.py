@@ -16,9 +16,10 @@ from matplotlib.figure import Figure
 from .. import architecture, plots, units
 from ..config import IMAGENET_PRESETS, PRESETS, DenseNetConfig, default_image_size
 from ..serving import predict
+from ..units import format_bytes
 from ..weights import checkpoints, pretrained
 from ..weights import resolver as weights
-from .common import check_run, preset_choices, reuse_choices, unknown_model, user_errors
+from .common import check_run, names_only, preset_choices, reuse_choices, unknown_model, user_errors
 
 __all__ = [
     "ArchitectureTab",
@@ -27,6 +28,7 @@ __all__ = [
     "display_table",
     "format_bytes",
     "growth_frame",
+    "stage_colours",
     "reuse_dropdown",
     "show_architecture",
 ]
@@ -34,10 +36,11 @@ __all__ = [
 CUSTOM = "custom"
 DEFAULT_MODEL = "densenet121"
 
-# The page's table: the columns people read first come first; the CLI and JSON keep the raw rows.
+# The page's table: the columns people read first come first (a phone shows the first two, the layer pinned);
+# the CLI and JSON keep the raw rows. The layer's name is its place in the module, shortened
+# (features.denseblock1.denselayer4 -> block1.layer4).
 DISPLAY_COLUMNS = (
     "Layer",
-    "Stage",
     "Channels in → out",
     "Output size",
     "Params",
@@ -46,6 +49,14 @@ DISPLAY_COLUMNS = (
     "Activations (memory-efficient)",
     "Operation",
 )
+_COLUMN_WIDTHS = ["136px", "124px", "96px", "80px", "88px", "112px", "136px", "340px"]
+MEMORY_NOTE = (
+    "Memory-efficient training keeps each dense block's input for its recomputation: in the rows that make it "
+    "(pool0, a CIFAR stem's conv0, each transition) that figure is above the naive one, and in every dense layer "
+    "after it far below."
+)
+# One colour per stage name, the same in every figure, so a legend names only the stages a model has.
+_STAGE_COLOURS = ["#1f77b4", "#ff7f0e", "#d62728", "#17becf", "#2ca02c", "#bcbd22", "#9467bd", "#e377c2", "#8c564b"]
 
 
 class ArchitectureTab(NamedTuple):
@@ -94,11 +105,16 @@ def build_architecture_tab(reuse: gr.Dropdown, state: gr.State) -> ArchitectureT
             strict=True,
         )
     )
+    # The default model's figures from the start: they come from its config alone (no weights, no model built).
+    first_summary, first_table, first_plot, _ = show_architecture(
+        DEFAULT_MODEL, *config_fields(PRESETS[DEFAULT_MODEL].config)[:8]
+    )
     with gr.Row():
         with gr.Column(scale=1):
             preset = gr.Dropdown(
-                preset_choices() + [(CUSTOM, CUSTOM)], value=DEFAULT_MODEL, label="Model", elem_id="arch-preset"
-            )
+                preset_choices() + [(CUSTOM, CUSTOM)], value=DEFAULT_MODEL, label="Model", elem_id="arch-preset",
+                allow_custom_value=True,  # a run chosen for the heatmap shows here as the model (its architecture)
+            )  # fmt: skip
             size = gr.Number(value=None, label="Image size (0: the model's own)", precision=0)
             with gr.Accordion("Config (the chosen model's; editing any field makes it 'custom')", open=False):
                 k = gr.Slider(1, 64, value=start["k"], step=1, label="Growth rate k", elem_id="arch-k")
@@ -116,16 +132,22 @@ def build_architecture_tab(reuse: gr.Dropdown, state: gr.State) -> ArchitectureT
             reuse.render()
             button = gr.Button("Show", variant="primary", elem_id="arch-button")
         with gr.Column(scale=3):
-            summary = gr.Markdown(elem_id="arch-summary")
+            summary = gr.Markdown(first_summary, elem_id="arch-summary")
             plot = gr.LinePlot(
+                first_plot["value"],
                 x="layer",
                 y="channels",
                 color="stage",
+                color_map=first_plot["color_map"],
                 title="Channels after each layer",  # the classifier left out: see growth_frame
                 elem_id="arch-plot",
             )
             heatmap = gr.Plot(label="Feature reuse (paper, Fig. 5)", show_label=False, elem_id="arch-heatmap")
-    table = gr.Dataframe(label="Per-layer channel growth", interactive=False, pinned_columns=1, elem_id="arch-table")
+    table = gr.Dataframe(
+        first_table, label="Per-layer channel growth", interactive=False, pinned_columns=1, wrap=True,
+        column_widths=_COLUMN_WIDTHS, max_height=600, elem_id="arch-table",
+    )  # fmt: skip
+    gr.Markdown(f"<small>{MEMORY_NOTE}</small>", elem_id="arch-memory-note")
     fields = [k, blocks, init, bn, theta, drop, stem, in_channels, classes]
     # Only a person's choice fills the fields (.input, not .change), so filling them does not loop back.
     preset.input(_fields_for_preset, preset, fields, api_visibility="private", queue=False)
@@ -147,14 +169,23 @@ def _fields_for_preset(preset: str) -> list[Any]:
     return list(config_fields(PRESETS[preset].config))
 
 
+def _run_config(run: str, state: dict[str, Any] | None) -> DenseNetConfig:
+    """The architecture of ``run:<id>``, one of this session's runs."""
+    check_run(run, state)
+    with user_errors(ValueError, weights.CheckpointError):
+        return checkpoints.read_checkpoint_info(checkpoints.find_run(run.removeprefix("run:"))).config
+
+
 def _fields_for_run(reuse_weights: str, state: dict[str, Any] | None) -> list[Any]:
-    """A fine-tuned run chosen for the heatmap: its architecture goes into the fields, as the custom model."""
+    """A fine-tuned run chosen for the heatmap: the model shown becomes the run (by its label), and its
+    architecture goes into the fields; editing a field then makes it a custom config, as with a preset."""
     if not reuse_weights.startswith("run:"):
         return [gr.skip()] * 10
-    check_run(reuse_weights, state)
-    with user_errors(ValueError, weights.CheckpointError):
-        info = checkpoints.read_checkpoint_info(checkpoints.find_run(reuse_weights.removeprefix("run:")))
-    return [CUSTOM, *config_fields(info.config)]
+    cfg = _run_config(reuse_weights, state)
+    label = dict((value, label) for label, value in reuse_choices(state)).get(reuse_weights, reuse_weights)
+    gr.Info(f"Model: {label}, the architecture of the run whose weights the heatmap shows.")
+    choices = [*preset_choices(), (label, reuse_weights), (CUSTOM, CUSTOM)]
+    return [gr.update(choices=choices, value=reuse_weights), *config_fields(cfg)]
 
 
 def show_architecture(
@@ -171,7 +202,7 @@ def show_architecture(
     reuse_weights: str = "none",
     num_classes: float | None = 1000,
     state: dict[str, Any] | None = None,
-) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure | None]:
+) -> tuple[str, pd.DataFrame, dict[str, Any], Figure | None]:
     """Summary, per-layer table, channel plot and feature-reuse heatmap for a preset or a custom config.
 
     ``num_classes`` (last, so that callers from before it existed keep working) sizes a custom config's head.
@@ -182,8 +213,10 @@ def show_architecture(
         )
     elif preset in PRESETS:
         cfg = PRESETS[preset].config
+    elif str(preset).startswith("run:"):
+        cfg = _run_config(preset, state)
     else:
-        raise gr.Error(f"Unknown model {preset!r}: choose a preset or 'custom'.")
+        raise gr.Error(f"Unknown model {str(preset)[:100]!r}: choose a preset, one of your runs or 'custom'.")
     size = int(image_size) if image_size else default_image_size(cfg)
     with user_errors(ValueError):
         rows = architecture.channel_growth_table(cfg, size)
@@ -192,12 +225,20 @@ def show_architecture(
     if note:
         gr.Warning(note)
     summary = _summary(preset, cfg, size, totals) + (f"\n\n**Heatmap:** {note}" if note else "")
-    return summary, display_table(rows), growth_frame(rows), figure
+    frame = growth_frame(rows)
+    colours = stage_colours(frame)  # the legend lists this model's stages only, not a previous model's
+    return summary, display_table(rows), gr.update(value=frame, color_map=colours), figure
 
 
 def _summary(preset: str, cfg: DenseNetConfig, size: int, totals: dict[str, Any]) -> str:
     # A list, not a table: on a phone a 4-column table breaks its words letter by letter.
-    name = "Custom config" if preset == CUSTOM else preset
+    name = (
+        "Custom config"
+        if preset == CUSTOM
+        else f"Run {preset.removeprefix('run:')}"
+        if preset.startswith("run:")
+        else preset
+    )
     return (
         f"**{name}: {cfg.variant}**, L = {cfg.depth}, k = {cfg.growth_rate}, blocks {list(cfg.block_config)}, "
         f"θ = {cfg.compression}, {cfg.num_classes} classes, input {size}×{size}×{cfg.in_channels}\n\n"
@@ -237,12 +278,10 @@ def _custom_config(
         )
 
 
-def format_bytes(n_bytes: float) -> str:
-    """Bytes for people, in powers of 1024: ``3211264`` -> ``'3.06 MiB'``, ``512`` -> ``'512 B'``."""
-    for scale, suffix in ((2**30, "GiB"), (2**20, "MiB"), (2**10, "KiB")):
-        if abs(n_bytes) >= scale:
-            return f"{n_bytes / scale:.2f} {suffix}"
-    return f"{n_bytes:.0f} B"
+def _layer_label(name: str) -> str:
+    """``features.denseblock1.denselayer4`` -> ``block1.layer4``; ``features.transition2`` -> ``transition2``."""
+    short = name.removeprefix("features.")
+    return short.replace("denseblock", "block").replace("denselayer", "layer")
 
 
 def display_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -250,8 +289,7 @@ def display_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(
         [
             (
-                row["name"].removeprefix("features."),
-                row["stage"],
+                _layer_label(row["name"]),
                 f"{row['in_channels']} → {row['out_channels']}",
                 f"{row['out_h']}×{row['out_w']}",
                 units.si(row["params"]),
@@ -264,6 +302,12 @@ def display_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
         ],
         columns=list(DISPLAY_COLUMNS),
     )
+
+
+def stage_colours(frame: pd.DataFrame) -> dict[str, str]:
+    """A colour for each stage in ``frame`` (the plot's legend then lists exactly those)."""
+    stages = list(dict.fromkeys(frame["stage"])) if len(frame) else []
+    return {stage: _STAGE_COLOURS[i % len(_STAGE_COLOURS)] for i, stage in enumerate(stages)}
 
 
 def growth_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -321,6 +365,6 @@ def _feature_reuse_plot(
     with user_errors(ValueError, weights.CheckpointError, OSError):
         predictor = predict.get_predictor(model, "imagenet" if reuse_weights == "imagenet" else weights.DEFAULT)
     if predictor.notice:  # the ImageNet weights could not be had: a heatmap of random weights would mislead
-        return None, f"not drawn: {predictor.notice}"
+        return None, f"not drawn: {names_only(predictor.notice)}"
     reuse = architecture.feature_reuse(predictor.model, predictor.cfg)
     return plots.feature_reuse_figure(reuse, predictor.weights_label), ""

@@ -110,7 +110,7 @@ class CheckpointInfo:
 def weights_dir() -> Path:
     """The cache folder: ``$DENSENET_DEMO_WEIGHTS`` or the project's ``weights/``."""
     env = os.environ.get("DENSENET_DEMO_WEIGHTS")
-    path = Path(env) if env else Path(__file__).resolve().parent.parent / "weights"
+    path = Path(env) if env else Path(__file__).resolve().parents[2] / "weights"
     return path
 
 

@@ -13,6 +13,9 @@ import hashlib
 import os
 import pickle
 import re
+import socket
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +42,8 @@ __all__ = [
     "load_imagenet_state_dict",
     "load_imagenet_into",
     "download_file",
+    "imagenet_can_be_had",
+    "download_failure",
     "load_state_dict_file",
     "remap_legacy_keys",
     "load_weights_into",
@@ -116,7 +121,8 @@ def load_imagenet_state_dict(model_name: str) -> dict[str, torch.Tensor]:
             download_file(url, path, match.group(1) if match else None)
         except (OSError, RuntimeError) as e:  # URLError, timeouts, HTTP errors, a wrong checksum
             raise WeightsUnavailable(
-                f"could not download the ImageNet weights for {model_name} ({e}). {_how_to_place(model_name)}"
+                f"could not download the ImageNet weights for {model_name} ({download_failure(e)}). "
+                f"{_how_to_place(model_name)}"
             ) from None
     try:
         return load_state_dict_file(path)
@@ -124,6 +130,30 @@ def load_imagenet_state_dict(model_name: str) -> dict[str, torch.Tensor]:
         raise WeightsUnavailable(
             f"the cached ImageNet weights are unreadable ({e}). {_how_to_place(model_name)}"
         ) from None
+
+
+_REACHABLE: dict[str, tuple[float, bool]] = {}  # url -> (when asked, answer): asked once in a while, not per call
+_REACHABLE_TTL_S = 600.0
+
+
+def imagenet_can_be_had(model_name: str, timeout_s: float = 3.0) -> bool:
+    """Whether a preset's ImageNet weights are here or can be downloaded now: the cached file, else a quick HEAD
+    request to their URL (the answer is kept for ten minutes). Never raises; offline it answers False."""
+    path = imagenet_file(model_name)
+    if path.is_file():
+        return True
+    url = imagenet_weights(model_name).url
+    asked = _REACHABLE.get(url)
+    if asked is not None and time.monotonic() - asked[0] < _REACHABLE_TTL_S:
+        return asked[1]
+    try:
+        request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "densenet_demo"})
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            answer = 200 <= response.status < 400
+    except (OSError, ValueError):  # no network, DNS, timeouts, HTTP errors
+        answer = False
+    _REACHABLE[url] = (time.monotonic(), answer)
+    return answer
 
 
 def download_file(url: str, path: Path, sha256_prefix: str | None = None, timeout_s: float | None = None) -> None:
@@ -149,6 +179,20 @@ def download_file(url: str, path: Path, sha256_prefix: str | None = None, timeou
             )
 
     atomic_write(Path(path), write)
+
+
+def download_failure(error: BaseException) -> str:
+    """Why a download failed, in words (not ``<urlopen error [Errno -3] ...>``)."""
+    if isinstance(error, urllib.error.HTTPError):
+        return f"the server answered HTTP {error.code} {error.reason}"
+    reason = getattr(error, "reason", error)
+    if isinstance(reason, TimeoutError) or isinstance(error, TimeoutError) or "timed out" in str(reason):
+        return "the connection timed out"
+    if isinstance(reason, socket.gaierror) or isinstance(error, urllib.error.URLError):
+        return "no network connection: the download server could not be reached"
+    if isinstance(error, RuntimeError):
+        return str(error)
+    return getattr(error, "strerror", None) or str(error)
 
 
 def _how_to_place(model_name: str) -> str:
