@@ -12,7 +12,7 @@ Prints one JSON object with a section each:
   seconds per step (median of the steps after a warm-up) and peak memory of the step (on the CPU: the peak
   RSS minus the RSS before the first step, from a second run with glibc's mmap threshold at 64 KiB so that RSS
   follows the live tensors; on CUDA, peak allocated minus allocated before the first step).
-- ``example_dataset``: ``train.example_config()`` on ``examples.make_example_dataset()``: seconds to reach 90%
+- ``example_dataset``: ``example_config()`` on ``examples.make_example_dataset()``: seconds to reach 90%
   validation accuracy, from building the model to the end of that epoch.
 - ``gpu`` (CUDA only; null on the CPU): DenseNet-121 at 224, training images/s of fp32 eager (TF32 off, and
   PyTorch's default TF32 convolutions) vs bf16 autocast + channels_last; peak CUDA memory of a step with
@@ -42,7 +42,9 @@ from densenet_demo.config import PRESETS  # noqa: E402
 from densenet_demo.data import datasets as data  # noqa: E402
 from densenet_demo.data import examples  # noqa: E402
 from densenet_demo.model import DenseNet  # noqa: E402
-from densenet_demo.training import loop as train  # noqa: E402
+from densenet_demo.training.config import TrainConfig, example_config  # noqa: E402
+from densenet_demo.training.events import EpochEnd, Finished, Started, Step  # noqa: E402
+from densenet_demo.training.loop import Trainer  # noqa: E402
 
 SECTIONS = ("linear_cache", "memory_efficient_step", "example_dataset", "gpu")
 STEP_VARIANTS = ("ours_off", "ours_on", "torchvision_memory_efficient")
@@ -52,10 +54,10 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _run_to_end(config: train.TrainConfig, files: data.LabeledFiles, out_dir: Path) -> tuple[list, float]:
+def _run_to_end(config: TrainConfig, files: data.LabeledFiles, out_dir: Path) -> tuple[list, float]:
     start = time.perf_counter()
-    events = list(train.Trainer(config, files, out_dir=out_dir).run())
-    if not isinstance(events[-1], train.Finished):
+    events = list(Trainer(config, files, out_dir=out_dir).run())
+    if not isinstance(events[-1], Finished):
         raise RuntimeError(f"training did not finish: {events[-1].to_dict()}")
     return events, time.perf_counter() - start
 
@@ -66,7 +68,7 @@ def bench_linear_cache(workdir: Path, epochs: int, per_class: int, image_size: i
     for name, cached, n in (("warm-up", True, 1), ("cached", True, epochs), ("uncached", False, epochs)):
         # The warm-up run pays for first-use costs (CUDA context, cuDNN autotuning, kernels) that the first
         # timed run would otherwise pay alone.
-        config = train.TrainConfig(
+        config = TrainConfig(
             model="densenet121", weights="random", mode="linear", epochs=n, batch_size=32,
             image_size=image_size, augment=False, cache_features=cached, device=str(_device()),
         )  # fmt: skip
@@ -227,18 +229,18 @@ def bench_memory_efficient_step(batch: int, size: int, steps: int, rounds: int) 
 
 
 def bench_example_dataset(workdir: Path, device: str | None = None) -> dict:
-    config = train.example_config(**({"device": device} if device else {}))
+    config = example_config(**({"device": device} if device else {}))
     files, report = data.load_image_folder(examples.make_example_dataset(workdir / "example"))
-    trainer = train.Trainer(config, files, report=report, out_dir=workdir / "example_run")
+    trainer = Trainer(config, files, report=report, out_dir=workdir / "example_run")
     start, reached, history, first = time.perf_counter(), None, [], None
     for event in trainer.run():
-        if isinstance(event, train.Started):
+        if isinstance(event, Started):
             first = event
-        if isinstance(event, train.EpochEnd):
+        if isinstance(event, EpochEnd):
             history.append(round(event.val_acc, 4))
             if reached is None and event.val_acc >= 0.9:
                 reached = {"seconds": round(time.perf_counter() - start, 2), "epoch": event.epoch}
-    if not isinstance(event, train.Finished):
+    if not isinstance(event, Finished):
         raise RuntimeError(f"training did not finish: {event.to_dict()}")
     return {
         "settings": {k: v for k, v in config.to_dict().items() if v is not None},
@@ -293,12 +295,12 @@ def bench_gpu(workdir: Path, batch: int, size: int, steps: int) -> dict | None:
     files, _ = data.load_image_folder(examples.make_example_dataset(workdir / "gpu_example", n_per_class=50))
     trainer_runs = {}
     for amp in ("bf16", "fp16"):
-        config = train.TrainConfig(
+        config = TrainConfig(
             model="densenet121", weights="random", mode="finetune", epochs=2, batch_size=32, image_size=224,
             amp=amp, device="cuda",
         )  # fmt: skip
         events, seconds = _run_to_end(config, files, workdir / f"gpu_{amp}")
-        steps_seen = [e for e in events if isinstance(e, train.Step)]
+        steps_seen = [e for e in events if isinstance(e, Step)]
         trainer_runs[amp] = {
             "amp": events[0].amp,
             "seconds": round(seconds, 2),

@@ -16,7 +16,7 @@ files and the same train/val split (``LabeledFiles.split(0.2, seed=0)``, or the 
    under a time budget of ``--budget-fraction`` x the plain loop's epoch-1 time: the lr follows the clock and
    reaches 0 when the budget (less a reserve for the final validation) runs out. One recipe per entry of
    ``SWEEP``, each a change of one setting from ``BASE``.
-3. ``runs``: whole runs through ``train_settings.config_from_settings`` (the path of ``train`` and the app):
+3. ``runs``: whole runs through ``training.settings.config_from_settings`` (the path of ``train`` and the app):
    ``defaults_epochs`` (``train DATA --model densenet121 --mode scratch --image-size N``: the quick recipe,
    5 epochs, a validation at half of epoch 1 too), ``defaults_budget`` (the same with ``--time-budget`` of
    ``--budget-fraction`` x the plain loop's epoch-1 time), ``paper_epochs`` (``--recipe paper``) and the
@@ -57,9 +57,11 @@ from quick_datasets import DATASETS, write_dataset  # noqa: E402
 
 from densenet_demo.data import datasets as data  # noqa: E402
 from densenet_demo.data.images import Preprocessing  # noqa: E402
-from densenet_demo.training import loop as train  # noqa: E402
-from densenet_demo.training import settings as train_settings  # noqa: E402
-from densenet_demo.training import setup as train_setup  # noqa: E402
+from densenet_demo.training.build import build_model  # noqa: E402
+from densenet_demo.training.config import TrainConfig  # noqa: E402
+from densenet_demo.training.events import CancelToken, EpochEnd, Evaluated, Failed, Finished  # noqa: E402
+from densenet_demo.training.loop import Trainer  # noqa: E402
+from densenet_demo.training.settings import config_from_settings  # noqa: E402
 
 # The prototype quick recipe; each SWEEP entry changes one setting of it.
 BASE: dict[str, Any] = {
@@ -87,15 +89,15 @@ SWEEP: dict[str, dict[str, Any]] = {
 RUNS = ("defaults_epochs", "defaults_budget", "paper_epochs", "base_epochs")
 
 
-def _scratch_config(image_size: int, epochs: int, **fields: Any) -> train.TrainConfig:
-    return train.TrainConfig(
+def _scratch_config(image_size: int, epochs: int, **fields: Any) -> TrainConfig:
+    return TrainConfig(
         model="densenet121", weights="random", mode="scratch", image_size=image_size, epochs=epochs, **fields
     )
 
 
 def _preprocessing(image_size: int, class_names: list[str]) -> Preprocessing:
     """The Trainer's preprocessing for DenseNet-121 at ``image_size``: every loop here sees the same pixels."""
-    _, preprocessing, _ = train_setup.build_model(_scratch_config(image_size, 1).resolved(), class_names)
+    _, preprocessing, _ = build_model(_scratch_config(image_size, 1).resolved(), class_names)
     return preprocessing
 
 
@@ -182,7 +184,7 @@ def recipe_loop(
     """
     launched = time.monotonic()
     torch.manual_seed(0)
-    model, _, _ = train_setup.build_model(_scratch_config(p.image_size, 1).resolved(), class_names)
+    model, _, _ = build_model(_scratch_config(p.image_size, 1).resolved(), class_names)
     model.train()
     batch = recipe["batch_size"]
     if recipe["optimizer"] == "sgd":
@@ -228,17 +230,17 @@ def recipe_loop(
 
 
 def trainer_run(files: data.LabeledFiles, image_size: int, out_dir: Path, **settings: Any) -> dict:
-    """The Trainer as ``train`` runs it: ``train_settings.config_from_settings`` (the CLI's and the app's path) with
+    """The Trainer as ``train`` runs it: ``training.settings.config_from_settings`` (the CLI's and the app's path) with
     ``settings`` over the defaults; the time of each validation (mid-epoch or epoch end) as its event arrives."""
     launched = time.monotonic()
-    config = train_settings.config_from_settings("densenet121", mode="scratch", image_size=image_size, **settings)
+    config = config_from_settings("densenet121", mode="scratch", image_size=image_size, **settings)
     history = []
-    for event in train.Trainer(config, files, out_dir=out_dir).run():
-        if isinstance(event, (train.EpochEnd, train.Evaluated)):
+    for event in Trainer(config, files, out_dir=out_dir).run():
+        if isinstance(event, (EpochEnd, Evaluated)):
             history.append(_epoch_record(event.epoch, launched, event.val_acc))
-        elif isinstance(event, train.Finished):
+        elif isinstance(event, Finished):
             finished_s = round(time.monotonic() - launched, 2)
-        elif isinstance(event, train.Failed):
+        elif isinstance(event, Failed):
             raise RuntimeError(f"trainer failed: {event.message}")
     resolved = config.resolved()
     keys = ("recipe", "optimizer", "lr", "schedule", "warmup", "label_smoothing", "bn_recalibration", "batch_size")
@@ -250,15 +252,15 @@ def trainer_run(files: data.LabeledFiles, image_size: int, out_dir: Path, **sett
 def time_to_target(files: data.LabeledFiles, image_size: int, out_dir: Path, target_acc: float) -> dict:
     """A default run (``train DATA --model densenet121 --mode scratch``) stopped at its first validation that
     reaches ``target_acc``: its validations until then, and the seconds from its launch to that one (or None)."""
-    launched, cancel, run = time.monotonic(), train.CancelToken(), {"s": None, "validations": []}
-    config = train_settings.config_from_settings("densenet121", mode="scratch", image_size=image_size)
-    for event in train.Trainer(config, files, out_dir=out_dir).run(cancel):
-        if isinstance(event, (train.EpochEnd, train.Evaluated)) and run["s"] is None:
+    launched, cancel, run = time.monotonic(), CancelToken(), {"s": None, "validations": []}
+    config = config_from_settings("densenet121", mode="scratch", image_size=image_size)
+    for event in Trainer(config, files, out_dir=out_dir).run(cancel):
+        if isinstance(event, (EpochEnd, Evaluated)) and run["s"] is None:
             run["validations"].append(_epoch_record(event.epoch, launched, event.val_acc))
             if event.val_acc >= target_acc:
                 run["s"] = run["validations"][-1]["s"]
                 cancel.cancel()
-        elif isinstance(event, train.Failed):
+        elif isinstance(event, Failed):
             raise RuntimeError(f"trainer failed: {event.message}")
     return run
 

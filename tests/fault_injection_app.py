@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from densenet_demo.training import loop as train  # noqa: E402
+from densenet_demo.training import loop  # noqa: E402
 from densenet_demo.weights import checkpoints  # noqa: E402
 
 FAULTS = Path(os.environ["DENSENET_DEMO_FAULTS"])
@@ -61,6 +61,6 @@ def _save_file_with_faults(tensors, filename, metadata=None):
     _save_file(tensors, filename, metadata=metadata)
 
 
-train.F = _Functional()
+loop.F = _Functional()
 checkpoints.save_file = _save_file_with_faults
 runpy.run_path(str(ROOT / "app.py"), run_name="__main__")

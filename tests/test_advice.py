@@ -14,9 +14,10 @@ from PIL import Image
 from densenet_demo.cli.main import main
 from densenet_demo.data.datasets import LabeledFiles, load_image_folder
 from densenet_demo.training import advice, timing
-from densenet_demo.training.loop import EpochEnd, Trainer
+from densenet_demo.training.config import TrainConfig
+from densenet_demo.training.events import EpochEnd
+from densenet_demo.training.loop import Trainer
 from densenet_demo.training.settings import config_from_settings, parse_duration
-from densenet_demo.training.setup import TrainConfig
 
 
 def _images(root: Path, *, side: int, colour: bool, per_class: int = 6, as_rgb: bool = True) -> Path:

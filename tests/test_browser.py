@@ -18,7 +18,7 @@ from densenet_demo.config import PRESETS
 from densenet_demo.data.images import default_preprocessing
 from densenet_demo.hosting import runs
 from densenet_demo.model import DenseNet
-from densenet_demo.training.loop import example_config
+from densenet_demo.training.config import example_config
 from densenet_demo.weights import checkpoints
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]

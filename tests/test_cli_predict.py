@@ -83,7 +83,7 @@ def test_cam_writes_a_png(checkpoint, images, tmp_path, capsys):
     out = tmp_path / "cam.png"
     assert main(["predict", images[0], "--model", checkpoint, "--cam", str(out)]) == 0
     with Image.open(out) as cam:
-        assert cam.format == "PNG" and cam.size == (32, 32) and cam.mode == "RGB"
+        assert cam.format == "PNG" and cam.size == (256, 256) and cam.mode == "RGB"  # enlarged to be read
     assert "Grad-CAM" in capsys.readouterr().err
 
 

@@ -14,7 +14,9 @@ from PIL import Image
 from densenet_demo.cli.main import main
 from densenet_demo.config import DenseNetConfig
 from densenet_demo.data import datasets as data
-from densenet_demo.training.loop import Finished, TrainConfig, Trainer
+from densenet_demo.training.config import TrainConfig
+from densenet_demo.training.events import Finished
+from densenet_demo.training.loop import Trainer
 from densenet_demo.weights import checkpoints
 
 SHADES = {"dark": 50, "light": 200}

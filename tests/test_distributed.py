@@ -21,18 +21,11 @@ from densenet_demo.data.images import default_preprocessing
 from densenet_demo.model import DenseNet
 from densenet_demo.serving.predict import get_predictor
 from densenet_demo.training import distributed as D
+from densenet_demo.training import events, runners
+from densenet_demo.training.config import TrainConfig
 from densenet_demo.training.data import FeatureCache
-from densenet_demo.training.loop import (
-    Cancelled,
-    CancelToken,
-    EpochEnd,
-    Failed,
-    Finished,
-    Started,
-    Step,
-    TrainConfig,
-    Trainer,
-)
+from densenet_demo.training.events import Cancelled, CancelToken, EpochEnd, Failed, Finished, Started, Step
+from densenet_demo.training.loop import Trainer
 from densenet_demo.weights import checkpoints
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,12 +135,13 @@ def test_outside_torchrun_there_is_no_process_group(monkeypatch):
 
 def test_events_come_back_from_json_as_the_trainers_dataclasses():
     started = Started("r", ["a", "b"], 10, 2, 1, 3, "cpu", "finetune", None, "random", {"x": 1}, 2, 16, "none")
+    finished = Finished(1.0, 1, "d", [[1]], ["a"], 1, False, 1.0, [("p", "why")])
     for event in (started, Step(1, 1, 2, 0.5, 1.0, 0.1, 10.0, None, 1.0), Failed("boom"), Cancelled(None, 1, None)):
-        assert D.event_from_dict(json.loads(json.dumps(event.to_dict()))) == event
-    assert D.event_from_dict({"event": "dataset", "classes": []}) is None
-    record = json.loads(json.dumps(Finished(1.0, 1, "d", [[1]], ["a"], 1, False, 1.0, [("p", "why")]).to_dict()))
-    finished = D.event_from_dict({**record, "later_field": 1})
-    assert isinstance(finished, Finished) and finished.skipped == [["p", "why"]]
+        assert events.from_dict(json.loads(json.dumps(event.to_dict()))) == event
+    with pytest.raises(ValueError, match="not a training event"):
+        events.from_dict({"event": "dataset", "classes": []})
+    record = json.loads(json.dumps(finished.to_dict()))
+    assert events.from_dict({**record, "later_field": 1}) == finished  # a newer writer's field is left out
 
 
 def test_gpu_count_honours_the_test_switch(monkeypatch):
@@ -304,30 +298,39 @@ def _processes_with(text: str) -> list[int]:
     return found
 
 
+def _tiny_run(tiny_checkpoint: Path, **changes) -> TrainConfig:
+    settings = dict(model=str(tiny_checkpoint), mode="finetune", image_size=16, batch_size=8, lr=0.03, seed=0)
+    return TrainConfig(**{**settings, **changes})
+
+
 @pytest.mark.e2e
-def test_stop_from_the_launcher_ends_both_ranks(colours, tiny_checkpoint, tmp_path, monkeypatch):
+def test_stop_from_the_app_ends_both_ranks(colours, tiny_checkpoint, tmp_path, monkeypatch):
     weights_dir = tmp_path / "weights"
     monkeypatch.setenv(D.ENV_FAKE_GPUS, "2")
     monkeypatch.setenv("DENSENET_DEMO_WEIGHTS", str(weights_dir))
     assert D.gpu_count() == 2
-    args = [str(colours), "--model", str(tiny_checkpoint), "--mode", "finetune", "--epochs", "500", *SETTINGS]
-    cancel, events = CancelToken(), []
-    for event in D.launch_torchrun(args, D.gpu_count(), cancel=cancel):
-        events.append(event)
+    files, report = load_image_folder(colours)
+    run = runners.start(_tiny_run(tiny_checkpoint, epochs=500), files, report=report, where="torchrun")
+    assert run.processes == 2 and run.out_dir == (weights_dir / "runs" / run.run_id).resolve()
+    seen = []
+    for event in run.events():
+        seen.append(event)
         if isinstance(event, EpochEnd):
-            cancel.cancel()
-    started = next(e for e in events if isinstance(e, Started))  # after the Preparing events
-    assert started.world_size == 2
-    end = events[-1]
+            run.stop()
+    started = next(e for e in seen if isinstance(e, Started))  # after the Preparing events
+    assert started.world_size == 2 and started.run_id == run.run_id  # the run the parent named
+    end = seen[-1]
     assert isinstance(end, Cancelled), end
-    assert end.epoch < 500 and end.best_val_acc is not None
-    assert checkpoints.load_checkpoint(end.checkpoint_dir)[1].metrics["epoch"] >= 1
+    assert end.epoch < 500 and end.best_val_acc is not None and end.checkpoint_dir == str(run.out_dir)
+    info = checkpoints.load_checkpoint(end.checkpoint_dir)[1]
+    assert info.metrics["epoch"] >= 1 and info.extra["dataset"]["source"] == report.source
     assert _processes_with(str(weights_dir)) == []  # torchrun and both ranks are gone
 
 
 @pytest.mark.e2e
-def test_the_launcher_reports_a_run_that_could_not_start(tmp_path, monkeypatch):
-    monkeypatch.setenv(D.ENV_FAKE_GPUS, "2")
-    events = list(D.launch_torchrun([str(tmp_path / "missing"), "--model", "densenet_fashion"], 2))
-    (failed,) = events
-    assert isinstance(failed, Failed) and "no such folder or zip file" in failed.message
+def test_a_run_the_child_cannot_start_ends_with_its_message_as_an_event(colours, tiny_checkpoint, monkeypatch):
+    monkeypatch.setenv(D.ENV_FAKE_GPUS, "2")  # the child's processes see no GPU
+    files, _ = load_image_folder(colours)
+    run = runners.start(_tiny_run(tiny_checkpoint, epochs=1, device="cuda"), files, where="torchrun")
+    (failed,) = list(run.events())
+    assert isinstance(failed, Failed) and "no usable GPU" in failed.message and failed.checkpoint_dir is None

@@ -28,7 +28,9 @@ from densenet_demo.data.datasets import load_image_folder
 from densenet_demo.data.images import Preprocessing, default_preprocessing
 from densenet_demo.model import DenseNet
 from densenet_demo.serving import export, predict
-from densenet_demo.training.loop import Finished, TrainConfig, Trainer
+from densenet_demo.training.config import TrainConfig
+from densenet_demo.training.events import Finished
+from densenet_demo.training.loop import Trainer
 from densenet_demo.weights import checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
@@ -296,5 +298,5 @@ def test_densenet121_exports_with_imagenet_labels_and_preprocessing(tmp_path):
         assert np.abs(got - expected[: len(batch)]).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
 
 
-def test_the_projects_readme_shows_the_bundles_snippet():
-    assert export.SNIPPET in (REPO / "README.md").read_text(encoding="utf-8")
+def test_the_export_docs_show_the_bundles_snippet():
+    assert export.SNIPPET in (REPO / "docs" / "export.md").read_text(encoding="utf-8")

@@ -113,7 +113,7 @@ def test_stop_ends_both_processes_and_keeps_the_best_checkpoint(server, greys):
         if "Epoch 1/100" in update[3]:  # an epoch ended: its checkpoint is saved
             break
     running = _processes_of(server)
-    ranks = [c for c in running if "densenet_demo train" in c and "torch.distributed.run" not in c]
+    ranks = [c for c in running if "densenet_demo.training.torchrun" in c and "torch.distributed.run" not in c]
     assert len(ranks) == 2 and any("torch.distributed.run" in c for c in running)  # torchrun and its 2 ranks
     assert client.predict(api_name="/stop").startswith("Stopping every training process at the next step")
     job.result(timeout=240)

@@ -13,7 +13,9 @@ from densenet_demo import plots
 from densenet_demo.config import PRESETS
 from densenet_demo.data.images import default_preprocessing
 from densenet_demo.model import DenseNet
-from densenet_demo.training import loop as train
+from densenet_demo.training.config import TrainConfig
+from densenet_demo.training.events import EpochEnd, Event, Failed, Finished
+from densenet_demo.training.loop import Trainer
 from densenet_demo.ui import finetune_data, training_view
 from densenet_demo.ui.common import model_choices
 from densenet_demo.ui.finetune_tab import build_finetune_tab, start_training
@@ -46,7 +48,7 @@ def _checked(by_hand: dict[str, list[str]]) -> dict:
     return state
 
 
-def _scripted_run(events: list[train.Event]):
+def _scripted_run(events: list[Event]):
     """A Trainer.run that yields ``events``: the handler's rendering of a given sequence, without training."""
 
     def run(self, cancel=None):
@@ -55,8 +57,8 @@ def _scripted_run(events: list[train.Event]):
     return run
 
 
-def _epoch(epoch: int, per_class: dict[str, float], improved: bool) -> train.EpochEnd:
-    return train.EpochEnd(
+def _epoch(epoch: int, per_class: dict[str, float], improved: bool) -> EpochEnd:
+    return EpochEnd(
         epoch=epoch, epochs=2, train_loss=0.5, train_acc=0.8, val_loss=0.4, val_acc=0.75, per_class_val_acc=per_class,
         seconds=1.0, best_val_acc=0.75, improved=improved,
     )  # fmt: skip
@@ -64,7 +66,7 @@ def _epoch(epoch: int, per_class: dict[str, float], improved: bool) -> train.Epo
 
 def _last_update(tab, state, events):
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train.Trainer, "run", _scripted_run(events))
+        patch.setattr(Trainer, "run", _scripted_run(events))
         *_, last = start_training(tab, state, *SETTINGS)
     return last
 
@@ -80,7 +82,7 @@ def test_the_per_class_table_is_the_best_epochs_not_the_last(tab, tmp_path):
     events = [
         _epoch(1, best, improved=True),
         _epoch(2, {"dark": 0.5, "light": 0.4}, improved=False),
-        train.Finished(
+        Finished(
             best_val_acc=0.95, best_epoch=1, checkpoint_dir=str(run_dir), confusion_matrix=[[10, 0], [1, 9]],
             class_names=["dark", "light"], epochs_run=2, stopped_early=False, seconds=2.0, skipped=[],
             per_class_val_acc=best,
@@ -100,14 +102,14 @@ def test_the_per_class_table_is_the_best_epochs_not_the_last(tab, tmp_path):
 def test_an_error_in_angle_brackets_reaches_the_status_line_whole(tab, tmp_path):
     state = _checked(_images(tmp_path / "d", 6))
     message = "could not download the weights for densenet121 (<urlopen error [Errno -2] Name or service not known>)."
-    last = _last_update(tab, state, [train.Failed(message=message)])
+    last = _last_update(tab, state, [Failed(message=message)])
     assert "(&lt;urlopen error [Errno -2] Name or service not known&gt;)" in last[tab.progress]
     assert "<urlopen" not in last[tab.progress]
 
 
 def test_a_run_on_two_validation_images_says_that_its_accuracy_means_little(tab, tmp_path):
     state = _checked(_images(tmp_path / "d", 5))
-    n_val = len(train.Trainer(train.TrainConfig(model="densenet_fashion"), state["dataset"][0]).val_items)
+    n_val = len(Trainer(TrainConfig(model="densenet_fashion"), state["dataset"][0]).val_items)
     assert n_val == 2
     *_, last = start_training(tab, state, *SETTINGS)
     assert "Finished" in last[tab.progress]

@@ -11,7 +11,9 @@ from densenet_demo.data import datasets as data
 from densenet_demo.data import examples
 from densenet_demo.hosting import memory
 from densenet_demo.model import DenseLayer, Transition
-from densenet_demo.training import loop as train
+from densenet_demo.training.config import TrainConfig
+from densenet_demo.training.events import CancelToken, Finished
+from densenet_demo.training.loop import Trainer
 
 # Each run's memory is handed back: after the fourth run the process holds at most this much more than after the first.
 MEMORY_MARGIN_BYTES = 64 * 2**20
@@ -23,17 +25,17 @@ def shapes(tmp_path_factory) -> data.LabeledFiles:
     return data.load_image_folder(root)[0]
 
 
-def _config(**changes) -> train.TrainConfig:
+def _config(**changes) -> TrainConfig:
     base = dict(model="densenet_fashion", weights="random", mode="scratch", epochs=1, batch_size=8, image_size=32)
-    return train.TrainConfig(**{**base, **changes})
+    return TrainConfig(**{**base, **changes})
 
 
 def _run_in_a_new_thread(files: data.LabeledFiles, runs_root) -> None:
     """As the server runs a training: in a worker thread (each may get its own malloc arena), then released."""
 
     def run() -> None:
-        trainer = train.Trainer(_config(), files, runs_root=runs_root)
-        assert isinstance(list(trainer.run())[-1], train.Finished)
+        trainer = Trainer(_config(), files, runs_root=runs_root)
+        assert isinstance(list(trainer.run())[-1], Finished)
 
     thread = threading.Thread(target=run)
     thread.start()
@@ -53,7 +55,7 @@ def test_four_runs_in_one_process_hold_no_more_memory_than_one(shapes, tmp_path)
 
 def test_stop_in_the_middle_of_the_first_step_ends_the_run_before_the_step_completes(shapes):
     """Cancelled while the forward pass is half-way through the network: no step completes, no checkpoint."""
-    cancel = train.CancelToken()
+    cancel = CancelToken()
     layers = 0
 
     def cancel_at_the_fourth_layer(module, args):
@@ -66,7 +68,7 @@ def test_stop_in_the_middle_of_the_first_step_ends_the_run_before_the_step_compl
         lambda module, args: cancel_at_the_fourth_layer(module, args) if isinstance(module, DenseLayer) else None
     )
     try:
-        trainer = train.Trainer(_config(), shapes)
+        trainer = Trainer(_config(), shapes)
         kinds = [event.kind for event in trainer.run(cancel) if event.kind != "preparing"]
     finally:
         handle.remove()
@@ -78,7 +80,7 @@ def test_stop_in_the_middle_of_the_first_step_ends_the_run_before_the_step_compl
 
 
 def test_stop_during_the_backward_pass_ends_the_run_before_the_optimizer_step(shapes):
-    cancel = train.CancelToken()
+    cancel = CancelToken()
 
     def cancel_when_the_gradient_arrives(module, args, output):
         if isinstance(module, torch.nn.Linear) and output.requires_grad:
@@ -86,7 +88,7 @@ def test_stop_during_the_backward_pass_ends_the_run_before_the_optimizer_step(sh
 
     handle = torch.nn.modules.module.register_module_forward_hook(cancel_when_the_gradient_arrives)
     try:
-        trainer = train.Trainer(_config(), shapes)
+        trainer = Trainer(_config(), shapes)
         events = list(trainer.run(cancel))
     finally:
         handle.remove()

@@ -252,7 +252,10 @@ def test_gradcam_shape_range_and_default_class(make_run):
     cam = predictor.gradcam(image)
     assert cam.heatmap.shape == (32, 32) and cam.heatmap.dtype == np.float32
     assert cam.heatmap.min() >= 0.0 and cam.heatmap.max() <= 1.0 and cam.heatmap.max() > 0.0
-    assert cam.overlay.mode == "RGB" and cam.overlay.size == (32, 32)
+    assert cam.overlay.mode == "RGB" and cam.overlay.size == (256, 256)  # a 32 px input, shown at a readable size
+    # Smooth, not blocks: neighbouring pixels of the enlarged overlay differ by little
+    pixels = np.asarray(cam.overlay, dtype=np.int16)
+    assert np.abs(np.diff(pixels, axis=1)).mean() < 6
     top1 = predictor.predict([image], top_k=1)[0].labels[0][0]
     assert cam.class_name == top1 and predictor.class_names[cam.class_index] == top1
 

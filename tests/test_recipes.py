@@ -14,12 +14,13 @@ from PIL import Image
 from densenet_demo.cli import main as cli
 from densenet_demo.cli.common import training_settings
 from densenet_demo.data import datasets as data
-from densenet_demo.training import loop as train
+from densenet_demo.training.build import build_model
+from densenet_demo.training.config import EPOCHS_UNDER_BUDGET, TrainConfig
 from densenet_demo.training.data import drops_last
-from densenet_demo.training.loop import TrainConfig, Trainer
+from densenet_demo.training.events import Evaluated, Finished, Step
+from densenet_demo.training.loop import Trainer
 from densenet_demo.training.pacing import RunningMetrics, cudnn_autotune_pays, lr_factor, mid_epoch_step
-from densenet_demo.training.settings import config_from_settings, parse_duration
-from densenet_demo.training.setup import EPOCHS_UNDER_BUDGET, build_model
+from densenet_demo.training.settings import SETTING_HELP, config_from_settings, parse_duration
 from densenet_demo.weights import resolver as W
 
 
@@ -126,16 +127,16 @@ def test_short_runs_and_time_budgets_validate_at_half_an_epoch_first():
 
 def test_a_short_run_yields_a_mid_epoch_validation(tiny_config, stripes):
     events = list(Trainer(_tiny(tiny_config, epochs=2, batch_size=2), stripes).run())
-    evaluated = [e for e in events if isinstance(e, train.Evaluated)]
+    evaluated = [e for e in events if isinstance(e, Evaluated)]
     assert len(evaluated) == 1 and evaluated[0].epoch == 0.5 and 0 <= evaluated[0].val_acc <= 1
-    assert isinstance(events[-1], train.Finished)
+    assert isinstance(events[-1], Finished)
 
 
 @pytest.mark.parametrize("batches", [0, 2])
 def test_the_checkpoint_keeps_the_batchnorm_statistics_its_validation_used(tiny_config, stripes, tmp_path, batches):
     config = _tiny(tiny_config, epochs=2, batch_size=4, bn_recalibration=batches)
     trainer = Trainer(config, stripes, out_dir=tmp_path)
-    assert isinstance(list(trainer.run())[-1], train.Finished)
+    assert isinstance(list(trainer.run())[-1], Finished)
     norms = [m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     tracked = {int(m.num_batches_tracked) for m in norms}
     # Recomputed: the average over the last 2 batches; kept: the running averages over every step so far.
@@ -157,14 +158,14 @@ def test_a_time_budget_stops_the_run_on_time_with_its_best_checkpoint(tiny_confi
     began, events = time.monotonic(), []
     for event in trainer.run():
         events.append(event)
-        if isinstance(event, train.Finished):  # the run has stopped: what follows is the generator's clean-up
+        if isinstance(event, Finished):  # the run has stopped: what follows is the generator's clean-up
             elapsed = time.monotonic() - began
     finished = events[-1]
-    assert isinstance(finished, train.Finished) and finished.out_of_time and not finished.stopped_early
+    assert isinstance(finished, Finished) and finished.out_of_time and not finished.stopped_early
     assert 0.8 * budget <= elapsed <= 1.1 * budget, elapsed
     _, info = W.load_checkpoint(finished.checkpoint_dir)
     assert info.metrics["val_acc"] == finished.best_val_acc and Path(finished.checkpoint_dir) == tmp_path
-    steps = [e for e in events if isinstance(e, train.Step)]
+    steps = [e for e in events if isinstance(e, Step)]
     assert steps[-1].lr < 0.25 * max(s.lr for s in steps)  # the lr decayed as the time ran out
     assert steps[-1].progress > 0.8 and steps[-1].eta_s < 0.3 * budget
 
@@ -173,7 +174,7 @@ def test_a_budget_shorter_than_an_epoch_still_ends_with_a_validated_checkpoint(t
     config = _tiny(tiny_config, time_budget_s=0.05, batch_size=2)
     events = list(Trainer(config, stripes, out_dir=tmp_path).run())
     finished = events[-1]
-    assert isinstance(finished, train.Finished) and finished.out_of_time and finished.epochs_run == 1
+    assert isinstance(finished, Finished) and finished.out_of_time and finished.epochs_run == 1
     assert (tmp_path / W.CHECKPOINT_WEIGHTS).is_file()
 
 
@@ -216,11 +217,23 @@ def _cli_config(argv: list[str]) -> TrainConfig:
     ids=["defaults", "every setting", "time budget"],
 )  # fmt: skip
 def test_the_command_line_and_the_page_make_the_same_config(argv, page):
-    from densenet_demo.ui.training_settings import config_from_page
+    from densenet_demo.ui.training_settings import SETTING_NAMES, config_from_page
 
     defaults = ("default", "default", "quick", "", "none", None, None, 0.2, "auto")
     page = page + defaults[len(page) - 9 :] if len(page) < 18 else page
-    assert _cli_config(argv) == config_from_page(*page)
+    assert _cli_config(argv) == config_from_page(dict(zip(SETTING_NAMES, page, strict=True)))
+
+
+def test_a_time_budget_replaces_epochs_on_both_faces():
+    from densenet_demo.ui.training_settings import SETTING_NAMES, config_from_page
+
+    with pytest.raises(ValueError, match="either a number of epochs or a time budget, not both"):
+        _cli_config(["--model", "densenet121", "--epochs", "3", "--time-budget", "60s"])
+    page = ("densenet121", "ImageNet", "linear", 3.0, None, None, None, False, "Auto", "default", "default", "quick")
+    config = config_from_page(dict(zip(SETTING_NAMES, (*page, "60s", "none", None, None, 0.2, "auto"), strict=True)))
+    assert config.time_budget_s == 60 and config.epochs is None  # the epochs field is left out
+    assert config == _cli_config(["--model", "densenet121", "--time-budget", "60s"])
+    assert "replaces" in SETTING_HELP["time_budget"] and "replaces" in SETTING_HELP["epochs"]
 
 
 def test_batchnorm_recalibration_is_a_flag_and_a_setting_alike():
@@ -233,12 +246,13 @@ def test_batchnorm_recalibration_is_a_flag_and_a_setting_alike():
 
 def test_every_setting_of_the_page_is_a_train_flag_with_help(capsys):
     from densenet_demo.training.settings import DEFAULTS
-    from densenet_demo.ui.training_settings import ExtraSettings
+    from densenet_demo.ui.training_settings import SETTING_NAMES
 
     with pytest.raises(SystemExit):
         cli.main(["train", "--help"])
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
-    page = ["weights", "mode", "epochs", "lr", "batch_size", "image_size", "memory_efficient", "amp", "optimizer"]
-    for name in [*page, "schedule", *ExtraSettings._fields]:
+    page = [name.removesuffix("_choice") for name in SETTING_NAMES if name != "model"]  # weights_choice: --weights
+    assert len(page) == 17
+    for name in page:
         assert name in DEFAULTS and "--" + name.replace("_", "-") in text
     assert "quick: AdamW" in text and "paper: the DenseNet paper's" in text

@@ -14,7 +14,9 @@ import torch
 from PIL import Image
 
 from densenet_demo.data import datasets as data
-from densenet_demo.training.loop import Finished, TrainConfig, Trainer
+from densenet_demo.training.config import TrainConfig
+from densenet_demo.training.events import Finished
+from densenet_demo.training.loop import Trainer
 from densenet_demo.training.mislabels import CrossFit, cross_fit_probabilities, self_confidence_rank
 from densenet_demo.training.review import ReviewError, review_run
 from densenet_demo.weights import checkpoints, run_data

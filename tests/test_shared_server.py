@@ -6,9 +6,12 @@ Two gradio_client sessions against one app server in a subprocess (``DENSENET_DE
 from __future__ import annotations
 
 import os
+import re
 import time
 import urllib.error
 import urllib.request
+import zipfile
+from pathlib import Path
 
 import pytest
 from conftest import AppServer
@@ -99,8 +102,10 @@ def test_runs_are_the_sessions_own_on_a_shared_server_and_everyones_locally(tmp_
             urllib.request.urlopen(f"{server.url}gradio_api/file={folder / 'model.safetensors'}", timeout=10)
         assert http.value.code == 403
         # A still can.
-        download = a.predict(run, api_name="/download_run")["value"]  # the file, shown
+        download = a.predict(run, api_name="/download_run")  # the file itself reaches the client
         assert download.endswith(f"{run_id}.zip") and os.path.getsize(download) > 1000
+        with zipfile.ZipFile(download) as archive:
+            assert {"model.safetensors", "model.json"} <= {Path(n).name for n in archive.namelist()}
         # The run's own architecture (densenet_fashion's, with the squares' 3 classes) and its heatmap.
         *_, heatmap = a.predict("custom", *ARCH_ARGS[1:], run, 3, api_name="/architecture")
         assert heatmap is not None
@@ -217,12 +222,21 @@ def test_the_page_lists_runs_by_what_they_are_and_deletes_one(tmp_path, tiny_con
         assert [o.strip() for o in options[:2]] == [newer, older]  # newest first, then the presets
         page.get_by_role("option", name=older).click()
         page.locator("#run-delete").click()
+        expect(page.locator("#run-confirm-text")).to_contain_text(older)  # asked first, by the run's label
+        page.locator("#run-delete-cancel").click()
+        expect(page.locator("#run-confirm")).to_be_hidden()
+        assert (runs_root / "20260101-090000-densenet121-aaaa").is_dir()  # kept
+        page.locator("#run-delete").click()
+        page.locator("#run-delete-confirm").click()
         expect(page.get_by_text("Run deleted.").first).to_be_visible()
         assert not (runs_root / "20260101-090000-densenet121-aaaa").exists()
         box.click()
         expect(page.get_by_role("option", name=newer)).to_be_visible()
         assert page.get_by_role("option", name=older).count() == 0
         assert (runs_root / "20260101-100000-densenet121-bbbb").is_dir()
+        page.get_by_role("option", name=re.compile("^densenet121")).first.click()  # a preset: nothing to delete
+        expect(page.locator("#run-delete")).to_be_disabled()
+        expect(page.locator("#run-download")).to_be_disabled()
         page.close()
     finally:
         server.stop()

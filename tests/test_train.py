@@ -17,9 +17,11 @@ from PIL import Image
 from densenet_demo.data import datasets as data
 from densenet_demo.model import DenseNet
 from densenet_demo.serving import predict
-from densenet_demo.training import loop as train
-from densenet_demo.training.loop import CancelToken, TrainConfig, Trainer
-from densenet_demo.training.setup import build_model, make_optimizer
+from densenet_demo.training import loop
+from densenet_demo.training.build import build_model, make_optimizer
+from densenet_demo.training.config import TrainConfig
+from densenet_demo.training.events import CancelToken, EpochEnd, Failed, Finished, Started, Step
+from densenet_demo.training.loop import Trainer
 from densenet_demo.weights import checkpoints
 
 COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
@@ -70,15 +72,15 @@ def _kinds(events) -> str:
     return " ".join(e.kind for e in events if e.kind != "preparing")
 
 
-def _started(events) -> train.Started:
-    return next(e for e in events if isinstance(e, train.Started))
+def _started(events) -> Started:
+    return next(e for e in events if isinstance(e, Started))
 
 
 def test_a_tiny_model_learns_loss_falls_and_val_acc_beats_chance(tiny_config, colours):
     _, events = _run(_config(tiny_config, epochs=6), colours)
-    epochs = [e for e in events if isinstance(e, train.EpochEnd)]
+    epochs = [e for e in events if isinstance(e, EpochEnd)]
     finished = events[-1]
-    assert isinstance(finished, train.Finished), events[-1]
+    assert isinstance(finished, Finished), events[-1]
     assert epochs[-1].train_loss < epochs[0].train_loss
     assert finished.best_val_acc > 1 / 3 + 0.2  # chance is 1/3
     assert np.array(finished.confusion_matrix).sum() == 6 and finished.class_names == ["blue", "green", "red"]
@@ -102,7 +104,7 @@ def test_linear_mode_computes_each_image_features_exactly_once(tiny_config, colo
     forward_features = DenseNet.forward_features
     monkeypatch.setattr(DenseNet, "forward_features", lambda self, x: seen.append(len(x)) or forward_features(self, x))
     trainer, events = _run(_config(tiny_config, mode="linear", epochs=4), colours)
-    assert isinstance(events[-1], train.Finished)
+    assert isinstance(events[-1], Finished)
     assert sum(seen) == 24 == trainer.backbone_images  # 18 train + 6 val images, once each, over 4 epochs
     assert re.fullmatch(r"started (caching )+((step )+epoch_end ){4}finished", _kinds(events))
 
@@ -112,12 +114,12 @@ def test_linear_mode_without_the_cache_runs_the_backbone_every_epoch(tiny_config
     forward_features = DenseNet.forward_features
     monkeypatch.setattr(DenseNet, "forward_features", lambda self, x: seen.append(len(x)) or forward_features(self, x))
     _, events = _run(_config(tiny_config, mode="linear", epochs=2, cache_features=False), colours)
-    assert isinstance(events[-1], train.Finished) and sum(seen) == 2 * 24
+    assert isinstance(events[-1], Finished) and sum(seen) == 2 * 24
 
 
 def test_linear_mode_trains_only_the_head(tiny_config, colours):
     trainer, events = _run(_config(tiny_config, mode="linear", epochs=2), colours)
-    assert isinstance(events[-1], train.Finished)
+    assert isinstance(events[-1], Finished)
     torch.manual_seed(trainer.config.seed)  # as the trainer does before building its model
     start, _, _ = build_model(trainer.config, trainer.class_names)
     before, after = start.state_dict(), trainer.model.state_dict()
@@ -131,7 +133,7 @@ def test_cancel_mid_epoch_yields_cancelled_with_the_best_checkpoint_so_far(tiny_
     events = []
     for event in trainer.run(cancel):
         events.append(event)
-        if isinstance(event, train.Step) and (event.epoch, event.step) == (2, 3):
+        if isinstance(event, Step) and (event.epoch, event.step) == (2, 3):
             cancel.cancel()
     assert _kinds(events).endswith("epoch_end step step step cancelled")  # stopped within one step
     cancelled = events[-1]
@@ -149,7 +151,7 @@ def test_cancel_before_any_epoch_ended_keeps_the_weights_so_far(tiny_config, col
     events = []
     for event in Trainer(_config(tiny_config, batch_size=2), colours).run(cancel):
         events.append(event)
-        if isinstance(event, train.Step):
+        if isinstance(event, Step):
             cancel.cancel()
     assert _kinds(events) == "started step cancelled"
     model, info = checkpoints.load_checkpoint(events[-1].checkpoint_dir)
@@ -203,10 +205,10 @@ def test_an_image_corrupt_only_when_decoded_is_skipped_reported_and_training_goe
     files, report = data.load_image_folder(root)
     assert report.skipped == [] and len(files.train) == 13  # its header is fine
     trainer, events = _run(_config(tiny_config, mode=mode, epochs=2, batch_size=4, val_fraction=0.5), files)
-    assert isinstance(events[-1], train.Finished), events[-1]
+    assert isinstance(events[-1], Finished), events[-1]
     (path, reason), *more = events[-1].skipped
     assert not more and path.endswith("broken.png") and "truncated" in reason
-    epoch_reports = [e.skipped for e in events if isinstance(e, train.EpochEnd)]
+    epoch_reports = [e.skipped for e in events if isinstance(e, EpochEnd)]
     assert sum(len(s) for s in epoch_reports) == 1  # reported once, not once per epoch
 
 
@@ -222,13 +224,13 @@ def test_an_exception_in_a_step_fails_the_run_and_the_next_run_succeeds(tiny_con
             return torch.nn.functional.cross_entropy(*args, **kwargs)
 
     with monkeypatch.context() as patch:
-        patch.setattr(train, "F", Failing())
+        patch.setattr(loop, "F", Failing())
         _, events = _run(_config(tiny_config), colours)
     assert _kinds(events) == "started failed"
     failed = events[-1]
     assert failed.message == "training failed: RuntimeError: boom in a step"
     assert "Traceback" in failed.detail and "Traceback" not in failed.message and failed.checkpoint_dir is None
-    assert isinstance(_run(_config(tiny_config, epochs=1), colours)[1][-1], train.Finished)
+    assert isinstance(_run(_config(tiny_config, epochs=1), colours)[1][-1], Finished)
 
 
 def test_out_of_memory_fails_with_advice_and_the_next_run_succeeds(tiny_config, colours, monkeypatch):
@@ -239,10 +241,10 @@ def test_out_of_memory_fails_with_advice_and_the_next_run_succeeds(tiny_config, 
         patch.setattr(DenseNet, "forward", out_of_memory)
         _, events = _run(_config(tiny_config), colours)
     message = events[-1].message
-    assert isinstance(events[-1], train.Failed) and message.startswith("out of memory")
+    assert isinstance(events[-1], Failed) and message.startswith("out of memory")
     assert "smaller batch size (now 6)" in message and "smaller image size (now 16)" in message
     assert "memory-efficient on" in message
-    assert isinstance(_run(_config(tiny_config, epochs=1), colours)[1][-1], train.Finished)
+    assert isinstance(_run(_config(tiny_config, epochs=1), colours)[1][-1], Finished)
 
 
 def test_a_failed_run_logs_its_message_and_traceback_at_error(tiny_config, colours, monkeypatch, caplog):
@@ -252,7 +254,7 @@ def test_a_failed_run_logs_its_message_and_traceback_at_error(tiny_config, colou
     with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="densenet_demo.training.loop"):
         patch.setattr(DenseNet, "forward", faulty_forward)
         trainer, events = _run(_config(tiny_config), colours)
-    assert isinstance(events[-1], train.Failed)
+    assert isinstance(events[-1], Failed)
     (error,) = [record for record in caplog.records if record.levelno >= logging.WARNING]
     logged = error.getMessage()
     assert error.levelno == logging.ERROR and trainer.run_id in logged and events[-1].message in logged
@@ -261,9 +263,9 @@ def test_a_failed_run_logs_its_message_and_traceback_at_error(tiny_config, colou
 
 
 def test_a_run_logs_its_start_and_its_end_at_info(tiny_config, colours, caplog):
-    with caplog.at_level(logging.INFO, logger="densenet_demo.training.loop"):
+    with caplog.at_level(logging.INFO, logger="densenet_demo.training"):
         trainer, events = _run(_config(tiny_config, epochs=1), colours)
-    assert isinstance(events[-1], train.Finished)
+    assert isinstance(events[-1], Finished)
     started, finished = [record.getMessage() for record in caplog.records]
     assert all(record.levelno == logging.INFO for record in caplog.records)
     assert started.startswith(f"training run {trainer.run_id} started: scratch mode, 18 train and 6 val images")
@@ -273,7 +275,7 @@ def test_a_run_logs_its_start_and_its_end_at_info(tiny_config, colours, caplog):
 def test_the_gpu_code_paths_run_on_the_cpu(tiny_config, colours):
     config = _config(tiny_config, mode="finetune", amp="bf16", channels_last=True, memory_efficient=True, epochs=1)
     trainer, events = _run(config, colours)
-    assert isinstance(events[-1], train.Finished), events[-1]
+    assert isinstance(events[-1], Finished), events[-1]
     assert _started(events).amp == "bfloat16" and trainer.model.cfg.memory_efficient
     with pytest.raises(ValueError, match="fp16 mixed precision needs a CUDA GPU"):
         Trainer(_config(tiny_config, amp="fp16"), colours)
@@ -282,11 +284,11 @@ def test_the_gpu_code_paths_run_on_the_cpu(tiny_config, colours):
 def test_training_on_the_cpu_runs_channels_last_by_default_and_contiguous_when_asked(tiny_config, colours):
     # oneDNN's CPU convolutions train ~13% and evaluate ~20% faster in NHWC (DenseNet-121, 64 px, 1 thread).
     trainer, events = _run(_config(tiny_config, epochs=1), colours)
-    assert isinstance(events[-1], train.Finished)
+    assert isinstance(events[-1], Finished)
     conv = trainer.model.features.conv0.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
     trainer, events = _run(_config(tiny_config, epochs=1, channels_last=False), colours)
-    assert isinstance(events[-1], train.Finished) and trainer.model.features.conv0.weight.is_contiguous()
+    assert isinstance(events[-1], Finished) and trainer.model.features.conv0.weight.is_contiguous()
 
 
 def test_finetune_gives_the_backbone_a_tenth_of_the_head_lr(tiny_config):
@@ -301,7 +303,7 @@ def test_training_continues_from_a_checkpoint_folder(tiny_config, colours):
     first = _run(_config(tiny_config, epochs=1), colours)[1][-1]
     trainer, events = _run(_config(tiny_config, mode="finetune", weights=first.checkpoint_dir, epochs=1), colours)
     assert _started(events).weights == f"checkpoint {Path(first.checkpoint_dir).name}"
-    assert isinstance(events[-1], train.Finished) and trainer.out_dir != Path(first.checkpoint_dir)
+    assert isinstance(events[-1], Finished) and trainer.out_dir != Path(first.checkpoint_dir)
 
 
 def test_a_train_and_val_layout_is_honoured_by_the_trainer(tiny_config, tmp_path):

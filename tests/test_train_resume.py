@@ -19,14 +19,16 @@ from densenet_demo.cli.main import main
 from densenet_demo.data import datasets as data
 from densenet_demo.data.images import default_preprocessing
 from densenet_demo.model import DenseNet
-from densenet_demo.training import runners as chunked
-from densenet_demo.training import state as train_state
-from densenet_demo.training.loop import CancelToken, Trainer
+from densenet_demo.training import runners
+from densenet_demo.training.events import CancelToken
+from densenet_demo.training.loop import Trainer
 from densenet_demo.training.pacing import RunClock, lr_factor
+from densenet_demo.training.state import STATE_FILE, LoopState
 from densenet_demo.ui import finetune_data
 from densenet_demo.ui.common import model_choices
 from densenet_demo.ui.continue_run import continue_training
-from densenet_demo.ui.finetune_tab import FinetuneTab, build_finetune_tab, start_training
+from densenet_demo.ui.finetune_tab import build_finetune_tab, start_training
+from densenet_demo.ui.training_run import FinetuneTab
 from densenet_demo.weights import checkpoints
 
 
@@ -69,8 +71,8 @@ def _chained(config, files, seconds_per_call: float, gap_s: float = 0.0) -> tupl
         events += [e for e in chunk if e.kind != "paused" and (calls == 1 or e.kind not in ("started", "preparing"))]
         if chunk[-1].kind != "paused":
             return events, calls
-        state = pickle.loads(pickle.dumps(trainer.state_dict()))
-        assert _tensors_on_cpu(state)
+        state = pickle.loads(pickle.dumps(trainer.paused_state))
+        assert _tensors_on_cpu(state.to_dict())
         time.sleep(gap_s)
         trainer = Trainer.from_state(state, files)
 
@@ -106,7 +108,7 @@ def test_a_time_budget_counts_the_time_inside_calls_not_between_them(tiny_config
 def test_the_state_a_finished_run_keeps_holds_cpu_tensors_and_plain_data(tiny_config, colours):
     trainer = Trainer(_config(tiny_config, epochs=2), colours)
     list(trainer.run())
-    path = trainer.out_dir / train_state.STATE_FILE
+    path = trainer.out_dir / STATE_FILE
     state = torch.load(path, weights_only=True)  # nothing but data: no pickled classes
     assert _tensors_on_cpu(state) and state["run_id"] == trainer.run_id
     assert state["position"]["epoch"] == 3 and state["position"]["step"] == 0
@@ -116,9 +118,9 @@ def test_the_state_a_finished_run_keeps_holds_cpu_tensors_and_plain_data(tiny_co
 def test_a_linear_run_keeps_only_its_head_and_a_continued_one_computes_its_features_again(tiny_config, colours):
     trainer = Trainer(_config(tiny_config, mode="linear", epochs=2), colours)
     list(trainer.run())
-    state = train_state.load_state(trainer.out_dir)
-    assert state["cache"] is None and all(key.startswith("classifier.") for key in state["model"])
-    events = list(chunked.continue_training(trainer.out_dir, colours, 2).run())
+    state = LoopState.load(trainer.out_dir)
+    assert state.cache is None and all(key.startswith("classifier.") for key in state.weights)
+    events = list(runners.continue_training(trainer.out_dir, colours, 2).events())
     assert "caching" in _kinds(events) and events[-1].kind == "finished"
     assert [e.epoch for e in events if e.kind == "epoch_end"] == [3, 4]
 
@@ -128,8 +130,8 @@ def test_a_finished_run_continues_for_more_epochs_on_the_schedule_of_the_longer_
     trainer = Trainer(config, colours)
     first = list(trainer.run())
     assert first[-1].kind == "finished"
-    run = chunked.continue_training(trainer.out_dir, colours, 2)
-    events = list(run.run())
+    run = runners.continue_training(trainer.out_dir, colours, 2)
+    events = list(run.events())
     assert [e.epoch for e in events if e.kind == "epoch_end"] == [3, 4]
     started = next(e for e in events if e.kind == "started")
     assert started.epochs == 4 and started.run_id == trainer.run_id
@@ -147,7 +149,7 @@ def test_a_stopped_run_continues_with_the_epoch_it_stopped_in(tiny_config, colou
         if event.kind == "step" and (event.epoch, event.step) == (2, 2):
             cancel.cancel()
     assert event.kind == "cancelled"
-    resumed = list(chunked.continue_training(trainer.out_dir, colours, 1).run())
+    resumed = list(runners.continue_training(trainer.out_dir, colours, 1).events())
     steps = [e for e in resumed if e.kind == "step"]
     assert (steps[0].epoch, steps[0].step) == (2, 1)
     assert resumed[-1].kind == "finished" and resumed[-1].epochs_run == 2
@@ -157,7 +159,7 @@ def test_a_time_budget_run_continues_for_epochs(tiny_config, colours):
     trainer = Trainer(_config(tiny_config, epochs=None, time_budget_s=1.0), colours)
     first = list(trainer.run())
     assert first[-1].kind == "finished"
-    events = list(chunked.continue_training(trainer.out_dir, colours, 1).run())
+    events = list(runners.continue_training(trainer.out_dir, colours, 1).events())
     started = next(e for e in events if e.kind == "started")
     assert started.time_budget_s is None and started.epochs == first[-1].epochs_run + 1
     assert events[-1].kind == "finished" and not events[-1].out_of_time
@@ -169,18 +171,18 @@ def test_continuing_on_other_classes_is_refused(tiny_config, colours, tmp_path):
     other, _ = data.load_image_folder(_colour_images(tmp_path / "other", per_class=4))
     other = data.LabeledFiles(("a", "b", "c"), other.train)
     with pytest.raises(ValueError, match="data it was trained on"):
-        chunked.continue_training(trainer.out_dir, other, 1)
+        runners.continue_training(trainer.out_dir, other, 1)
 
 
 @pytest.mark.parametrize("more", [0, -1, 2.5, True])
 def test_more_epochs_must_be_a_whole_number_of_at_least_one(tmp_path, colours, more):
     with pytest.raises(ValueError, match="more epochs must be a whole number"):
-        chunked.continue_training(tmp_path, colours, more)
+        runners.continue_training(tmp_path, colours, more)
 
 
 def test_a_run_without_a_saved_state_says_what_to_do(tmp_path, colours):
     with pytest.raises(FileNotFoundError, match="Start a new run instead"):
-        chunked.continue_training(tmp_path, colours, 1)
+        runners.continue_training(tmp_path, colours, 1)
 
 
 def test_the_command_line_continues_a_run_for_more_epochs(folder, start_from, capsys):
@@ -235,7 +237,7 @@ def test_the_page_continues_its_last_run_for_more_epochs(tmp_path):
 
 def test_a_run_that_does_not_exist_is_named_as_such(tmp_path):
     with pytest.raises(FileNotFoundError, match="there is no run nope"):
-        train_state.load_state(tmp_path / "nope")
+        LoopState.load(tmp_path / "nope")
 
 
 def test_a_budget_that_runs_out_as_an_epoch_begins_leaves_that_epoch_to_the_continuation(
@@ -245,11 +247,11 @@ def test_a_budget_that_runs_out_as_an_epoch_begins_leaves_that_epoch_to_the_cont
     # continuation for 2 more epochs trains epochs 2 and 3.
     config = _config(tiny_config, epochs=None, time_budget_s=600.0)
     trainer = Trainer(config, colours)
-    monkeypatch.setattr(RunClock, "out_of_time", lambda self, steps_done: trainer._epoch >= 2)
+    monkeypatch.setattr(RunClock, "out_of_time", lambda self, steps_done: trainer.state.epoch >= 2)
     first = list(trainer.run())
     assert [e.epoch for e in first if e.kind == "epoch_end"] == [1]
     assert first[-1].kind == "finished" and first[-1].out_of_time and first[-1].epochs_run == 1
     monkeypatch.undo()
-    events = list(chunked.continue_training(trainer.out_dir, colours, 2).run())
+    events = list(runners.continue_training(trainer.out_dir, colours, 2).events())
     assert [e.epoch for e in events if e.kind == "epoch_end"] == [2, 3]
     assert next(e for e in events if e.kind == "step").epoch == 2

@@ -26,10 +26,9 @@ from test_train import _colour_images, _colour_zip, _config
 
 from densenet_demo.data import datasets as data
 from densenet_demo.hosting import gpu
-from densenet_demo.training import runners as chunked
-from densenet_demo.training import setup as train_setup
-from densenet_demo.training import state as train_state
-from densenet_demo.training.loop import CancelToken
+from densenet_demo.training import build, runners
+from densenet_demo.training.config import default_batch_size
+from densenet_demo.training.state import STATE_FILE
 from densenet_demo.ui import classify
 
 FAKE_SPACES = Path(__file__).resolve().parent / "fake_spaces"
@@ -49,8 +48,8 @@ def test_on_zerogpu_the_spaces_process_works_on_the_cpu_and_runs_train_on_a_gpu(
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # ZeroGPU's patch outside a call
     assert gpu.device().type == "cpu" and gpu.deferred()
-    assert train_setup.pick_device("auto").type == "cpu" and train_setup.pick_device("cuda").type == "cpu"
-    assert train_setup.default_batch_size("auto") == 64  # the runs themselves train on a GPU
+    assert build.pick_device("auto").type == "cpu" and build.pick_device("cuda").type == "cpu"
+    assert default_batch_size("auto") == 64  # the runs themselves train on a GPU
 
 
 def test_without_zerogpu_nothing_is_deferred(monkeypatch):
@@ -122,7 +121,7 @@ def chain(monkeypatch):
     """ZeroGPU's chain in this process: every call pauses as soon as a step has been timed; ``calls`` counts them,
     ``after`` runs when a call has ended, ``refuse_at`` refuses that call as ZeroGPU would."""
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    monkeypatch.setattr(chunked, "RESERVE_FRACTION", 0.9999)
+    monkeypatch.setattr(runners, "RESERVE_FRACTION", 0.9999)
     plan = {"calls": 0, "after": None, "refuse_at": None}
 
     def stream(fn, *args, seconds, **kwargs):
@@ -139,50 +138,49 @@ def chain(monkeypatch):
 
 
 def test_a_chained_run_reads_as_one_run(chain, tiny_config, colours):
-    run = chunked.training(_config(tiny_config, epochs=3), colours)
-    events = list(run.run())
+    run = runners.start(_config(tiny_config, epochs=3), colours)
+    assert isinstance(run, runners.GPUCallsRun)
+    events = list(run.events())
     assert chain["calls"] > 2
     kinds = [e.kind for e in events]
     assert kinds.count("started") == 1 and "paused" not in kinds and kinds[-1] == "finished"
     steps = [(e.epoch, e.step) for e in events if e.kind == "step"]
     assert steps == sorted(steps) and len(steps) == len(set(steps)) == 3 * events[1].steps_per_epoch
-    assert (run.out_dir / train_state.STATE_FILE).is_file()  # a chained run can be continued too
+    assert (run.out_dir / STATE_FILE).is_file()  # a chained run can be continued too
 
 
 def test_stop_between_calls_ends_the_run_here_and_keeps_the_best_checkpoint(chain, tiny_config, colours):
-    cancel = CancelToken()
     events = []
-    run = chunked.training(_config(tiny_config, epochs=3), colours)
+    run = runners.start(_config(tiny_config, epochs=3), colours)
 
     def stop_after_an_epoch():
         if any(e.kind == "epoch_end" for e in events):
-            cancel.cancel()
+            run.stop()
 
     chain["after"] = stop_after_an_epoch
-    for event in run.run(cancel):
+    for event in run.events():
         events.append(event)
     assert events[-1].kind == "cancelled" and events[-1].checkpoint_dir == str(run.out_dir)
     assert events[-1].best_val_acc is not None and not any(e.kind == "started" for e in events[2:])
-    assert (run.out_dir / train_state.STATE_FILE).is_file()
+    assert (run.out_dir / STATE_FILE).is_file()
 
 
 def test_stop_inside_a_call_reaches_the_call(chain, tiny_config, colours, monkeypatch):
-    monkeypatch.setattr(chunked, "RESERVE_FRACTION", 0.25)  # one long call
-    cancel = CancelToken()
-    run = chunked.training(_config(tiny_config, epochs=200), colours)
-    for event in run.run(cancel):
+    monkeypatch.setattr(runners, "RESERVE_FRACTION", 0.25)  # one long call
+    run = runners.start(_config(tiny_config, epochs=200), colours)
+    for event in run.events():
         if event.kind == "epoch_end" and event.epoch == 2:
-            cancel.cancel()  # the relay turns it into the stop file the call looks for
+            run.stop()  # the relay turns it into the stop file the call looks for
     assert event.kind == "cancelled" and event.epoch < 200 and chain["calls"] == 1
 
 
 def test_a_refused_call_ends_the_run_with_the_message_and_it_can_be_continued(chain, tiny_config, colours):
-    run = chunked.training(_config(tiny_config, epochs=8), colours)
+    run = runners.start(_config(tiny_config, epochs=8), colours)
     chain["refuse_at"] = 6
-    events = list(run.run())
+    events = list(run.events())
     assert events[-1].kind == "failed" and "No GPU was available" in events[-1].message
     assert "Continue training goes on from where it stopped" in events[-1].message
-    more = list(chunked.continue_training(run.out_dir, colours, 1).run())
+    more = list(runners.continue_training(run.out_dir, colours, 1).events())
     assert more[-1].kind == "finished"
 
 
@@ -398,7 +396,7 @@ def test_a_calls_values_are_read_as_they_come_whatever_the_page_does_with_them()
             yield i
         raise RuntimeError("the call failed")
 
-    values = chunked._drained(call())
+    values = runners._drained(call())
     assert next(values) == 0
     deadline = time.monotonic() + 10
     while len(produced) < 50 and time.monotonic() < deadline:

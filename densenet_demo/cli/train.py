@@ -10,20 +10,21 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tqdm import tqdm
 
 from ..data.datasets import DatasetError, DatasetReport, LabeledFiles, load_image_folder
 from ..data.examples import example_dataset_folder
-from ..training import runners as chunked
-from ..training.loop import CancelToken, Failed, Finished, Trainer, example_config
+from ..training import runners
+from ..training.advice import suggest_settings
+from ..training.config import example_config
+from ..training.distributed import DataParallel, data_parallel, is_main_process
+from ..training.events import Failed, Finished
+from ..training.loop import Trainer
 from ..training.settings import config_from_settings
 from ..weights.checkpoints import CheckpointError, find_run, runs_dir
 from .common import EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, UsageError, add_training_settings, training_settings
-
-if TYPE_CHECKING:
-    from ..training.distributed import DataParallel
 
 __all__ = ["DEFAULT_MORE_EPOCHS", "add_parser", "train_command"]
 
@@ -52,8 +53,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def train_command(args: argparse.Namespace) -> int:
     """Under ``torchrun --nproc-per-node N -m densenet_demo train ...`` every process runs this; rank 0 prints."""
-    from ..training.distributed import data_parallel, is_main_process
-
     try:
         with data_parallel(sync_batchnorm=args.sync_bn) as dp:
             if args.sync_bn and dp is None:
@@ -77,21 +76,22 @@ def _train(args: argparse.Namespace, dp: DataParallel | None) -> int:
                 files, report = load_image_folder(example_dataset_folder())
             else:
                 files, report = load_image_folder(args.data, extract_to=os.path.join(scratch, "data"))
-            trainer = _continued(args, files, report, dp) if args.resume else _new_run(args, files, report, dp)
+            run = _continued(args, files, report, dp) if args.resume else _new_run(args, files, report, dp)
         except (DatasetError, ValueError, FileNotFoundError, CheckpointError) as e:
             raise UsageError(str(e)) from None
-        if quiet:
-            return _print_training(trainer, as_json=args.json, quiet=True)
-        if args.json:
+        if not quiet and args.json:
             print(json.dumps({"event": "dataset", **report.to_dict()}), flush=True)
-        else:
+        elif not quiet:
             print(report.summary(), file=sys.stderr)
-        return _print_training(trainer, as_json=args.json)
+        return _print_training(run, as_json=args.json, quiet=quiet, several=dp is not None)
 
 
-def _new_run(args: argparse.Namespace, files: LabeledFiles, report: DatasetReport, dp: DataParallel | None) -> Any:
+def _new_run(
+    args: argparse.Namespace, files: LabeledFiles, report: DatasetReport, dp: DataParallel | None
+) -> runners.TrainingRun:
     """A new run with the flags' settings over the data's own: the example brings its quick settings; other data
-    without ``--model`` the settings suggested for it on this machine (``advice.suggest_settings``)."""
+    without ``--model`` the settings suggested for it on this machine (``advice.suggest_settings``). Epochs or a
+    time budget asked for replace the other one these bring (a time budget replaces epochs)."""
     given = training_settings(args)
     if args.data == "example":
         quick = example_config().to_dict()
@@ -102,20 +102,18 @@ def _new_run(args: argparse.Namespace, files: LabeledFiles, report: DatasetRepor
     else:
         settings = _suggested(files, dp, as_json=args.json)
         model = settings.pop("model")
-        if "epochs" in given:  # epochs asked for: they decide, not the suggested time budget
-            settings.pop("time_budget")
-    settings |= given
-    config = config_from_settings(model, **settings)
+    for asked, other in (("epochs", "time_budget"), ("time_budget", "epochs")):
+        if asked in given:
+            settings.pop(other, None)
+    config = config_from_settings(model, **(settings | given))
     if dp is not None:  # torchrun: this process's part in the run
-        return Trainer(config, files, report=report, out_dir=args.out, data_parallel=dp)
+        return runners.LocalRun(Trainer(config, files, report=report, out_dir=args.out, parallel=dp))
     # hosting/gpu.py decides: one loop here, or a chain of ZeroGPU calls
-    return chunked.training(config, files, report=report, out_dir=args.out)
+    return runners.start(config, files, report=report, out_dir=args.out)
 
 
 def _suggested(files: LabeledFiles, dp: DataParallel | None, *, as_json: bool) -> dict[str, Any]:
     """The settings suggested for ``files`` here, announced in one line (a JSON record with ``--json``)."""
-    from ..training.advice import suggest_settings
-
     if dp is not None:  # each process would time its own device: the processes must train the same settings
         raise ValueError("under torchrun give --model (and the other settings): the suggestion is for one process")
 
@@ -128,7 +126,9 @@ def _suggested(files: LabeledFiles, dp: DataParallel | None, *, as_json: bool) -
     return suggestion.settings()
 
 
-def _continued(args: argparse.Namespace, files: LabeledFiles, report: DatasetReport, dp: DataParallel | None) -> Any:
+def _continued(
+    args: argparse.Namespace, files: LabeledFiles, report: DatasetReport, dp: DataParallel | None
+) -> runners.TrainingRun:
     """``--resume RUN``: the run (its id in weights/runs/, or its folder) for ``--epochs`` more, on its own settings."""
     if dp is not None:
         raise ValueError("--resume continues a run in one process; run it without torchrun")
@@ -143,24 +143,22 @@ def _continued(args: argparse.Namespace, files: LabeledFiles, report: DatasetRep
         if folder.parent != runs_dir().resolve():
             raise ValueError(f"run {folder.name} is a published run; copy its folder into {runs_dir()} to continue it")
     more = getattr(args, "epochs", None) or DEFAULT_MORE_EPOCHS
-    run = chunked.continue_training(folder, files, more, report=report)
+    run = runners.continue_training(folder, files, more, report=report)
     print(f"continuing run {run.run_id}: epochs {run.config.epochs - more + 1} to {run.config.epochs}", file=sys.stderr)
     return run
 
 
-def _print_training(trainer, *, as_json: bool, quiet: bool = False) -> int:
-    """Run a trainer, printing its events; Ctrl-C stops after the current step and keeps the best checkpoint.
+def _print_training(run: runners.TrainingRun, *, as_json: bool, quiet: bool, several: bool) -> int:
+    """Run it, printing its events; Ctrl-C stops it (the best checkpoint so far is kept).
 
-    ``quiet``: print nothing (the ranks of a torchrun run other than 0).
+    ``quiet``: print nothing (the processes of a torchrun run other than the main one); ``several``: one of them.
     """
-    cancel = CancelToken()
-    previous = signal.signal(signal.SIGINT, lambda *_: cancel.cancel())
+    previous = signal.signal(signal.SIGINT, lambda *_: run.stop())
     # torchrun ends the other ranks with SIGTERM when one fails: finish the step and report, not die mid-write.
-    distributed = trainer.data_parallel is not None
-    previous_term = signal.signal(signal.SIGTERM, lambda *_: cancel.cancel()) if distributed else None
+    previous_term = signal.signal(signal.SIGTERM, lambda *_: run.stop()) if several else None
     bar = None
     try:
-        for event in trainer.run(cancel):
+        for event in run.events():
             kind, end = event.kind, event
             if quiet:
                 continue

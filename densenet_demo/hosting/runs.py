@@ -130,8 +130,7 @@ def _number(name: str, default: float) -> float:
     return max(value, 0.0)
 
 
-# ---------------------------------------------------------------------------------------------
-# Ownership
+# -- Ownership ---------------------------------------------------------------------------------
 
 
 def claim(run_id: str, owner: str) -> Path:
@@ -197,8 +196,7 @@ def can_use(run_id: str, owner: str | None, shared: bool) -> bool:
     return not shared or folder.parent == checkpoints.published_dir().resolve() or _owned_by(run_id, owner)
 
 
-# ---------------------------------------------------------------------------------------------
-# Labels
+# -- Labels ------------------------------------------------------------------------------------
 
 
 def run_label(info: checkpoints.CheckpointInfo) -> str:
@@ -246,8 +244,7 @@ def _when(created_at: str) -> str:
     return moment.strftime("%Y-%m-%d %H:%M")
 
 
-# ---------------------------------------------------------------------------------------------
-# Runs in use, deletion and retention
+# -- Runs in use, deletion and retention -------------------------------------------------------
 
 
 @contextmanager

@@ -62,12 +62,15 @@ class Prediction:
     latency_ms: float  # this image's decode + preprocessing, plus its share of the batch's forward pass
 
 
+OVERLAY_MIN_SIDE = 256  # Grad-CAM overlays are drawn at least this large (a 32 px input is enlarged smoothly)
+
+
 @dataclass
 class GradCam:
     """Where the model looked for one class (Selvaraju et al., https://arxiv.org/abs/1610.02391)."""
 
     heatmap: np.ndarray  # (H, W) float32 in [0, 1], over the model's input crop
-    overlay: Image.Image  # the input crop with the heatmap on top, RGB, same size
+    overlay: Image.Image  # the input crop with the heatmap on top, RGB, at least OVERLAY_MIN_SIDE px a side
     class_index: int
     class_name: str
 
@@ -190,14 +193,14 @@ class Predictor:
         with torch.no_grad():
             channel_weights = grads.mean(dim=(2, 3), keepdim=True)  # α_k: the class's use of channel k
             cam = F.relu((channel_weights * features).sum(dim=1, keepdim=True))
-            size = (self.preprocessing.image_size, self.preprocessing.image_size)
-            cam = F.interpolate(cam, size=size, mode="bilinear", align_corners=False)[0, 0].float().cpu()
-            low, high = float(cam.min()), float(cam.max())
-            cam = (cam - low) / (high - low) if high > low else torch.zeros_like(cam)
-        heatmap = cam.numpy().astype(np.float32)
-        return GradCam(
-            heatmap, _overlay(self.preprocessing.view(decoded), heatmap), class_index, self.class_names[class_index]
-        )
+        side = self.preprocessing.image_size
+        heatmap = _upsampled(cam, side)
+        # People look at the overlay at a readable size: the input crop enlarged smoothly and the map upsampled
+        # from the last block's few cells to that size, not a 32 px image stretched into blocks by the browser.
+        shown = max(side, OVERLAY_MIN_SIDE)
+        view = self.preprocessing.view(decoded).convert("RGB").resize((shown, shown), Image.Resampling.BICUBIC)
+        overlay = _overlay(view, heatmap if shown == side else _upsampled(cam, shown))
+        return GradCam(heatmap, overlay, class_index, self.class_names[class_index])
 
     def _check_top_k(self, top_k: int) -> int:
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
@@ -211,6 +214,15 @@ def _name_of(image: ImageSource, index: int) -> str:
     return getattr(image, "name", None) or f"image {index + 1}"
 
 
+def _upsampled(cam: torch.Tensor, side: int) -> np.ndarray:
+    """A (1, 1, h, w) class activation map, bilinearly upsampled to ``side`` x ``side`` and scaled to 0..1."""
+    with torch.no_grad():
+        cam = F.interpolate(cam, size=(side, side), mode="bilinear", align_corners=False)[0, 0].float().cpu()
+        low, high = float(cam.min()), float(cam.max())
+        cam = (cam - low) / (high - low) if high > low else torch.zeros_like(cam)
+    return cam.numpy().astype(np.float32)
+
+
 def _overlay(view: Image.Image, heatmap: np.ndarray, alpha: float = 0.5) -> Image.Image:
     """The heatmap as blue (cold) - yellow - red (hot), blended onto the model's view of the image."""
     heat = Image.fromarray((heatmap * 255.0).round().astype(np.uint8), "L")
@@ -218,8 +230,7 @@ def _overlay(view: Image.Image, heatmap: np.ndarray, alpha: float = 0.5) -> Imag
     return Image.blend(view.convert("RGB"), colored, alpha)
 
 
-# ---------------------------------------------------------------------------------------------
-# The cache: one predictor per resolved (model, weights, file version)
+# -- The cache: one predictor per resolved (model, weights, file version) -----------------------
 
 _cache: OrderedDict[tuple, Predictor] = OrderedDict()
 _cache_lock = threading.Lock()

@@ -35,7 +35,8 @@ from ..data.datasets import LabeledFiles
 from ..hosting import gpu
 from ..weights import pretrained
 from . import timing
-from .setup import TrainConfig, default_batch_size, pick_device
+from .build import pick_device
+from .config import TrainConfig, default_batch_size
 
 __all__ = ["DataTraits", "Estimate", "Suggestion", "estimate_time", "look_at", "suggest_settings"]
 

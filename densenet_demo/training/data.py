@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -17,9 +17,20 @@ from torch.utils.data import DataLoader, Sampler
 
 from ..data.datasets import DatasetError, ImageFileDataset, Item, collate_skipping_failures
 from ..data.images import Preprocessing
-from .setup import TrainConfig
+from .cancel import check_stop
+from .config import TrainConfig
+from .events import Caching, CancelToken
 
-__all__ = ["Batch", "FeatureCache", "Placement", "iterate_batches", "drops_last", "image_loader", "note_failures"]
+__all__ = [
+    "Batch",
+    "FeatureCache",
+    "Placement",
+    "cache_features",
+    "drops_last",
+    "image_loader",
+    "iterate_batches",
+    "note_failures",
+]
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (inputs, labels)
 
@@ -163,3 +174,28 @@ def iterate_batches(
         note_failures(skipped, failed)
         if x is not None:
             yield x, y
+
+
+def cache_features(
+    items: list[Item],
+    model: torch.nn.Module,
+    preprocessing: Preprocessing,
+    config: TrainConfig,
+    placement: Placement,
+    *,
+    cancel: CancelToken,
+    skipped: list[tuple[str, str]],
+    done: int,
+    total: int,
+) -> Generator[Caching, None, FeatureCache]:
+    """Linear mode: the pooled backbone features of ``items``, computed once, in eval mode and without
+    augmentation; ``Caching`` events count ``done`` on towards ``total``. Images that fail to decode go into
+    ``skipped``."""
+    loader = image_loader(items, preprocessing, config, placement.device, train=False)
+    cache = FeatureCache.builder(model, placement)
+    for x, y, failed in loader:
+        check_stop(cancel)
+        done += len(failed) + cache.add(x, y)
+        note_failures(skipped, failed)
+        yield Caching(done, total)
+    return cache.build()

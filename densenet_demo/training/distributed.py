@@ -1,9 +1,11 @@
-"""Data-parallel training on ``torchrun``: one process per device, gradients all-reduced by PyTorch's DDP.
+"""How the processes of a run share it: ``Alone`` (one process) or ``DataParallel`` (one of N torchrun processes,
+gradients all-reduced by PyTorch's DDP). The ``Trainer`` (training/loop.py) takes either as its ``parallel``
+strategy and calls the same hooks; ``Alone``'s do nothing.
 
-``torchrun --nproc-per-node N -m densenet_demo train DATA ...`` starts N copies of the command line; each
-calls ``data_parallel()``, which joins the process group from torchrun's environment (``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) over NCCL on CUDA or gloo on the CPU and
-hands the ``Trainer`` a ``DataParallel``: how this process takes part in the run. What each rank does:
+``torchrun --nproc-per-node N -m densenet_demo train DATA ...`` (or the app's child, training/torchrun.py) starts N
+processes; each calls ``data_parallel()``, which joins the process group from torchrun's environment (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``) over NCCL on CUDA or gloo on the CPU and hands
+the ``Trainer`` a ``DataParallel``: how this process takes part in the run. What each rank does:
 
 - every rank splits the images the same way (the split is derived from the seed, not from the rank);
 - training images: a ``DistributedSampler`` gives each rank its own shuffled share of each epoch, with
@@ -16,29 +18,18 @@ hands the ``Trainer`` a ``DataParallel``: how this process takes part in the run
   of batches or was asked to stop, so that a Stop reaching any rank stops all of them at the same step;
 - rank 0 alone writes the checkpoint; a rank that fails records its message in torchrun's key-value store,
   so the others, whose next collective fails, report that message rather than a broken connection.
-
-``launch_torchrun()`` runs such a command as a child process and yields its events (for the web app).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
-import queue
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,31 +37,21 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler, Sampler
 
+from ..data.datasets import DatasetError
 from ..hosting import gpu
+from .config import TrainConfig
 from .data import FeatureCache
-from .events import (
-    Caching,
-    Cancelled,
-    CancelToken,
-    EpochEnd,
-    Evaluated,
-    Event,
-    Failed,
-    Finished,
-    Preparing,
-    Started,
-    Step,
-)
+from .events import CancelToken, Failed
 
 __all__ = [
     "ENV_FAKE_GPUS",
+    "Alone",
     "DataParallel",
+    "Parallel",
     "data_parallel",
+    "gpu_count",
     "is_main_process",
     "shard_bounds",
-    "gpu_count",
-    "launch_torchrun",
-    "event_from_dict",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,10 +59,15 @@ logger = logging.getLogger(__name__)
 # Test-only switch: pretend this machine has N GPUs; the launcher then runs N gloo processes on the CPU.
 ENV_FAKE_GPUS = "DENSENET_DEMO_FAKE_GPUS"
 
-_EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (Preparing, Started, Caching, Step, Evaluated, EpochEnd, Finished, Cancelled, Failed)
-}
-_END_KINDS = ("finished", "cancelled", "failed")
+
+def gpu_count() -> int:
+    """GPUs a run could use: CUDA's count, or ``DENSENET_DEMO_FAKE_GPUS`` in tests."""
+    fake = os.environ.get(ENV_FAKE_GPUS)
+    if fake:
+        return int(fake)
+    if gpu.zero_gpu():  # one GPU lent per call, and CUDA must not be touched outside one: no torchrun there
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def torchrun_ranks() -> tuple[int, int, int] | None:
@@ -117,6 +103,51 @@ class _ShardSampler(Sampler[int]):
         return self.stop - self.start
 
 
+class Alone:
+    """A run of one process: it trains on every image, saves, pauses and stops wherever it is; every hook is a
+    no-op."""
+
+    world_size = 1
+    is_main = True
+    stops_anywhere = True  # Stop acts at once: inside a step, while caching, while validating
+
+    def check(self, config: TrainConfig, n_val: int) -> None:
+        """Nothing to refuse alone."""
+
+    def device_for(self, device: torch.device) -> torch.device:
+        return device
+
+    def prepare(self, model: torch.nn.Module, *, trains_backbone: bool) -> torch.nn.Module:
+        return model
+
+    def wrap(self, module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+        return module
+
+    def describe_batch(self, batch_size: int, lr: float, *, sharded: bool) -> tuple[int, str]:
+        return batch_size, "none: one process"
+
+    def samples_per_rank(self, n: int) -> int:
+        return n
+
+    def shard(self, items: Sequence[Any]) -> list[Any]:
+        return list(items)
+
+    def gather_cache(self, share: FeatureCache) -> FeatureCache:
+        return share
+
+    def epoch_batches(self, batches: Iterable[Any], source: Any, epoch: int, cancel: CancelToken) -> Iterable[Any]:
+        return batches
+
+    def sum(self, *values: float) -> tuple[float, ...]:
+        return values
+
+    def sum_tensor(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def explain_failure(self, failed: Failed) -> Failed:
+        return failed
+
+
 @dataclass(frozen=True)
 class DataParallel:
     """How this process takes part in a data-parallel run (``data_parallel()`` makes one)."""
@@ -128,6 +159,8 @@ class DataParallel:
     sync_batchnorm: bool = False
     store: Any = field(default=None, repr=False, compare=False)  # torchrun's key-value store, for failures
 
+    stops_anywhere = False  # the ranks stop together, at a training step (``lockstep``)
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -138,6 +171,17 @@ class DataParallel:
         return torch.device("cuda", self.local_rank) if self.backend == "nccl" else torch.device("cpu")
 
     # -- set-up ----------------------------------------------------------------------------------
+
+    def check(self, config: TrainConfig, n_val: int) -> None:
+        """``ValueError`` for what a run of several processes cannot do; ``DatasetError`` when some process would
+        have no validation image."""
+        if config.time_budget_s is not None:  # each rank's clock would stop it at another step
+            raise ValueError("a time budget is not supported on several GPUs (torchrun) yet: clear it and give epochs")
+        if n_val < self.world_size:
+            raise DatasetError(
+                f"{n_val} validation images for {self.world_size} processes: give every process at least one "
+                "(more images, or fewer processes)"
+            )
 
     def device_for(self, device: torch.device) -> torch.device:
         """This rank's device: its own GPU (``LOCAL_RANK``) on CUDA; the CPU stays the CPU."""
@@ -187,6 +231,11 @@ class DataParallel:
     def shard(self, items: Sequence[Any]) -> list[Any]:
         start, stop = shard_bounds(len(items), self.rank, self.world_size)
         return list(items[start:stop])
+
+    def epoch_batches(self, batches: Iterable[Any], source: Any, epoch: int, cancel: CancelToken) -> Iterator[Any]:
+        """An epoch's training batches: a new shuffle of each share, and every rank takes the same steps."""
+        self.set_epoch(source, epoch)
+        return self.lockstep(batches, cancel)
 
     @staticmethod
     def set_epoch(source: Any, epoch: int) -> None:
@@ -297,135 +346,4 @@ def data_parallel(*, sync_batchnorm: bool = False, device: str = "auto") -> Iter
         dist.destroy_process_group()
 
 
-# ---------------------------------------------------------------------------------------------
-# Launching a run from the app
-
-
-def gpu_count() -> int:
-    """GPUs a run could use: CUDA's count, or ``DENSENET_DEMO_FAKE_GPUS`` in tests."""
-    fake = os.environ.get(ENV_FAKE_GPUS)
-    if fake:
-        return int(fake)
-    if gpu.zero_gpu():  # one GPU lent per call, and CUDA must not be touched outside one: no torchrun there
-        return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def event_from_dict(record: dict[str, Any]) -> Event | None:
-    """A JSON event line's dict -> the trainer's event dataclass; None for other records (``dataset``)."""
-    cls = _EVENT_TYPES.get(record.get("event", ""))
-    if cls is None:
-        return None
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in record.items() if k in names})
-
-
-def launch_torchrun(
-    train_args: Sequence[str],
-    nproc: int,
-    *,
-    cancel: CancelToken | None = None,
-    env: dict[str, str] | None = None,
-    cwd: str | os.PathLike | None = None,
-    stop_grace_s: float = 60.0,
-) -> Iterator[Event]:
-    """Run ``python -m densenet_demo train *train_args --json`` on ``nproc`` processes; yield its events.
-
-    The events are the trainer's own dataclasses, so the same view renders them. ``cancel`` reaching the
-    iterator sends SIGINT to torchrun, which passes it to every rank: they stop together at the next step,
-    rank 0 keeps the best checkpoint and reports ``Cancelled``. If the child ends without an end event, the
-    iterator ends with a ``Failed`` that quotes its last error lines, or with a ``Cancelled`` when it was stopped
-    before it started training. ``cwd``: the child's working folder (relative paths in ``train_args`` start
-    there). With ``DENSENET_DEMO_FAKE_GPUS`` set (tests), the ranks run on the CPU over gloo.
-    """
-    cancel = cancel or CancelToken()
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    command += ["-m", "densenet_demo", "train", *train_args, "--json"]
-    child_env = {**os.environ, **(env or {})}
-    package_root = str(Path(__file__).resolve().parents[2])
-    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, child_env.get("PYTHONPATH")) if p)
-    if child_env.get(ENV_FAKE_GPUS):
-        child_env["CUDA_VISIBLE_DEVICES"] = ""  # the stand-in "GPUs" are CPU processes on gloo
-    logger.info("starting %s", " ".join(command))
-    process = subprocess.Popen(
-        command,
-        env=child_env,
-        cwd=cwd,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group: a signal to it reaches torchrun, not this app
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-    errors: deque[str] = deque(maxlen=200)
-    readers = [
-        threading.Thread(target=_pump, args=(process.stdout, lines.put, True), daemon=True),
-        threading.Thread(target=_pump, args=(process.stderr, errors.append, False), daemon=True),
-    ]
-    for reader in readers:
-        reader.start()
-    ended, started, stopped_at = False, False, None
-    try:
-        while True:
-            if cancel.cancelled and stopped_at is None:
-                stopped_at = time.monotonic()
-                _signal_group(process, signal.SIGINT)
-            elif stopped_at is not None and time.monotonic() - stopped_at > stop_grace_s:
-                _signal_group(process, signal.SIGKILL)  # the ranks did not stop in time
-            try:
-                line = lines.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if line is None:
-                break
-            event = _parse(line)
-            if event is not None:
-                ended = ended or event.kind in _END_KINDS
-                started = started or isinstance(event, Started)
-                yield event
-        code = process.wait()
-        for reader in readers:
-            reader.join(timeout=5)
-        if not ended and cancel.cancelled and not started:  # stopped while the ranks were starting: nothing saved
-            yield Cancelled(checkpoint_dir=None, epoch=0, best_val_acc=None)
-        elif not ended:
-            yield Failed(f"the {nproc}-process training run ended without a result (exit code {code}): {_why(errors)}")
-    finally:
-        if ended and process.poll() is None:  # the run reported its end: the processes are on their way out
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=stop_grace_s)
-        if process.poll() is None:  # the consumer stopped listening: stop the ranks, too
-            _signal_group(process, signal.SIGINT)
-            try:
-                process.wait(timeout=stop_grace_s)
-            except subprocess.TimeoutExpired:
-                _signal_group(process, signal.SIGKILL)
-                process.wait()
-
-
-def _pump(stream: Any, put: Any, mark_end: bool) -> None:
-    for line in stream:
-        put(line)
-    if mark_end:  # tell the reader that the stream ended
-        put(None)
-
-
-def _parse(line: str) -> Event | None:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError:
-        logger.debug("not an event: %s", line.rstrip())
-        return None
-    return event_from_dict(record) if isinstance(record, dict) else None
-
-
-def _why(stderr_lines: Sequence[str]) -> str:
-    """The command line's own ``error: ...`` line if it printed one, else the last lines torchrun printed."""
-    lines = [line.strip() for line in stderr_lines if line.strip()]
-    ours = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
-    return ours[-1] if ours else " | ".join(lines[-5:])[-1500:]
-
-
-def _signal_group(process: subprocess.Popen, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, sig)
+Parallel = Alone | DataParallel

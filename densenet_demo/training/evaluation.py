@@ -9,9 +9,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .batchnorm_stats import RecentBatches
+from .cancel import check_stop
 from .data import Placement
+from .distributed import Parallel
+from .events import CancelToken
 
-__all__ = ["BestEpoch", "ValidationResult", "confusion_and_loss", "oom_advice"]
+__all__ = ["BestEpoch", "ValidationResult", "confusion_and_loss", "oom_advice", "validate"]
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,28 @@ def confusion_and_loss(
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             confusion += torch.bincount(y.cpu() * n + logits.argmax(1).cpu(), minlength=n * n).view(n, n)
     return confusion, loss_sum
+
+
+def validate(
+    model: torch.nn.Module,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    placement: Placement,
+    class_names: list[str],
+    shares: Parallel,
+    recent: RecentBatches,
+    cancel: CancelToken,
+) -> ValidationResult:
+    """One pass over the validation set in eval mode, its BatchNorm statistics first recomputed from the recent
+    training batches (training/batchnorm_stats.py); counts summed over every process's share (``shares``), so that
+    the result is the whole validation set's. A set ``cancel`` raises ``Stop`` between batches."""
+    recent.recalibrate(model, placement.autocast())  # statistics of these weights
+    model.eval()
+    n = len(class_names)
+    confusion, loss_sum = confusion_and_loss(batches, forward, placement, n, lambda: check_stop(cancel))
+    (loss_sum,) = shares.sum(loss_sum)
+    return ValidationResult.from_counts(shares.sum_tensor(confusion), loss_sum, class_names)
 
 
 def oom_advice(batch_size: int, image_size: int | None, memory_efficient: bool, device: torch.device) -> str:

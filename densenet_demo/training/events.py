@@ -1,13 +1,15 @@
 """What a training run reports, and how it is stopped: the event dataclasses and the cancel token.
 
 ``Trainer.run()`` (training/loop.py) yields these; the UI renders them, the CLI prints them, the tests assert on them.
-Each event is a frozen dataclass; ``to_dict()`` gives its JSON form, tagged with its ``kind``.
+Each event is a frozen dataclass. One codec carries them wherever a run's events cross a process: ``to_dict()``
+gives an event's JSON form, tagged with its ``kind``, and ``from_dict()`` makes the event again (the command
+line's ``--json``, a torchrun child's events, the tests).
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "Cancelled",
     "Failed",
     "Paused",
+    "from_dict",
 ]
 
 
@@ -169,8 +172,27 @@ class Failed(Event):
 @dataclass(frozen=True)
 class Paused(Event):
     """The run stopped at a step boundary because its time (``run(deadline=...)``) was up, to go on elsewhere:
-    ``Trainer.state_dict()`` holds where it was (a GPU call's worth of training on ZeroGPU, training/state.py)."""
+    ``Trainer.paused_state`` holds where it was (a GPU call's worth of training on ZeroGPU, training/state.py)."""
 
     kind: ClassVar[str] = "paused"
     epoch: int
     step: int  # steps of ``epoch`` done
+
+
+_ALL = (Preparing, Started, Caching, Step, Evaluated, EpochEnd, Finished, Cancelled, Failed, Paused)
+_KINDS: dict[str, type[Event]] = {cls.kind: cls for cls in _ALL}
+
+
+def from_dict(record: dict[str, Any]) -> Event:
+    """The event whose ``to_dict()`` gave ``record``; ``ValueError`` for a record of no event kind.
+
+    Fields this version does not know are left out (a newer writer may add some); the (path, reason) pairs of
+    ``skipped`` come back as tuples, so that an event survives the trip unchanged.
+    """
+    cls = _KINDS.get(record.get("event", ""))
+    if cls is None:
+        raise ValueError(f"not a training event: {str(record)[:200]}")
+    values = {f.name: record[f.name] for f in fields(cls) if f.name in record}
+    if "skipped" in values:
+        values["skipped"] = [tuple(pair) for pair in values["skipped"]]
+    return cls(**values)

@@ -16,9 +16,12 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from .setup import TrainConfig
+    from .config import TrainConfig
 
 __all__ = [
+    "CallDeadline",
+    "ClockReading",
+    "EpochSums",
     "LRSchedule",
     "RunClock",
     "RunningMetrics",
@@ -36,6 +39,8 @@ AUTOTUNE_MIN_BUDGET_S = 600.0
 # One-cycle: the lr climbs from max/25 to max over the first 30% of the run, then anneals (torch's OneCycleLR).
 _ONECYCLE_RISE, _ONECYCLE_START = 0.3, 1 / 25
 _SMOOTHING = 0.1  # weight of the newest batch in the smoothed training loss
+# A pause leaves room for the next step (and the validation after it) to run 1.5x slower than the last one.
+SLOWER_STEP = 1.5
 
 
 def lr_factor(schedule: str, warmup: float, progress: float) -> float:
@@ -67,6 +72,27 @@ class LRSchedule:
             group["lr"] = peak * factor
 
 
+@dataclass(frozen=True)
+class EpochSums:
+    """The epoch's running training metrics so far (``pacing.RunningMetrics``) and the time spent in it."""
+
+    seconds: float = 0.0
+    seen: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    smoothed_loss: float | None = None  # carries on across epochs
+
+
+@dataclass(frozen=True)
+class ClockReading:
+    """A time budget's clock (``pacing.RunClock``), relative to the run's launch."""
+
+    elapsed: float = 0.0  # since the launch, over the calls before (the budget counts these, not the gaps)
+    training_started: float | None = None  # seconds after the launch when the first step began
+    images: int = 0  # trained on so far (the clock's pace)
+    validation_s: float | None = None  # the last validation's duration
+
+
 class RunClock:
     """Where a run stands: its progress by steps, or by time under a budget, and whether its time is up.
 
@@ -90,6 +116,17 @@ class RunClock:
 
     def validated(self, seconds: float) -> None:
         self.validation_s = seconds
+
+    def reading(self) -> ClockReading:
+        """Where the clock stands, relative to the launch (to go on elsewhere)."""
+        started = None if self.train_start is None else self.train_start - self.launched
+        return ClockReading(time.monotonic() - self.launched, started, self.images, self.validation_s)
+
+    def go_on_from(self, reading: ClockReading) -> None:
+        """A resumed run's clock: the budget counts the time of the calls before this one, not the gaps."""
+        self.launched -= reading.elapsed
+        self.train_start = None if reading.training_started is None else self.launched + reading.training_started
+        self.images, self.validation_s = reading.images, reading.validation_s
 
     def _reserve_s(self, now: float) -> float:
         if self.validation_s is not None:
@@ -119,6 +156,36 @@ class RunClock:
     def out_of_time(self, steps_done: int) -> bool:
         """True once the budget (less the reserve) is spent; never before the first step, so there is a result."""
         return self.budget_s is not None and steps_done > 0 and time.monotonic() >= self._training_end(time.monotonic())
+
+
+class CallDeadline:
+    """``Trainer.run(deadline=...)``: pause before a step that (with a validation after it) may not end by the
+    deadline (``time.monotonic()``), to go on in another call (training/state.py). A call always takes at least one
+    step, so that a chain of calls gets on; no deadline, no pause."""
+
+    def __init__(self, deadline: float | None, val_batches: int) -> None:
+        self.deadline, self.val_batches = deadline, val_batches
+        self._last: tuple[int, int, float] | None = None  # (epoch, step, time) of the last check
+        self._step_s: float | None = None  # the last step's duration
+        self._steps_at_start: int | None = None  # the run's steps done when this call began
+
+    def time_is_up(self, epoch: int, step: int, *, steps_done: int, validation_follows: bool, clock: RunClock) -> bool:
+        """Before step ``step`` of ``epoch``, with ``steps_done`` steps of the run done."""
+        if self.deadline is None:
+            return False
+        if self._steps_at_start is None:
+            self._steps_at_start = steps_done
+        stepped = steps_done > self._steps_at_start
+        now, last = time.monotonic(), self._last
+        self._last = (epoch, step, now)
+        if last is not None and last[:2] == (epoch, step - 1):
+            self._step_s = now - last[2]
+        if self._step_s is None or not stepped:
+            return False
+        ahead = self._step_s
+        if validation_follows:  # before any validation, one takes about a third of a step per batch
+            ahead += clock.validation_s if clock.validation_s is not None else self._step_s * self.val_batches / 3
+        return now + SLOWER_STEP * ahead >= self.deadline
 
 
 def mid_epoch_step(epochs: int, steps_per_epoch: int, *, budget_s: float | None) -> int | None:
@@ -175,6 +242,19 @@ class RunningMetrics:
         self.loss_sum += loss * len(labels)
         self.correct += (logits.detach().argmax(1) == labels).sum()
         self.smoothed = loss.clone() if self.smoothed is None else self.smoothed.lerp(loss, _SMOOTHING)
+
+    def sums(self, seconds: float) -> EpochSums:
+        """The epoch's sums so far (a host sync on a GPU), with the ``seconds`` spent in it."""
+        smoothed = None if self.smoothed is None else float(self.smoothed)
+        return EpochSums(seconds, self.seen, float(self.loss_sum), int(self.correct), smoothed)
+
+    def go_on_from(self, sums: EpochSums) -> None:
+        """A resumed epoch's sums come back; the smoothed loss carries on whenever the run goes on."""
+        if sums.smoothed_loss is not None:
+            self.smoothed = torch.tensor(sums.smoothed_loss, device=self.device)
+        self.seen = sums.seen
+        self.loss_sum = torch.tensor(sums.loss_sum, dtype=self.loss_sum.dtype, device=self.device)
+        self.correct = torch.tensor(sums.correct, dtype=self.correct.dtype, device=self.device)
 
     def due(self) -> bool:
         return time.monotonic() - self._read_at >= self.interval_s

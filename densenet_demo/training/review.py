@@ -28,8 +28,8 @@ from ..data.datasets import DatasetError, ImageFileDataset, Item, collate_skippi
 from ..model import DenseNet
 from ..weights import checkpoints
 from ..weights.run_data import RunData, read_run_data
+from .build import pick_device
 from .mislabels import CrossFit, cross_fit_probabilities, self_confidence_rank
-from .setup import pick_device
 
 __all__ = [
     "Confusion",

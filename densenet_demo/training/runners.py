@@ -1,13 +1,22 @@
-"""A training run wherever its GPU work runs (hosting/gpu.py): one continuous loop here, or on ZeroGPU a chain of GPU
-calls, each going on from the state the last one handed back on the CPU (training/state.py).
+"""Where a training run runs, behind one handle: ``start(config, files, where=...)`` returns a ``TrainingRun`` with
+``run_id``, ``config`` (resolved: every default filled in), ``events()`` and ``stop()``, whichever of these runs it:
 
-``training(config, files)`` checks the settings at once (the errors a ``Trainer`` raises) and returns a
-``TrainingRun``; ``continue_training(run_dir, files, more_epochs)`` does the same for a finished or stopped run.
-``TrainingRun.run(cancel)`` yields the trainer's events, the same either way: one ``Started``, the steps and
-epochs across calls without a seam, and one end. Stop works inside a call (a thread here relays it to the worker
-through a file: a forked process cannot see this process's flags) and between calls (the end is then made here,
-on the CPU, from the last state). A call ZeroGPU refuses ends the run with its plain message; the state of the
-last call stays in the run's folder, so that the run can be continued later.
+- ``"here"``: the loop in this process (training/loop.py);
+- ``"gpu_calls"``: on ZeroGPU, a chain of GPU calls (hosting/gpu.py), each going on from the ``LoopState`` the last
+  one handed back on the CPU (training/state.py);
+- ``"torchrun"``: one process per GPU, a torchrun child that reads the run's config from a file and streams its
+  events back (training/torchrun.py);
+- ``"auto"``: GPU calls on ZeroGPU, else here.
+
+``continue_training(run_dir, files, more_epochs)`` does the same for a finished or stopped run (here, or in GPU
+calls). Settings are checked at once (``DatasetError``, ``ValueError``); everything later ends the events with
+``Failed``. ``events()`` yields the trainer's events, the same wherever it runs: one ``Started``, the steps and
+epochs (across calls without a seam), and one end: ``Finished``, ``Cancelled`` or ``Failed``.
+
+In GPU calls, Stop works inside a call (a thread here relays it to the worker through a file: a forked process
+cannot see this process's flags) and between calls (the end is then made here, on the CPU, from the last state).
+A call ZeroGPU refuses ends the run with its plain message; the state of the last call stays in the run's
+folder, so that the run can be continued later.
 """
 
 from __future__ import annotations
@@ -24,28 +33,110 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ..data.datasets import DatasetReport, Item, LabeledFiles
+from ..data.datasets import DatasetReport, LabeledFiles
 from ..hosting import gpu
 from ..weights import resolver as W
+from .config import TrainConfig
+from .distributed import DataParallel, gpu_count
 from .events import CancelToken, Evaluated, Event, Failed, Finished, Paused, Preparing, Started
-from .loop import TrainConfig, Trainer
-from .state import keep_state, load_state
+from .loop import Trainer
+from .state import LoopState
+from .torchrun import Job, train_in_child
 
-__all__ = ["RESERVE_FRACTION", "TrainingRun", "continue_training", "training"]
+__all__ = [
+    "RESERVE_FRACTION",
+    "WHERE",
+    "GPUCallsRun",
+    "LocalRun",
+    "TorchrunRun",
+    "TrainingRun",
+    "continue_training",
+    "start",
+]
 
 logger = logging.getLogger(__name__)
 
+WHERE = ("auto", "here", "gpu_calls", "torchrun")
 # A call plans to pause this share of its duration before its end: the worker's start, the state's trip back and
 # a step slower than the last fit in what is left (the trainer also keeps room for its next step or validation).
 RESERVE_FRACTION = 0.25
 STOP_CHECK_S = 0.1  # how often a Stop is looked for: by the relay here, by the worker in its run's stop file
 
 
+class TrainingRun:
+    """A checked run, ready to start: the same handle wherever it runs.
+
+    ``events()`` runs it (once) and yields its events; ``stop()`` (from any thread) asks it to stop: it ends with
+    ``Cancelled``, the best checkpoint so far kept. ``processes``: how many processes train (torchrun: one per
+    GPU; they stop together at the end of a step, a single one at once, inside its step).
+    """
+
+    run_id: str
+    out_dir: Path
+    config: TrainConfig  # resolved
+    processes: int = 1
+
+    def __init__(self) -> None:
+        self._cancel = CancelToken()
+
+    def events(self) -> Iterator[Event]:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self._cancel.cancel()
+
+
+class LocalRun(TrainingRun):
+    """The loop in this process."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        super().__init__()
+        self.trainer = trainer
+        self.run_id, self.out_dir, self.config = trainer.run_id, trainer.out_dir, trainer.config
+
+    def events(self) -> Iterator[Event]:
+        return self.trainer.run(self._cancel)
+
+
+class TorchrunRun(TrainingRun):
+    """One process per GPU: a torchrun child started with the run as data (training/torchrun.py).
+
+    Checked at once for what several processes cannot do (a time budget: each process's clock would stop it at
+    another step; fewer validation images than processes) and for bad settings (``TrainConfig``); what only the
+    child finds (no GPU where one was asked for, the images) ends its events with ``Failed``.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        files: LabeledFiles,
+        report: DatasetReport | None,
+        *,
+        processes: int,
+        out_dir: str | os.PathLike | None = None,
+        scratch: str | os.PathLike | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__()
+        if processes < 1:
+            raise ValueError(f"a torchrun run needs at least one process, got {processes}")
+        self.config = config.resolved()
+        _, val = files.split(self.config.val_fraction, self.config.seed)
+        DataParallel(0, processes, 0, "gloo").check(self.config, len(val))
+        self.run_id = W.new_run_id(self.config.model_name)
+        self.out_dir = Path(out_dir).resolve() if out_dir else W.run_path(self.run_id).resolve()
+        self.processes, self.scratch, self.env = processes, scratch, env
+        self.job = Job(self.config, files, report, self.run_id, str(self.out_dir))
+
+    def events(self) -> Iterator[Event]:
+        return train_in_child(self.job, self.processes, self._cancel, scratch=self.scratch, env=self.env)
+
+
 @dataclass(frozen=True)
 class _CallEnd:
     """A call's last value when the run paused: ``state`` goes on in the next call."""
 
-    state: dict[str, Any]
+    state: LoopState
 
 
 class _StopFile(CancelToken):
@@ -85,9 +176,8 @@ def _relay(cancel: CancelToken, stop_file: Path) -> Iterator[None]:
         watcher.join()
 
 
-class TrainingRun:
-    """A checked run, ready to start: ``run(cancel)`` yields its events. It answers what consumers ask of a
-    ``Trainer`` (``run_id``, ``out_dir``, ``config``, ``val_items``, ``data_parallel``)."""
+class GPUCallsRun(TrainingRun):
+    """On ZeroGPU: a chain of GPU calls, each going on from the state the last one handed back."""
 
     def __init__(
         self,
@@ -95,41 +185,18 @@ class TrainingRun:
         files: LabeledFiles,
         report: DatasetReport | None,
         *,
-        state: dict[str, Any] | None = None,
+        state: LoopState | None = None,
         more_epochs: int = 0,
     ) -> None:
-        self.trainer = trainer  # made here, to check the settings and name the run; on ZeroGPU each call makes its own
+        super().__init__()
+        # Made here to check the settings and name the run; each call makes its own.
+        self.run_id, self.out_dir, self.config = trainer.run_id, trainer.out_dir, trainer.config
         self.files, self.report = files, report
         self.state, self.more_epochs = state, more_epochs  # a continued run: where it goes on from
 
-    @property
-    def run_id(self) -> str:
-        return self.trainer.run_id
-
-    @property
-    def out_dir(self) -> Path:
-        return self.trainer.out_dir
-
-    @property
-    def config(self) -> TrainConfig:
-        return self.trainer.config  # resolved: every default filled in
-
-    @property
-    def val_items(self) -> list[Item]:
-        return self.trainer.val_items
-
-    @property
-    def data_parallel(self) -> None:
-        return None  # a run of one process (torchrun's runs are Trainers of their own)
-
-    def run(self, cancel: CancelToken | None = None) -> Iterator[Event]:
-        """The run's events, ending with ``Finished``, ``Cancelled`` or ``Failed``."""
-        cancel = cancel or CancelToken()
-        if not gpu.zero_gpu():
-            yield from self.trainer.run(cancel)
-            return
+    def events(self) -> Iterator[Event]:
         with tempfile.TemporaryDirectory(prefix="densenet_demo_run_") as scratch:
-            yield from self._chain(cancel, Path(scratch) / "stop")
+            yield from self._chain(self._cancel, Path(scratch) / "stop")
 
     def _chain(self, cancel: CancelToken, stop_file: Path) -> Iterator[Event]:
         seconds, began = gpu.call_seconds(), time.monotonic()
@@ -140,7 +207,7 @@ class TrainingRun:
                 return
             calls += 1
             paused = None
-            args = (self.trainer.config, self.files, self.report, self.run_id, str(self.out_dir), state, more)
+            args = (self.config, self.files, self.report, self.run_id, str(self.out_dir), state, more)
             try:
                 with _relay(cancel, stop_file):
                     values = gpu.stream(_train_in_call, *args, str(stop_file), seconds, seconds=seconds)
@@ -157,7 +224,7 @@ class TrainingRun:
                 return
             state, more = paused, 0
 
-    def _end_here(self, state: dict[str, Any]) -> Iterator[Event]:
+    def _end_here(self, state: LoopState) -> Iterator[Event]:
         """Stopped between calls: the trainer's own end (best checkpoint and state kept), made on the CPU."""
         trainer = Trainer.from_state(state, self.files, report=self.report, device="cpu")
         stopped = CancelToken()
@@ -166,12 +233,12 @@ class TrainingRun:
             if not isinstance(event, (Started, Preparing)):
                 yield event
 
-    def _refused(self, message: str, state: dict[str, Any] | None) -> Failed:
+    def _refused(self, message: str, state: LoopState | None) -> Failed:
         """ZeroGPU refused a call: the run ends with its message; the best checkpoint and the last state stay."""
         kept = (self.out_dir / W.CHECKPOINT_WEIGHTS).is_file()
         if kept and state is not None:
             try:
-                keep_state(self.out_dir, state)
+                state.keep(self.out_dir)
                 message += " Continue training goes on from where it stopped."
             except OSError as e:  # the checkpoint stays; only going on from here is lost
                 logger.warning("run %s: its training state was not saved (%s)", self.run_id, e)
@@ -217,7 +284,7 @@ def _train_in_call(
     report: DatasetReport | None,
     run_id: str,
     out_dir: str,
-    state: dict[str, Any] | None,
+    state: LoopState | None,
     more_epochs: int,
     stop_file: str,
     seconds: float,
@@ -226,39 +293,57 @@ def _train_in_call(
     deadline = time.monotonic() + seconds * (1 - RESERVE_FRACTION)
     if not gpu.can_start_processes():  # a daemonic worker: the images are decoded in the training process
         config = replace(config, num_workers=0)
-        state = None if state is None else {**state, "config": {**state["config"], "num_workers": 0}}
+        state = None if state is None else replace(state, config=replace(state.config, num_workers=0))
     if state is None:
         trainer = Trainer(config, files, report=report, out_dir=out_dir, run_id=run_id)
     else:
         trainer = Trainer.from_state(state, files, report=report, more_epochs=more_epochs)
     for event in trainer.run(_StopFile(Path(stop_file)), deadline=deadline):
         if isinstance(event, Paused):
-            yield _CallEnd(trainer.state_dict())
+            yield _CallEnd(trainer.paused_state)
             return
         yield event
 
 
-def training(
+def start(
     config: TrainConfig,
     files: LabeledFiles,
     *,
     report: DatasetReport | None = None,
+    where: str = "auto",
+    processes: int | None = None,
     out_dir: str | os.PathLike | None = None,
     runs_root: str | os.PathLike | None = None,
+    scratch: str | os.PathLike | None = None,
 ) -> TrainingRun:
-    """A new run, its settings checked (``DatasetError``, ``ValueError`` at once, as ``Trainer`` raises them)."""
+    """A new run of ``config`` on ``files``, its settings checked (``DatasetError``, ``ValueError`` at once).
+
+    ``where``: ``auto`` | ``here`` | ``gpu_calls`` | ``torchrun`` (see the module's docstring). Under torchrun:
+    ``processes`` (default: one per GPU) and ``scratch``, a folder for the child's job file (default: the system's
+    temporary folder).
+    """
+    if where not in WHERE:
+        raise ValueError(f"where must be one of {', '.join(WHERE)}, got {where!r}")
+    if where == "torchrun":
+        nproc = processes or gpu_count()
+        return TorchrunRun(config, files, report, processes=nproc, out_dir=out_dir, scratch=scratch)
     trainer = Trainer(config, files, report=report, out_dir=out_dir, runs_root=runs_root)
-    return TrainingRun(trainer, files, report)
+    if where == "gpu_calls" or (where == "auto" and gpu.zero_gpu()):
+        return GPUCallsRun(trainer, files, report)
+    return LocalRun(trainer)
 
 
 def continue_training(
     run_dir: str | os.PathLike, files: LabeledFiles, more_epochs: int, *, report: DatasetReport | None = None
 ) -> TrainingRun:
-    """The finished or stopped run in ``run_dir``, trained ``more_epochs`` more on ``files`` (its own data).
+    """The finished or stopped run in ``run_dir``, trained ``more_epochs`` more on ``files`` (its own data): here,
+    or in GPU calls on ZeroGPU.
 
     ``FileNotFoundError`` for a run that kept no state, ``ValueError`` for other classes or a bad number."""
     if isinstance(more_epochs, bool) or not isinstance(more_epochs, int) or not 1 <= more_epochs <= 10_000:
         raise ValueError(f"more epochs must be a whole number from 1 to 10000, got {more_epochs!r}")
-    state = load_state(run_dir)
+    state = LoopState.load(run_dir)
     trainer = Trainer.from_state(state, files, report=report, more_epochs=more_epochs)
-    return TrainingRun(trainer, files, report, state=state, more_epochs=more_epochs)
+    if gpu.zero_gpu():
+        return GPUCallsRun(trainer, files, report, state=state, more_epochs=more_epochs)
+    return LocalRun(trainer)

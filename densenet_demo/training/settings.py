@@ -1,22 +1,23 @@
 """A training run's settings by name, as the command line's flags and the Fine-tune tab's fields give them.
 
 ``config_from_settings(model=..., mode=..., ...)`` is the one place that turns them into a ``TrainConfig``: the
-``train`` command and the app both call it, so the same settings make the same run. ``train_args(config)`` goes
-the other way, to ``train``'s flags (the app's runs under torchrun are that command). ``SETTING_HELP`` holds one
-line per setting for ``--help`` and the page.
+``train`` command and the app both call it, so the same settings make the same run. ``DEFAULTS`` names every
+setting once; ``SETTING_HELP`` holds one line per setting for ``--help`` and the page.
+
+One rule for epochs and a time budget, on both faces: a time budget replaces epochs (the run trains until the
+budget is spent, its lr decaying to 0 by then); asking for both is refused. The page's epochs field always has
+a value, so the page leaves it out when a budget is given (ui/training_settings.py).
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import fields
-from decimal import Decimal
 from typing import Any
 
 from ..weights import resolver as W
-from .setup import AMP_CHOICES, AUGMENTATIONS, MODES, OPTIMIZERS, RECIPE_HELP, RECIPES, SCHEDULES, TrainConfig
+from .config import AMP_CHOICES, AUGMENTATIONS, MODES, OPTIMIZERS, RECIPE_HELP, RECIPES, SCHEDULES, TrainConfig
 
-__all__ = ["CHOICES", "DEFAULTS", "SETTING_HELP", "config_from_settings", "parse_duration", "train_args"]
+__all__ = ["CHOICES", "DEFAULTS", "SETTING_HELP", "config_from_settings", "parse_duration"]
 
 # The defaults both faces show; None means "the recipe's value for the mode" (or the device's, for batch size).
 DEFAULTS: dict[str, Any] = {
@@ -54,9 +55,10 @@ SETTING_HELP: dict[str, str] = {
     "mode": "linear: frozen backbone, features cached once | finetune: every layer, the backbone at lr/10 | "
     "scratch: random init, every layer",
     "recipe": "; ".join(f"{name}: {line}" for name, line in RECIPE_HELP.items()),
-    "epochs": "passes over the training images (default: the recipe's for the mode; with a time budget: no limit)",
-    "time_budget": "stop after this long, e.g. 60s, 2m, 1h (instead of epochs): the lr decays to 0 as the time runs "
-    "out and the best validated checkpoint is kept; default: none (epochs decide)",
+    "epochs": "passes over the training images (default: the recipe's for the mode); a time budget replaces them",
+    "time_budget": "train for this long, e.g. 60s, 2m, 1h: a budget replaces epochs (give one or the other); the run "
+    "trains until it is spent, the lr decays to 0 as the time runs out and the best validated checkpoint is kept; "
+    "default: none (epochs decide)",
     "lr": "peak learning rate (default: the recipe's for the mode)",
     "optimizer": f"{' | '.join(OPTIMIZERS)} (sgd: Nesterov momentum 0.9); default: the recipe's",
     "schedule": "cosine: warm-up then cosine to 0 | step: /10 at half and at three quarters of the run (the paper) "
@@ -119,11 +121,16 @@ def config_from_settings(model: Any, **settings: Any) -> TrainConfig:
         raise ValueError(f"unknown training settings: {', '.join(sorted(unknown))}")
     s = {**DEFAULTS, **settings}
     weights = _default(s["weights"])
-    weights = "random" if str(weights).lower() == "random init" else weights  # the page's name for it
     # 0 means "the model's own" for the image size and "off" for early stopping; for epochs and the batch size it
     # is a value to refuse (TrainConfig names the range), not a default.
     epochs, batch_size = (None if _default(v) is None else _whole(v) for v in (s["epochs"], s["batch_size"]))
     image_size, patience = (_whole(v) if _default(v) else None for v in (s["image_size"], s["early_stopping"]))
+    budget = parse_duration(_default(s["time_budget"]))
+    if epochs is not None and budget is not None:
+        raise ValueError(
+            "give either a number of epochs or a time budget, not both: a time budget replaces the epochs "
+            "(the run trains until it is spent)"
+        )
     lr, smoothing = _default(s["lr"]), _default(s["label_smoothing"])
     recalibration = _default(s["bn_recalibration"])
     return TrainConfig(
@@ -132,7 +139,7 @@ def config_from_settings(model: Any, **settings: Any) -> TrainConfig:
         mode=str(s["mode"]).lower(),
         recipe=str(s["recipe"]).lower(),
         epochs=epochs,
-        time_budget_s=parse_duration(_default(s["time_budget"])),
+        time_budget_s=budget,
         batch_size=batch_size,
         lr=float(lr) if lr else None,
         optimizer=_default(s["optimizer"]),
@@ -148,38 +155,3 @@ def config_from_settings(model: Any, **settings: Any) -> TrainConfig:
         image_size=image_size,
         seed=int(s["seed"]),
     )
-
-
-# The TrainConfig field each setting sets, where the names differ; the other settings share their field's name.
-_FIELD_OF = {"time_budget": "time_budget_s", "early_stopping": "early_stopping_patience"}
-
-
-def train_args(config: TrainConfig) -> list[str]:
-    """``train``'s flags for a config that ``config_from_settings`` made: ``--model`` and every setting that has a
-    value, so that the command line's ``config_from_settings`` makes the same ``TrainConfig`` (the data argument
-    and ``--out`` are the caller's).
-
-    ``ValueError`` for what no flag can say: a model given as a ``DenseNetConfig``, or a field without a setting
-    (warm-up, weight decay, ...) changed from its default.
-    """
-    if not isinstance(config.model, str):
-        raise ValueError("the train command takes a preset name or a checkpoint folder as its model, not a config")
-    fixed = [
-        f.name for f in fields(TrainConfig) if f.name != "model" and f.name not in {*DEFAULTS, *_FIELD_OF.values()}
-    ]
-    changed = [name for name in fixed if getattr(config, name) != TrainConfig.__dataclass_fields__[name].default]
-    if changed:
-        raise ValueError(f"the train command has no flag for {', '.join(changed)}; leave them at their defaults")
-    args = ["--model", config.model]
-    for name in DEFAULTS:
-        value = getattr(config, _FIELD_OF.get(name, name))
-        flag = "--" + name.replace("_", "-")
-        if value is None or value is False:  # None: the recipe's (or the device's) value, as when the flag is left out
-            continue
-        if value is True:
-            args.append(flag)
-        elif name == "time_budget":
-            args += [flag, f"{Decimal(repr(value)):f}s"]  # positional digits: parse_duration takes no exponent
-        else:
-            args += [flag, repr(value) if isinstance(value, float) else str(value)]
-    return args

@@ -1,105 +1,235 @@
-"""A training run's state as plain data and CPU tensors, so that another process can go on with it.
+"""What a training run needs to pause and go on: ``LoopState``, its fields by name.
 
-The ``Trainer`` (training/loop.py) takes this mixin. Two ways to go on:
+The loop (training/loop.py) keeps its run's ``LoopState`` up to date as it goes: the epoch it is in, the steps
+done, the best epoch so far, the images found broken. At a pause or at the end ``with_tensors`` adds what trains
+(weights, optimizer, gradient scaler, RNG), the epoch's running sums and the clock of a time budget, as CPU
+tensors and plain data, so that another process can go on with it. Two ways to go on:
 
-- **resume** exactly where a run paused: ``run(deadline=...)`` ends with a ``Paused`` event at a step boundary
-  when its time is nearly up, ``state_dict()`` then holds everything (weights, optimizer, gradient scaler, RNG,
-  where in which epoch with that epoch's running sums, the clock of a time budget, the best epoch so far, the
-  images found broken, linear mode's feature cache), and ``Trainer.from_state(state, files)`` goes on from
-  there, mid-epoch included, on the same batches. On ZeroGPU a run is a chain of such calls (training/runners.py).
+- **resume** exactly where a run paused: ``Trainer.run(deadline=...)`` ends with a ``Paused`` event at a step
+  boundary when its time is nearly up; ``trainer.paused_state`` then holds everything (linear mode's feature cache
+  too) and ``Trainer.from_state(state, files)`` goes on from there, mid-epoch included, on the same batches. On
+  ZeroGPU a run is a chain of such calls (training/runners.py).
 - **continue** a finished or stopped run for more epochs: every run of one process leaves ``trainer_state.pt``
-  beside its checkpoint; ``from_state(load_state(run_dir), files, more_epochs=N)`` trains N epochs more, from
-  the weights it ended with, its optimizer's moments and its best epoch kept. The run then counts as one of
-  ``done + N`` epochs: the lr follows the schedule of that longer run from the epoch it goes on at.
+  beside its checkpoint (``keep``); ``Trainer.from_state(LoopState.load(run_dir), files, more_epochs=N)`` trains N
+  epochs more, from the weights it ended with, its optimizer's moments and its best epoch kept. The run then
+  counts as one of ``done + N`` epochs: the lr follows the schedule of that longer run from the epoch it goes on at.
 
 A run under torchrun is not resumed (its ranks would each need their share of the state): it keeps no state.
+The file holds plain data and tensors only (``torch.load(weights_only=True)`` reads it), laid out by ``to_dict``.
 """
 
 from __future__ import annotations
 
 import itertools
-import logging
 import os
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import Sampler
 
-from ..config import DenseNetConfig
-from ..data.datasets import DatasetReport, LabeledFiles
 from ..weights import checkpoints
-from ..weights import resolver as W
-from . import events
-from .data import Batch, FeatureCache
+from .config import TrainConfig
 from .evaluation import BestEpoch, ValidationResult
-from .setup import TrainConfig
+from .pacing import ClockReading, EpochSums
 
-if TYPE_CHECKING:
-    from .loop import Trainer
-    from .pacing import RunClock, RunningMetrics
-
-__all__ = ["STATE_FILE", "EpochOrder", "Position", "Resumable", "keep_state", "load_state"]
-
-logger = logging.getLogger(__name__)
+__all__ = ["STATE_FILE", "EpochOrder", "LoopState", "skip_batches"]
 
 STATE_FILE = "trainer_state.pt"  # beside model.safetensors in a run's folder
 STATE_VERSION = 1
-# A pause leaves room for the next step (and the validation after it) to run 1.5x slower than the last one.
-SLOWER_STEP = 1.5
 
 
-@dataclass(frozen=True)
-class Position:
-    """Where a run is: ``step`` steps of ``epoch`` done, and what its loop had counted by then."""
+@dataclass
+class LoopState:
+    """Where a run is and what it needs to go on. The loop updates the position as it goes; ``with_tensors``
+    adds the rest at a pause or at the end."""
 
-    epoch: int = 1
-    step: int = 0
+    # -- the run
+    run_id: str
+    out_dir: str
+    config: TrainConfig  # resolved: every default filled in
+    class_names: list[str]
+    # -- where it is
+    epoch: int = 1  # the epoch it is in; after an epoch's end, the one it goes on at
+    step: int = 0  # steps of ``epoch`` done when it paused (0: from the epoch's start)
     steps_done: int = 0  # optimizer steps of the whole run
-    epoch_seconds: float = 0.0  # time spent in ``epoch`` so far
-    seen: int = 0  # the epoch's running training metrics (pacing.RunningMetrics)
-    loss_sum: float = 0.0
-    correct: int = 0
-    smoothed_loss: float | None = None
-    epochs_without_best: int = 0
+    epochs_without_best: int = 0  # early stopping's count
     reported: int = 0  # skipped images an EpochEnd has named already
-    elapsed: float = 0.0  # since the run's launch, over the calls before (the time budget's clock)
-    training_started: float | None = None  # seconds after the launch when the first step began
-    images: int = 0  # trained on so far (the clock's pace)
-    validation_s: float | None = None  # the last validation's duration
+    # -- what it found
+    best: BestEpoch | None = None  # set only once its checkpoint is on disk
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # images found corrupt while training
+    backbone_images: int = 0  # images through the backbone while caching (linear mode: each image once)
+    # -- taken at a pause or at the end (``with_tensors``); empty in a new run
+    sums: EpochSums = field(default_factory=EpochSums)
+    clock: ClockReading = field(default_factory=ClockReading)
+    weights: dict[str, torch.Tensor] | None = None
+    head_only: bool = False  # linear mode kept only its head: the frozen backbone is built again
+    optimizer: dict[str, Any] | None = None
+    scaler: dict[str, Any] | None = None
+    rng: dict[str, torch.Tensor] | None = None
+    recent_batches: list[torch.Tensor] = field(default_factory=list)  # to recompute BatchNorm statistics from
+    cache: list[list[torch.Tensor]] | None = None  # linear mode's features [train, val], each [features, labels]
 
-
-def load_state(run_dir: str | os.PathLike) -> dict[str, Any]:
-    """The state a finished or stopped run left in its folder; ``FileNotFoundError`` says what to do."""
-    path = Path(run_dir) / STATE_FILE
-    if not Path(run_dir).is_dir():
-        raise FileNotFoundError(
-            f"there is no run {Path(run_dir).name}: the Predict tab's model list (run:<id>) names the runs there are."
+    def with_tensors(
+        self,
+        *,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        device: torch.device,
+        sums: EpochSums,
+        clock: ClockReading,
+        cache: list[list[torch.Tensor]] | None = None,
+        recent_batches: list[torch.Tensor] | None = None,
+    ) -> LoopState:
+        """A copy of this state with what the run trains with, as CPU tensors, to go on elsewhere."""
+        rng = {"cpu": torch.get_rng_state()}
+        if device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(device)
+        return replace(
+            self,
+            skipped=list(self.skipped),
+            sums=sums,
+            clock=clock,
+            weights=_to_cpu(model.state_dict()),
+            optimizer=_to_cpu(optimizer.state_dict()),
+            scaler=_to_cpu(scaler.state_dict()),
+            rng=rng,
+            cache=_to_cpu(cache),
+            recent_batches=recent_batches or [],
         )
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"run {Path(run_dir).name} cannot be continued: it kept no training state (runs trained before "
-            "this version, under torchrun, or stopped before their first step keep none). Start a new run instead; "
-            "it can start from this run's checkpoint."
+
+    def load_into(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        device: torch.device,
+    ) -> None:
+        """Put the weights, the optimizer's and scaler's state and the RNG back (a run that goes on)."""
+        model.load_state_dict(self.weights, strict=not self.head_only)
+        optimizer.load_state_dict(self.optimizer)  # the schedule sets each step's lr from the progress
+        scaler.load_state_dict(self.scaler)
+        torch.set_rng_state(self.rng["cpu"])
+        if "cuda" in self.rng and device.type == "cuda":
+            torch.cuda.set_rng_state(self.rng["cuda"], device)
+
+    def going_on(self, class_names: list[str], *, more_epochs: int = 0, device: str | None = None) -> LoopState:
+        """This state, to go on with on images of ``class_names`` (the run's own: ``ValueError`` for others).
+
+        ``more_epochs``: continue a finished or stopped run for that many epochs more (counted in epochs, also
+        after a time budget; early stopping counts afresh). ``device``: where to go on (default: the run's own).
+        """
+        if list(class_names) != list(self.class_names):
+            raise ValueError(
+                f"run {self.run_id} was trained on the classes {', '.join(self.class_names)}; these images "
+                f"have {', '.join(class_names)}. Continue it on the data it was trained on."
+            )
+        config, without_best = self.config, self.epochs_without_best
+        if more_epochs:  # from the epoch it ended in (finished: the one after its last), for N epochs
+            config, without_best = replace(config, epochs=self.epoch - 1 + more_epochs, time_budget_s=None), 0
+        if device is not None:
+            config = replace(config, device=device, amp="off" if device == "cpu" else config.amp)
+        return replace(self, config=config.resolved(), epochs_without_best=without_best, skipped=list(self.skipped))
+
+    # -- as plain data, and on disk ---------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data and tensors, in the layout of ``trainer_state.pt`` (version 1)."""
+        best = self.best
+        position = {
+            "epoch": self.epoch, "step": self.step, "steps_done": self.steps_done,
+            "epoch_seconds": self.sums.seconds, "seen": self.sums.seen, "loss_sum": self.sums.loss_sum,
+            "correct": self.sums.correct, "smoothed_loss": self.sums.smoothed_loss,
+            "epochs_without_best": self.epochs_without_best, "reported": self.reported, **asdict(self.clock),
+        }  # fmt: skip
+        return {
+            "version": STATE_VERSION,
+            "run_id": self.run_id,
+            "out_dir": self.out_dir,
+            "config": self.config.to_dict(),
+            "class_names": list(self.class_names),
+            "model": self.weights,
+            "head_only": self.head_only,
+            "optimizer": self.optimizer,
+            "scaler": self.scaler,
+            "rng": self.rng,
+            "position": position,
+            "best": None if best is None else {"epoch": best.epoch, "train_acc": best.train_acc, **asdict(best.val)},
+            "skipped": [list(s) for s in self.skipped],
+            "backbone_images": self.backbone_images,
+            "cache": self.cache,
+            "recent_batches": self.recent_batches,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoopState:
+        """The state ``to_dict`` laid out; ``ValueError`` for a version this one does not read."""
+        if d.get("version") != STATE_VERSION:
+            raise ValueError(f"a training state of version {d.get('version')!r}; this version reads {STATE_VERSION}")
+        p, best = d["position"], d["best"]
+        if best is not None:
+            best = dict(best)
+            epoch, train_acc = best.pop("epoch"), best.pop("train_acc")
+            best = BestEpoch(epoch=epoch, train_acc=train_acc, val=ValidationResult(**best))
+        sums = EpochSums(p["epoch_seconds"], p["seen"], p["loss_sum"], p["correct"], p["smoothed_loss"])
+        return cls(
+            run_id=d["run_id"],
+            out_dir=d["out_dir"],
+            config=TrainConfig.from_dict(d["config"]),
+            class_names=list(d["class_names"]),
+            epoch=p["epoch"],
+            step=p["step"],
+            steps_done=p["steps_done"],
+            epochs_without_best=p["epochs_without_best"],
+            reported=p["reported"],
+            best=best,
+            skipped=[(str(path), str(reason)) for path, reason in d["skipped"]],
+            backbone_images=d["backbone_images"],
+            sums=sums,
+            clock=ClockReading(p["elapsed"], p["training_started"], p["images"], p["validation_s"]),
+            weights=d["model"],
+            head_only=d.get("head_only", False),
+            optimizer=d["optimizer"],
+            scaler=d["scaler"],
+            rng=d["rng"],
+            recent_batches=list(d.get("recent_batches", [])),
+            cache=d["cache"],
         )
-    return torch.load(path, map_location="cpu", weights_only=True)
 
+    def keep(self, run_dir: str | os.PathLike) -> None:
+        """Write this state into the run's folder (whole or not at all), where ``load`` finds it.
 
-def keep_state(run_dir: str | os.PathLike, state: dict[str, Any]) -> None:
-    """Write ``state`` into the run's folder (whole or not at all), where ``load_state`` finds it.
+        What can be made again stays out, since the file counts towards the runs' disk cap: linear mode's feature
+        cache (a continued run computes it again) and its frozen backbone (built again from where the run
+        started), so a linear run keeps only its head; the batches kept for BatchNorm statistics (only a pause
+        carries them). A finetune or scratch run keeps its weights and its optimizer's state.
+        """
+        kept = replace(self, cache=None, recent_batches=[])
+        if self.config.mode == "linear" and self.weights is not None:
+            head = {k: v for k, v in self.weights.items() if k.startswith("classifier.")}
+            kept = replace(kept, weights=head, head_only=True)
+        state = kept.to_dict()
+        checkpoints.atomic_write(Path(run_dir) / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
-    What can be made again stays out, since the file counts towards the runs' disk cap: linear mode's feature
-    cache (a continued run computes it again) and its frozen backbone (built again from where the run started),
-    so a linear run keeps only its head. A finetune or scratch run keeps its weights and its optimizer's state.
-    """
-    if state["config"]["mode"] == "linear":
-        head = {k: v for k, v in state["model"].items() if k.startswith("classifier.")}
-        state = {**state, "model": head, "head_only": True}
-    state = {**state, "cache": None}
-    checkpoints.atomic_write(Path(run_dir) / STATE_FILE, lambda tmp: torch.save(state, tmp))
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike) -> LoopState:
+        """The state a finished or stopped run left in its folder; ``FileNotFoundError`` says what to do."""
+        path = Path(run_dir) / STATE_FILE
+        if not Path(run_dir).is_dir():
+            raise FileNotFoundError(
+                f"there is no run {Path(run_dir).name}: the Predict tab's model list (run:<id>) names the runs "
+                "there are."
+            )
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"run {Path(run_dir).name} cannot be continued: it kept no training state (runs trained before "
+                "this version, under torchrun, or stopped before their first step keep none). Start a new run "
+                "instead; it can start from this run's checkpoint."
+            )
+        return cls.from_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
 class EpochOrder(Sampler[int]):
@@ -119,6 +249,21 @@ class EpochOrder(Sampler[int]):
     def __len__(self) -> int:
         return self.n - self.skip
 
+    @staticmethod
+    def for_loader(dataset: Any, shuffle: bool, seed: int) -> EpochOrder | None:
+        """``image_loader``'s sampler for a run that may pause: the training images in ``EpochOrder``."""
+        return EpochOrder(len(dataset), seed) if shuffle else None
+
+
+def skip_batches(source: Any, batches: Iterator[Any], shuffle_seed: int, skip: int, batch_size: int) -> Iterator[Any]:
+    """One training pass less its first ``skip`` batches (taken already before a pause): an ``EpochOrder`` leaves
+    them out before decoding; any other order is drawn whole and they are dropped."""
+    order = getattr(source, "sampler", None)
+    if isinstance(order, EpochOrder):
+        order.start(shuffle_seed, skip * batch_size)
+        return batches
+    return itertools.islice(batches, skip, None)
+
 
 def _to_cpu(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
@@ -128,241 +273,3 @@ def _to_cpu(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_to_cpu(v) for v in value)
     return value
-
-
-class Resumable:
-    """What ``Trainer`` needs to hand its state over, take it back and keep it when it ends (a mixin)."""
-
-    def _init_resumable(self: Trainer) -> None:
-        self._at = Position()  # a new run starts at epoch 1
-        self._deadline: float | None = None  # run(deadline=...): pause at the first step boundary after it
-        self._carried: dict[str, Any] | None = None  # the state a resumed trainer goes on from
-        self._carried_cache: list[FeatureCache] = []  # linear mode's features, brought along (train, val)
-        self._parts: tuple[Any, ...] = ()  # model, optimizer, scaler, clock, metrics, sources, steps per epoch...
-        self._state: dict[str, Any] | None = None  # taken at the pause
-        self._steps_at_start = 0
-        self._last_check: tuple[int, int, float] | None = None  # (epoch, step, time) of the last pause check
-        self._step_s: float | None = None  # the last step's duration
-
-    # -- in the loop (training/loop.py) -------------------------------------------------------------------
-
-    def _order_sampler(self: Trainer) -> Any:
-        """For ``image_loader``: a run that may pause shuffles by ``EpochOrder``; others as always (None)."""
-        if self._deadline is None and self._carried is None:
-            return None
-        return lambda dataset, shuffle, seed: EpochOrder(len(dataset), seed) if shuffle else None
-
-    def _resume(
-        self: Trainer,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        scaler: torch.amp.GradScaler,
-        clock: RunClock,
-        metrics: RunningMetrics,
-        sources: tuple[Any, Any],
-        steps_per_epoch: int,
-        mid_step: int | None,
-    ) -> None:
-        """Keep what a pause hands over; a resumed run loads its weights, optimizer, scaler, RNG and clock."""
-        self._parts = (model, optimizer, scaler, clock, metrics, sources, steps_per_epoch, mid_step)
-        state, at = self._carried, self._at
-        if self.data_parallel is not None and (state is not None or self._deadline is not None):
-            raise ValueError("a run pauses and goes on in one process only; run it without torchrun")
-        if state is None:
-            return
-        model.load_state_dict(state["model"], strict=not state.get("head_only", False))
-        optimizer.load_state_dict(state["optimizer"])  # the schedule sets each step's lr from the progress
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"]["cpu"])
-        if "cuda" in state["rng"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
-        clock.launched -= at.elapsed  # a time budget counts the calls before this one, not the gaps between
-        clock.train_start = None if at.training_started is None else clock.launched + at.training_started
-        clock.images, clock.validation_s = at.images, at.validation_s
-        self._steps_done = self._steps_at_start = at.steps_done
-        self._recent.load(state.get("recent_batches", []), self.device)
-
-    def _resume_epoch(self: Trainer, epoch: int, metrics: RunningMetrics) -> tuple[int, float]:
-        """(steps of ``epoch`` done before, seconds spent in it): a resumed epoch's running sums come back."""
-        at, device = self._at, metrics.loss_sum.device
-        if epoch != at.epoch:
-            return 0, 0.0
-        if at.smoothed_loss is not None:  # the smoothed loss carries on across epochs
-            metrics.smoothed = torch.tensor(at.smoothed_loss, device=device)
-        if at.step == 0:
-            return 0, 0.0
-        metrics.seen = at.seen
-        metrics.loss_sum = torch.tensor(at.loss_sum, dtype=metrics.loss_sum.dtype, device=device)
-        metrics.correct = torch.tensor(at.correct, dtype=metrics.correct.dtype, device=device)
-        return at.step, at.epoch_seconds
-
-    def _epoch_batches(
-        self: Trainer, source: FeatureCache | DataLoader, shuffle_seed: int, skip: int
-    ) -> Iterator[Batch]:
-        """One training pass in the order of ``shuffle_seed``, less its first ``skip`` batches (taken already)."""
-        order = getattr(source, "sampler", None)
-        if isinstance(order, EpochOrder):
-            order.start(shuffle_seed, skip * self.config.batch_size)
-            return self._batches(source, shuffle_seed=shuffle_seed)
-        return itertools.islice(self._batches(source, shuffle_seed=shuffle_seed), skip, None)
-
-    def _time_is_up(self: Trainer, epoch: int, step: int) -> bool:
-        """Before step ``step``: pause here if that step (and a validation after it) may not end by the deadline.
-        A call always takes at least one step, so that a chain of calls gets on."""
-        if self._deadline is None:
-            return False
-        now, last = time.monotonic(), self._last_check
-        self._last_check = (epoch, step, now)
-        if last is not None and last[:2] == (epoch, step - 1):
-            self._step_s = now - last[2]
-        if self._step_s is None or self._steps_done == self._steps_at_start:
-            return False
-        _, _, _, clock, _, _, steps_per_epoch, mid_step = self._parts
-        ahead = self._step_s
-        if step == steps_per_epoch or (epoch == 1 and step == mid_step):  # a validation follows this step
-            batches = -(-len(self.val_items) // self.config.batch_size)
-            ahead += clock.validation_s if clock.validation_s is not None else self._step_s * batches / 3
-        return now + SLOWER_STEP * ahead >= self._deadline
-
-    def _paused(
-        self: Trainer, epoch: int, step: int, epoch_start: float, without_best: int, reported: int
-    ) -> events.Paused:
-        """The ``Paused`` event after ``step`` steps of ``epoch``; ``state_dict()`` holds where the run is."""
-        metrics = self._parts[4]
-        smoothed = None if metrics.smoothed is None else float(metrics.smoothed)
-        sums = {"seen": metrics.seen, "loss_sum": float(metrics.loss_sum), "correct": int(metrics.correct)}
-        at = Position(epoch, step, epoch_seconds=time.monotonic() - epoch_start, smoothed_loss=smoothed, **sums)
-        self._state = self._state_at(replace(at, epochs_without_best=without_best, reported=reported))
-        self._state["recent_batches"] = self._recent.state()  # only across a pause: a kept run's state stays small
-        logger.info(
-            "training run %s paused after step %d of epoch %d, to go on in another call", self.run_id, step, epoch
-        )
-        return events.Paused(epoch=epoch, step=step)
-
-    # -- handing over -------------------------------------------------------------------------------
-
-    def state_dict(self: Trainer) -> dict[str, Any]:
-        """Where the run paused, as plain data and CPU tensors (after a ``Paused`` event)."""
-        if self._state is None:
-            raise RuntimeError("a trainer has a state to hand over once it has paused (run(deadline=...))")
-        return self._state
-
-    def _state_at(self: Trainer, at: Position) -> dict[str, Any]:
-        model, optimizer, scaler, clock, _, (train_source, val_source), _, _ = self._parts
-        now = time.monotonic()
-        started = None if clock.train_start is None else clock.train_start - clock.launched
-        at = replace(at, steps_done=self._steps_done, elapsed=now - clock.launched, training_started=started)
-        at = replace(at, images=clock.images, validation_s=clock.validation_s)
-        rng = {"cpu": torch.get_rng_state()}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        cache = None
-        if isinstance(train_source, FeatureCache):
-            cache = [_to_cpu([part.features, part.labels]) for part in (train_source, val_source)]
-        best = self._best
-        return {
-            "version": STATE_VERSION,
-            "run_id": self.run_id,
-            "out_dir": str(self.out_dir),
-            "config": self.config.to_dict(),
-            "class_names": list(self.class_names),
-            "model": _to_cpu(model.state_dict()),
-            "optimizer": _to_cpu(optimizer.state_dict()),
-            "scaler": _to_cpu(scaler.state_dict()),
-            "rng": rng,
-            "position": asdict(at),
-            "best": None if best is None else {"epoch": best.epoch, "train_acc": best.train_acc, **asdict(best.val)},
-            "skipped": [list(s) for s in self.skipped],
-            "backbone_images": self.backbone_images,
-            "cache": cache,
-        }
-
-    def _keep_state(self: Trainer, next_epoch: int) -> None:
-        """At a run's end: write its state beside the checkpoint, so that it can be continued for more epochs
-        from ``next_epoch`` on. Nothing for a run that took no step or ran under torchrun."""
-        if not self._parts or self._steps_done == 0 or self.data_parallel is not None:
-            return
-        state = self._state_at(Position(next_epoch, reported=len(self.skipped)))
-        try:
-            keep_state(self.out_dir, state)
-        except OSError as e:  # the checkpoint is what matters; without the state the run just cannot go on
-            logger.warning("run %s: its training state was not saved (%s); it cannot be continued", self.run_id, e)
-
-    # -- taking back --------------------------------------------------------------------------------
-
-    @classmethod
-    def from_state(
-        cls,
-        state: dict[str, Any],
-        files: LabeledFiles,
-        *,
-        report: DatasetReport | None = None,
-        more_epochs: int = 0,
-        device: str | None = None,
-    ) -> Trainer:
-        """A trainer that goes on from ``state`` on the same images (``files``: the same split follows).
-
-        ``more_epochs``: continue a finished or stopped run for that many epochs more (counted in epochs, also
-        after a time budget). ``device``: where to go on (default: the run's own setting).
-        """
-        if state.get("version") != STATE_VERSION:
-            raise ValueError(
-                f"a training state of version {state.get('version')!r}; this version reads {STATE_VERSION}"
-            )
-        if list(files.class_names) != list(state["class_names"]):
-            raise ValueError(
-                f"run {state['run_id']} was trained on the classes {', '.join(state['class_names'])}; these images "
-                f"have {', '.join(files.class_names)}. Continue it on the data it was trained on."
-            )
-        raw = dict(state["config"])
-        if isinstance(raw["model"], dict):
-            raw["model"] = DenseNetConfig.from_dict(raw["model"])
-        config, at = TrainConfig(**raw), Position(**state["position"])
-        if more_epochs:  # from the epoch it ended in (finished: the one after its last), for N epochs
-            config = replace(config, epochs=at.epoch - 1 + more_epochs, time_budget_s=None)
-            at = replace(at, epochs_without_best=0)  # early stopping counts afresh
-        if device is not None:
-            config = replace(config, device=device, amp="off" if device == "cpu" else config.amp)
-        trainer = cls(config, files, report=report, out_dir=state["out_dir"], run_id=state["run_id"])
-        trainer._carried, trainer._at = state, at
-        trainer.skipped = [(str(path), str(reason)) for path, reason in state["skipped"]]
-        trainer.backbone_images = state["backbone_images"]
-        if state["cache"] is not None:
-            trainer._carried_cache = [
-                FeatureCache(features.to(trainer.device), labels.to(trainer.device))
-                for features, labels in state["cache"]
-            ]
-        if state["best"] is not None:
-            best = dict(state["best"])
-            epoch, train_acc = best.pop("epoch"), best.pop("train_acc")
-            trainer._best = BestEpoch(epoch=epoch, train_acc=train_acc, val=ValidationResult(**best))
-        return trainer
-
-    # -- the end of a stopped run -------------------------------------------------------------------
-
-    def _cancelled(self: Trainer) -> events.Cancelled | events.Failed:
-        """Keep the best epoch; before any epoch has ended, keep the weights trained so far. Either way the
-        state stays too, so that the run can be continued."""
-        best = self._best
-        if best is not None:
-            cancelled = events.Cancelled(
-                checkpoint_dir=str(self.out_dir),
-                epoch=self._epoch,
-                best_val_acc=best.val.acc,
-                confusion_matrix=best.val.confusion,
-                class_names=list(self.class_names),
-                per_class_val_acc=best.val.per_class,
-            )
-        elif self._steps_done > 0:
-            try:
-                self._save({"epoch": self._epoch, "cancelled_mid_epoch": True, "steps": self._steps_done})
-            except W.CheckpointError as e:
-                return self._failed(f"stopped, but {e}")
-            self.model.eval()
-            cancelled = events.Cancelled(checkpoint_dir=str(self.out_dir), epoch=self._epoch, best_val_acc=None)
-        else:
-            cancelled = events.Cancelled(checkpoint_dir=None, epoch=self._epoch, best_val_acc=None)
-        if cancelled.checkpoint_dir:
-            self._keep_state(next_epoch=self._epoch)  # the epoch it stopped in starts again
-        logger.info("training run %s stopped in epoch %d; kept: %s", self.run_id, self._epoch, cancelled.checkpoint_dir)
-        return cancelled

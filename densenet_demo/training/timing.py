@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from ..data.datasets import ImageFileDataset, LabeledFiles
 from ..data.images import Preprocessing
 from ..weights import checkpoints
+from .build import build_model, make_optimizer, pick_amp_dtype, pick_device
+from .config import TrainConfig
 from .data import Placement
-from .setup import TrainConfig, build_model, make_optimizer, pick_amp_dtype, pick_device
 
 __all__ = ["StepTiming", "measure"]
 

@@ -19,7 +19,16 @@ from ..serving import predict
 from ..units import format_bytes
 from ..weights import checkpoints, pretrained
 from ..weights import resolver as weights
-from .common import check_run, names_only, preset_choices, reuse_choices, unknown_model, user_errors
+from .common import (
+    MODEL_API,
+    api_type,
+    check_run,
+    names_only,
+    preset_choices,
+    reuse_choices,
+    unknown_model,
+    user_errors,
+)
 
 __all__ = [
     "ArchitectureTab",
@@ -71,7 +80,7 @@ class ArchitectureTab(NamedTuple):
 
 def reuse_dropdown() -> gr.Dropdown:
     """The heatmap's weights list, made before the tabs (unrendered) so that a finished run can refresh it."""
-    return gr.Dropdown(
+    dropdown = gr.Dropdown(
         reuse_choices(),
         value="none",
         label="Feature-reuse heatmap from",
@@ -79,6 +88,8 @@ def reuse_dropdown() -> gr.Dropdown:
         elem_id="arch-reuse",
         allow_custom_value=True,  # a session's runs are not in the page's initial list; the handler checks them
     )
+    heatmap_api = "none | imagenet (the preset's ImageNet weights) | run:<run-id> of one of your runs (/list_runs)"
+    return api_type(dropdown, {"type": "string", "description": heatmap_api})
 
 
 def config_fields(cfg: DenseNetConfig) -> tuple[Any, ...]:
@@ -115,12 +126,15 @@ def build_architecture_tab(reuse: gr.Dropdown, state: gr.State) -> ArchitectureT
                 preset_choices() + [(CUSTOM, CUSTOM)], value=DEFAULT_MODEL, label="Model", elem_id="arch-preset",
                 allow_custom_value=True,  # a run chosen for the heatmap shows here as the model (its architecture)
             )  # fmt: skip
+            api_type(preset, {**MODEL_API, "description": MODEL_API["description"] + ", or custom (the fields)"})
             size = gr.Number(value=None, label="Image size (0: the model's own)", precision=0)
             with gr.Accordion("Config (the chosen model's; editing any field makes it 'custom')", open=False):
                 k = gr.Slider(1, 64, value=start["k"], step=1, label="Growth rate k", elem_id="arch-k")
+                api_type(k, {"type": "integer", "description": "growth rate k, 1 to 64"})
                 blocks = gr.Textbox(value=start["blocks"], label="Layers per block", elem_id="arch-blocks")
                 init = gr.Number(value=start["init"], label="Stem channels", precision=0, elem_id="arch-init")
                 bn = gr.Slider(0, 8, value=start["bn"], step=1, label="Bottleneck size (0 = none)")
+                api_type(bn, {"type": "integer", "description": "bottleneck width in multiples of k, 0 (none) to 8"})
                 theta = gr.Slider(0.1, 1.0, value=start["theta"], step=0.05, label="Compression θ")
                 drop = gr.Slider(0.0, 0.5, value=start["drop"], step=0.05, label="Dropout")
                 stem = gr.Radio(["cifar", "imagenet"], value=start["stem"], label="Stem")

@@ -19,7 +19,7 @@ from ..data.images import ImageError
 from ..hosting import gpu
 from ..serving import predict
 from ..weights import resolver as weights
-from .common import check_run, names_only, unknown_model
+from .common import WEIGHTS_LABELS, check_run, names_only, unknown_model
 
 __all__ = [
     "RANDOM_WARNING",
@@ -144,8 +144,7 @@ def _weights_arg(model: str, choice: str | None, file: str | None) -> str | None
             raise gr.Error("Choose a checkpoint (.zip, .safetensors or .pth), or pick ImageNet / Random init weights.")
         with user_messages():
             return str(predict.checkpoint_from_upload(file))
-    # "ImageNet" lets the model decide: its ImageNet weights where they exist, else random init.
-    return weights.DEFAULT if choice in ("ImageNet", None) else "random"
+    return WEIGHTS_LABELS[choice or "ImageNet"]
 
 
 def get_predictor(

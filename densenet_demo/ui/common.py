@@ -20,6 +20,9 @@ from ..weights import checkpoints
 from ..weights import resolver as weights
 
 __all__ = [
+    "MODEL_API",
+    "WEIGHTS_LABELS",
+    "api_type",
     "check_run",
     "limits_note",
     "model_choices",
@@ -30,11 +33,33 @@ __all__ = [
     "run_choices",
     "unknown_model",
     "user_errors",
+    "weights_label",
 ]
+
+# The page's words for where a model's weights come from, and the engine's (``weights.resolve``): the one
+# translation between them, for every tab. "ImageNet" lets the model decide: its ImageNet weights where it has
+# them, else random init.
+WEIGHTS_LABELS: dict[str, str] = {"ImageNet": weights.DEFAULT, "Random init": "random"}
 
 # An absolute server path in a message: a '/' that starts a word (not the '//' of a URL), up to a space,
 # quote, bracket, comma or colon.
 _SERVER_PATH = re.compile(r"(?<![\w:/.~-])/[^\s'\"()<>,;:]+")
+
+
+# How API clients (view_api, MCP) are told what a model list takes: its choices are the page's at build time,
+# but every session's own runs are valid too, so the type is a string with its forms named, not an enum.
+MODEL_API = {
+    "type": "string",
+    "description": "a preset name (densenet121, densenet169, densenet_fashion, ...; see /architecture_table) or "
+    "run:<run-id> of one of your fine-tuned runs (/list_runs)",
+}
+
+
+def api_type(component: Any, info: dict[str, Any]) -> Any:
+    """``component``, described to API clients as ``info`` (a JSON schema) instead of what Gradio derives from its
+    page settings (a dropdown's choices as an enum, a slider's whole numbers as a float)."""
+    component.api_info = lambda: info
+    return component
 
 
 def preset_choices() -> list[tuple[str, str]]:
@@ -98,3 +123,8 @@ def user_errors(*errors: type[Exception]) -> Iterator[None]:
 def names_only(text: str) -> str:
     """``text`` with each absolute server path shortened to its last name (``/tmp/x/run.zip`` -> ``run.zip``)."""
     return _SERVER_PATH.sub(lambda m: PurePosixPath(m.group(0)).name or m.group(0), text)
+
+
+def weights_label(model: str) -> str:
+    """The page's word for ``model``'s own weights: "ImageNet" where it has them, else "Random init"."""
+    return "ImageNet" if weights.default_weights(model) == "imagenet" else "Random init"

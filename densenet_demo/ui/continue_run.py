@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import gradio as gr
 
-from ..training import runners as chunked
+from ..training import runners
 from ..weights import checkpoints
 from ..weights import resolver as weights
 from .common import check_run, user_errors
-
-if TYPE_CHECKING:
-    from .finetune_tab import FinetuneTab
+from .training_run import FinetuneTab, follow_run
 
 __all__ = ["ContinueControls", "build_continue_controls", "continue_training", "wire_continue"]
 
@@ -59,8 +57,6 @@ def continue_training(
     Args:
         more_epochs: how many epochs more (the run then counts as one of its epochs done plus these).
     """
-    from .finetune_tab import follow_run  # the tab's own rendering of a run (it imports this module)
-
     state = dict(state or {})
     run_id = state.get("run_id")
     if not run_id:
@@ -72,7 +68,7 @@ def continue_training(
         more_epochs = int(more_epochs)
     files, report = state["dataset"]
     with user_errors(ValueError, FileNotFoundError, weights.CheckpointError):
-        run = chunked.continue_training(checkpoints.find_run(run_id), files, more_epochs, report=report)
+        run = runners.continue_training(checkpoints.find_run(run_id), files, more_epochs, report=report)
     first, last = run.config.epochs - more_epochs + 1, run.config.epochs
     note = f"Continuing run {run_id} for {more_epochs} more epoch(s): epochs {first} to {last}."
     yield from follow_run(tab, state, run, note)

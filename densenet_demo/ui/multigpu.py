@@ -1,25 +1,22 @@
 """The Fine-tune tab's "use all N GPUs": shown only where the server has more than one GPU. A run with it checked
-is a ``torchrun`` child process (``multi_gpu.train_on_all_gpus``) whose events the tab renders as its own."""
+is a torchrun child, one process per GPU (``runners.start(..., where="torchrun")``), followed like any run."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import gradio as gr
 
+from ..data.datasets import DatasetReport, LabeledFiles
 from ..hosting import sessions
-from ..training import distributed
-from ..training import loop as train
-from ..training import torchrun as multi_gpu
-from .common import user_errors
+from ..training import runners
+from ..training.config import TrainConfig
+from ..training.distributed import gpu_count
 
-__all__ = ["build_gpu_option", "gpu_run", "starting_text"]
+__all__ = ["build_gpu_option", "gpu_run"]
 
 
 def build_gpu_option() -> gr.Checkbox:
     """The checkbox, visible only with two GPUs or more (on one GPU or the CPU the tab stays as it was)."""
-    n = distributed.gpu_count()
+    n = gpu_count()
     return gr.Checkbox(
         value=False,
         label=f"Use all {n} GPUs",
@@ -31,17 +28,11 @@ def build_gpu_option() -> gr.Checkbox:
 
 
 def gpu_run(
-    config: train.TrainConfig, dataset: tuple[Any, Any], session: sessions.Session, cancel: train.CancelToken
-) -> Iterator[train.Event]:
-    """The run's events from one process per GPU; a ``gr.Error`` at once where that cannot be."""
-    n = distributed.gpu_count()
+    config: TrainConfig, files: LabeledFiles, report: DatasetReport, session: sessions.Session
+) -> runners.TrainingRun:
+    """The run on every GPU (its job file in the session's folder); a ``gr.Error`` where there are fewer than two.
+    ``ValueError`` for what several processes cannot do (a time budget)."""
+    n = gpu_count()
     if n < 2:
         raise gr.Error("This server has one GPU or none: untick 'Use all GPUs' and press Start again.")
-    files, report = dataset
-    with user_errors(ValueError):
-        return multi_gpu.train_on_all_gpus(config, files, report, nproc=n, scratch=session.folder(), cancel=cancel)
-
-
-def starting_text() -> str:
-    """The status line while torchrun starts its processes (each imports torch: seconds before the first event)."""
-    return f"Starting {distributed.gpu_count()} training processes (torchrun)…"
+    return runners.start(config, files, report=report, where="torchrun", processes=n, scratch=session.folder())

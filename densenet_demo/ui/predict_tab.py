@@ -24,6 +24,7 @@ from .classify import (
     random_warning,
     user_messages,
 )
+from .common import WEIGHTS_LABELS, weights_label
 from .exports import export_folder
 from .run_controls import build_run_controls
 
@@ -45,7 +46,7 @@ __all__ = [
 PREDICT_CONCURRENCY = 2
 LIVE_FRAME_EVERY_S = 0.1  # how often the browser offers a webcam frame; frames that arrive while busy are dropped
 
-WEIGHTS_CHOICES = ("ImageNet", "Random init", "Checkpoint file")
+WEIGHTS_CHOICES = (*WEIGHTS_LABELS, "Checkpoint file")
 WEIGHTS_INFO = "ImageNet weights exist for densenet121/161/169/201; other presets start from random init."
 # Real photos of ImageNet classes (public domain / CC0, see examples/LICENSES.md).
 EXAMPLE_PHOTOS = Path(__file__).resolve().parents[2] / "examples"
@@ -134,6 +135,7 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
                 columns=3,
                 height="auto",
                 object_fit="contain",
+                format="png",  # overlays stay sharp (no JPEG blocks)
                 elem_id="predict-gallery",
             )
             table = gr.Dataframe(
@@ -283,8 +285,7 @@ def natural_weights(model: Any) -> Any:
         return gr.skip()
     if model.startswith("run:"):
         return gr.update(value=None, interactive=False, info="A fine-tuned run brings its own weights.")
-    choice = "ImageNet" if weights.default_weights(model) == "imagenet" else "Random init"
-    return gr.update(value=choice, interactive=True, info=WEIGHTS_INFO)
+    return gr.update(value=weights_label(model), interactive=True, info=WEIGHTS_INFO)
 
 
 def export_onnx(
@@ -310,7 +311,8 @@ def _selection_warning(model: Any, choice: str | None) -> str:
     """The warning for what is selected, before anything is classified (an offline fallback shows after)."""
     if not isinstance(model, str) or model not in PRESETS:
         return ""
-    random = choice == "Random init" or (choice == "ImageNet" and weights.default_weights(model) == "random")
+    setting = WEIGHTS_LABELS.get(choice or "")
+    random = setting == "random" or (setting == weights.DEFAULT and weights.default_weights(model) == "random")
     return RANDOM_WARNING.format(model=model) if random else ""
 
 

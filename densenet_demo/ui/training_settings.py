@@ -1,28 +1,118 @@
-"""The Fine-tune tab's run settings beyond the basics: recipe, time budget, augmentation, label smoothing, early
-stopping, validation share, device; the mode's recipe values shown in the fields; settings suggested by the
-loaded data; and an estimate of the time per epoch before Start. The same names and defaults as ``train``'s
-flags (``train_settings``), and the same function turns them into a ``TrainConfig``.
+"""The Fine-tune tab's run settings: the one list of them (``PAGE_SETTINGS``: the public ``/train`` and ``/estimate``
+parameters, in order, with their defaults), their turn into a ``TrainConfig`` by name (``config_from_page``), the
+settings beyond the basics (recipe, time budget, augmentation, label smoothing, early stopping, validation share,
+device), the mode's recipe values shown in the fields, settings suggested by the loaded data, and an estimate of
+the time per epoch before Start. The same names and defaults as ``train``'s flags (training/settings.py), and the
+same function turns them into a ``TrainConfig``.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import functools
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple, TypeVar
 
 import gradio as gr
 
-from ..training import advice as train_advice
-from ..training import settings as train_settings
-from ..training import setup as train_setup
-from ..training.settings import CHOICES, DEFAULTS, SETTING_HELP
-from .common import user_errors
+from ..training import advice
+from ..training.config import RECIPE_HELP, TrainConfig, recipe_defaults
+from ..training.settings import CHOICES, DEFAULTS, SETTING_HELP, config_from_settings
+from .common import WEIGHTS_LABELS, user_errors
 
-__all__ = ["ExtraSettings", "build_extra_settings", "config_from_page", "estimate_text", "mode_values", "suggest"]
+__all__ = [
+    "PAGE_SETTINGS",
+    "ExtraSettings",
+    "build_extra_settings",
+    "config_from_page",
+    "estimate_text",
+    "mode_values",
+    "suggest",
+    "takes_page_settings",
+]
 
-_RECIPE_INFO = " · ".join(f"{name}: {line}" for name, line in train_setup.RECIPE_HELP.items())
+T = TypeVar("T")
+_REQUIRED = inspect.Parameter.empty
+
+# The page's settings in the order the /train and /estimate endpoints take them, with the type and default each
+# shows its callers: the public API (names, order and defaults stay). The components are wired in this order too;
+# past the handlers everything takes them by name.
+PAGE_SETTINGS: tuple[tuple[str, Any, Any], ...] = (
+    ("model", str, _REQUIRED),
+    ("weights_choice", str, _REQUIRED),  # "ImageNet" or "Random init" (common.WEIGHTS_LABELS)
+    ("mode", str, _REQUIRED),
+    ("epochs", float | None, _REQUIRED),
+    ("lr", float | None, _REQUIRED),
+    ("batch_size", float | None, _REQUIRED),
+    ("image_size", float | None, None),
+    ("memory_efficient", bool, False),
+    ("amp", str, "Auto"),
+    ("optimizer", str, "default"),
+    ("schedule", str, "default"),
+    ("recipe", str, "quick"),  # then ExtraSettings, in its order
+    ("time_budget", str, ""),
+    ("augment", str, "none"),
+    ("label_smoothing", float | None, None),
+    ("early_stopping", float | None, None),
+    ("val_fraction", float, 0.2),
+    ("device", str, "auto"),
+)
+SETTING_NAMES = tuple(name for name, _, _ in PAGE_SETTINGS)
+
+
+def takes_page_settings(body: Callable[..., T]) -> Callable[..., T]:
+    """``body(..., settings, ...)`` as an event handler whose parameters are ``PAGE_SETTINGS`` in place of
+    ``settings``: the signature the page's endpoints show their callers (Gradio reads it), while ``body`` gets the
+    settings as one mapping by name. A generator stays a generator (Gradio streams its updates)."""
+    own = inspect.signature(body)
+    params = list(own.parameters.values())
+    at = [p.name for p in params].index("settings")
+    expanded = [
+        inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default, annotation=kind)
+        for name, kind, default in PAGE_SETTINGS
+    ]
+    trailing = [p.replace(kind=inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in params[at + 1 :]]
+    signature = own.replace(parameters=[*params[:at], *expanded, *trailing])
+
+    def arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        given = dict(bound.arguments)
+        settings = {name: given.pop(name) for name in SETTING_NAMES}
+        return [given.pop(p.name) for p in params[:at]] + [settings], given
+
+    if inspect.isgeneratorfunction(body):
+
+        @functools.wraps(body)
+        def handler(*args: Any, **kwargs: Any) -> Any:
+            leading, rest = arguments(args, kwargs)
+            yield from body(*leading, **rest)
+
+    else:
+
+        @functools.wraps(body)
+        def handler(*args: Any, **kwargs: Any) -> Any:
+            leading, rest = arguments(args, kwargs)
+            return body(*leading, **rest)
+
+    handler.__signature__ = signature  # type: ignore[attr-defined]
+    return handler
+
+
+def config_from_page(settings: Mapping[str, Any]) -> TrainConfig:
+    """The page's settings by name -> ``TrainConfig``, through ``settings.config_from_settings`` as the ``train``
+    command does; bad values become a ``gr.Error``. The page's words become the engine's: the weights choice
+    (``WEIGHTS_LABELS``), and a time budget replaces the epochs the field always shows."""
+    named = dict(settings)
+    choice = named.pop("weights_choice")
+    if named.get("time_budget"):
+        named["epochs"] = None
+    with user_errors(ValueError):
+        return config_from_settings(weights=WEIGHTS_LABELS.get(choice, choice), **named)
 
 
 class ExtraSettings(NamedTuple):
-    """The settings components this module adds, in the order ``start_training`` takes them after the basics."""
+    """The settings components this module adds, named as ``PAGE_SETTINGS`` names them."""
 
     recipe: gr.Radio
     time_budget: gr.Textbox
@@ -32,15 +122,13 @@ class ExtraSettings(NamedTuple):
     val_fraction: gr.Slider
     device: gr.Dropdown
 
-    def inputs(self) -> list[Any]:
-        return list(self)
 
-
-def build_extra_settings(example: train_setup.TrainConfig) -> tuple[ExtraSettings, gr.Markdown, gr.Button]:
+def build_extra_settings(example: TrainConfig) -> tuple[ExtraSettings, gr.Markdown, gr.Button]:
     """The recipe, time budget and the rest (inside the settings column), showing the preselected example's
     settings; returns them, the estimate line and its button."""
     label_smoothing = example.resolved().label_smoothing
-    recipe = gr.Radio(list(CHOICES["recipe"]), value=DEFAULTS["recipe"], label="Recipe", info=_RECIPE_INFO)
+    recipe_info = " · ".join(f"{name}: {line}" for name, line in RECIPE_HELP.items())
+    recipe = gr.Radio(list(CHOICES["recipe"]), value=DEFAULTS["recipe"], label="Recipe", info=recipe_info)
     time_budget = gr.Textbox(
         value="", label="Time budget (instead of epochs)", placeholder="e.g. 60s, 2m; empty: train for the epochs",
         info=SETTING_HELP["time_budget"], elem_id="train-time-budget",
@@ -62,44 +150,9 @@ def build_extra_settings(example: train_setup.TrainConfig) -> tuple[ExtraSetting
     return extra, estimate_line, estimate
 
 
-def config_from_page(
-    model: str,
-    weights_choice: str,
-    mode: str,
-    epochs: float | None,
-    lr: float | None,
-    batch_size: float | None,
-    image_size: float | None,
-    memory_efficient: bool,
-    amp: str,
-    optimizer: str,
-    schedule: str,
-    *extra: Any,
-) -> train_setup.TrainConfig:
-    """The page's fields (the basics in the ``/train`` order, then ``ExtraSettings``) -> ``TrainConfig``, through
-    ``train_settings.config_from_settings`` as the ``train`` command does; bad values become a ``gr.Error``."""
-    names = ExtraSettings._fields
-    extras = dict(zip(names, extra, strict=False))
-    with user_errors(ValueError):
-        return train_settings.config_from_settings(
-            model,
-            weights="random" if weights_choice == "Random init" or mode == "scratch" else "default",
-            mode=mode,
-            epochs=None if extras.get("time_budget") else epochs,  # a budget replaces the epochs
-            lr=lr,
-            batch_size=batch_size,
-            image_size=image_size,
-            memory_efficient=memory_efficient,
-            amp=amp,
-            optimizer=optimizer,
-            schedule=schedule,
-            **extras,
-        )
-
-
 def mode_values(mode: str, recipe: str) -> tuple[int, float, str, str, float]:
     """The recipe's epochs, lr, optimizer, schedule and label smoothing for ``mode``: what the fields show."""
-    d = train_setup.recipe_defaults(recipe or "quick", mode)
+    d = recipe_defaults(recipe or "quick", mode)
     return d["epochs"], d["lr"], d["optimizer"], d["schedule"], d["label_smoothing"]
 
 
@@ -110,40 +163,19 @@ def suggest(state: dict[str, Any] | None, source: str, recipe: str) -> tuple[Any
     dataset = (state or {}).get("dataset")
     if dataset is None or source == "Example dataset":
         return ("",) + (gr.skip(),) * 10
-    s = train_advice.suggest_settings(dataset[0])
+    s = advice.suggest_settings(dataset[0])
     line = f"Suggested for this data: {s.model}, {s.mode}, {s.image_size} px, time budget {s.time_budget} ({s.reason})."
     return line, s.model, s.mode, s.image_size, s.time_budget, DEFAULTS["augment"], *mode_values(s.mode, recipe)
 
 
-def estimate_text(
-    state: dict[str, Any] | None,
-    model: str,
-    weights_choice: str,
-    mode: str,
-    epochs: float | None,
-    lr: float | None,
-    batch_size: float | None,
-    image_size: float | None = None,
-    memory_efficient: bool = False,
-    amp: str = "Auto",
-    optimizer: str = "default",
-    schedule: str = "default",
-    recipe: str = "quick",
-    time_budget: str = "",
-    augment: str = "none",
-    label_smoothing: float | None = None,
-    early_stopping: float | None = None,
-    val_fraction: float = 0.2,
-    device: str = "auto",
-) -> str:
+@takes_page_settings
+def estimate_text(state: dict[str, Any] | None, settings: dict[str, Any]) -> str:
     """Time one epoch and the run on this machine (two steps of the chosen model), before Start: the settings of
     ``/train``, by the same names."""
     dataset = (state or {}).get("dataset")
     if dataset is None:
         return "Check a dataset first: the estimate needs its size."
     files, _ = dataset
-    basics = (model, weights_choice, mode, epochs, lr, batch_size, image_size, memory_efficient, amp, optimizer)
-    extra = (recipe, time_budget, augment, label_smoothing, early_stopping, val_fraction, device)
-    config = config_from_page(*basics, schedule, *extra)
+    config = config_from_page(settings)
     n_train, n_val = (len(part) for part in files.split(config.val_fraction, config.seed))
-    return train_advice.estimate_time(config, n_train, n_val, list(files.class_names)).text()
+    return advice.estimate_time(config, n_train, n_val, list(files.class_names)).text()

@@ -15,8 +15,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .. import plots
-from ..training import loop as train
-from ..training.setup import EPOCHS_UNDER_BUDGET
+from ..training.config import EPOCHS_UNDER_BUDGET
+from ..training.events import Caching, Cancelled, EpochEnd, Evaluated, Event, Failed, Finished, Preparing, Started, Step
 from .common import names_only
 
 __all__ = [
@@ -49,12 +49,12 @@ def _of(epochs: int) -> str:
     return f"/{epochs}" if epochs < EPOCHS_UNDER_BUDGET else ""
 
 
-def event_line(event: train.Event, total_epochs: int, processes: int = 1) -> tuple[float, str]:
+def event_line(event: Event, total_epochs: int, processes: int = 1) -> tuple[float, str]:
     """The fraction of the run done and one line saying what happened, for every event but the last.
 
     ``processes``: how many train (``Started.world_size``), said on each step's line when more than one.
     """
-    if isinstance(event, train.Started):
+    if isinstance(event, Started):
         amp_text = f", mixed precision {event.amp}" if event.amp else ""
         ranks = (
             f" in {event.world_size} processes (global batch {event.global_batch_size})" if event.world_size > 1 else ""
@@ -65,16 +65,16 @@ def event_line(event: train.Event, total_epochs: int, processes: int = 1) -> tup
             f"on {event.device}{ranks}{amp_text}; weights: {names_only(event.weights)}."
             + (f" Time budget {event.time_budget_s:.0f} s." if event.time_budget_s else "")
         )
-    if isinstance(event, train.Preparing):
+    if isinstance(event, Preparing):
         return 0.0, f"Preparing: {event.what}…"
-    if isinstance(event, train.Evaluated):
+    if isinstance(event, Evaluated):
         return event.epoch / total_epochs, (
             f"Validated after {event.epoch} of an epoch: val loss {event.val_loss:.3f} acc {event.val_acc:.1%}"
             + (" · best so far, saved" if event.improved else "")
         )
-    if isinstance(event, train.Caching):
+    if isinstance(event, Caching):
         return event.done / max(1, event.total), f"Computing features once: {event.done}/{event.total} images"
-    if isinstance(event, train.Step):
+    if isinstance(event, Step):
         gpu = f" · GPU {event.gpu_memory_mb:.0f} MB" if event.gpu_memory_mb else ""
         ranks = f" · {processes} processes" if processes > 1 else ""
         return event.progress, (
@@ -82,7 +82,7 @@ def event_line(event: train.Event, total_epochs: int, processes: int = 1) -> tup
             f"loss {event.loss:.3f} · acc {event.acc:.1%} · {event.images_per_s:.1f} img/s{gpu} · "
             f"ETA {event.eta_s:.0f} s"
         )
-    if isinstance(event, train.EpochEnd):
+    if isinstance(event, EpochEnd):
         return event.epoch / event.epochs, (
             f"Epoch {event.epoch}{_of(event.epochs)}: train loss {event.train_loss:.3f} acc {event.train_acc:.1%} · "
             f"val loss {event.val_loss:.3f} acc {event.val_acc:.1%} · {event.seconds:.1f} s"
@@ -96,18 +96,18 @@ def skipped_lines(skipped: list[tuple[str, str]]) -> list[str]:
     return [f"  skipped {PurePath(path).name}: {names_only(reason)}" for path, reason in skipped]
 
 
-def outcome_line(event: train.Event, n_val: int) -> str:
+def outcome_line(event: Event, n_val: int) -> str:
     """What the run's last event means, in one line: the best accuracy (and how much it means), or why it ended."""
     checkpoint = getattr(event, "checkpoint_dir", None)
     if checkpoint:
         logger.info("run %s: checkpoint at %s", PurePath(checkpoint).name, checkpoint)
     saved = f" Saved as run {PurePath(checkpoint).name} (pick it in Predict)." if checkpoint else ""
-    if isinstance(event, train.Finished):
+    if isinstance(event, Finished):
         return f"Finished: best val acc {event.best_val_acc:.1%} (epoch {event.best_epoch}).{few_images(n_val)}{saved}"
-    if isinstance(event, train.Cancelled):
+    if isinstance(event, Cancelled):
         kept = "the best checkpoint so far is kept." if checkpoint else "no checkpoint was written."
         return f"Stopped: {kept}{saved}"
-    if isinstance(event, train.Failed):
+    if isinstance(event, Failed):
         kept = " The best checkpoint so far is kept." if checkpoint else ""
         return f"Failed: {names_only(event.message)}{kept}{saved}"
     raise TypeError(f"{type(event).__name__} does not end a run")

@@ -1,6 +1,10 @@
-"""How a training run is set up: its settings (``TrainConfig``), the device, mixed precision, the model with
-its starting weights, the optimizer and the learning-rate schedule. Kept apart from ``training/loop.py`` so that the
-training loop there reads in one go.
+"""A training run's settings as data: ``TrainConfig`` (every field by name, to and from a JSON-ready dict), the
+recipes that fill in what a config leaves open, and the example dataset's quick setting. Pure data and checks:
+what a run is built from (the device, the model, the optimizer) is training/build.py.
+
+One rule ties epochs to a time budget: a run counts in epochs, or (with ``time_budget_s``) it trains until the
+budget is spent, its epochs then only an upper bound of ``EPOCHS_UNDER_BUDGET``. The settings both faces take
+(training/settings.py) give one or the other, never both.
 """
 
 from __future__ import annotations
@@ -11,26 +15,24 @@ from typing import Any
 import torch
 
 from ..config import PRESETS, DenseNetConfig, min_image_size
-from ..data.images import Preprocessing
 from ..hosting import gpu
-from ..model import DenseNet
 from ..validation import check_choice, check_int, check_number
-from ..weights import checkpoints, pretrained
+from ..weights import pretrained
 from ..weights import resolver as W
 
 __all__ = [
+    "AMP_CHOICES",
+    "AUGMENTATIONS",
+    "EPOCHS_UNDER_BUDGET",
     "MODES",
+    "OPTIMIZERS",
     "RECIPES",
     "RECIPE_HELP",
-    "AUGMENTATIONS",
-    "recipe_defaults",
-    "default_batch_size",
+    "SCHEDULES",
     "TrainConfig",
+    "default_batch_size",
     "example_config",
-    "pick_device",
-    "pick_amp_dtype",
-    "build_model",
-    "make_optimizer",
+    "recipe_defaults",
 ]
 
 MODES = ("linear", "finetune", "scratch")
@@ -97,10 +99,9 @@ def default_batch_size(device: str) -> int:
     """32 on a CPU (bigger batches only slow the first results there); 64 on a GPU, which has room to fill."""
     if device == "auto":  # on ZeroGPU the Space's process has no GPU, but every run trains on one
         return 64 if gpu.has_gpu() else 32
-    try:
-        return 64 if pick_device(device).type == "cuda" else 32
-    except ValueError:  # cuda asked for on a machine without one: TrainConfig reports it where it is used
-        return 32
+    # cuda asked for on a machine without one: 32 here; the run itself reports it (build.pick_device)
+    on_gpu = str(device).startswith("cuda") and not gpu.deferred() and torch.cuda.is_available()
+    return 64 if on_gpu else 32
 
 
 @dataclass(frozen=True)
@@ -187,9 +188,20 @@ class TrainConfig:
         return TrainConfig(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field by name, JSON-ready (a model given as a ``DenseNetConfig`` becomes its dict)."""
         d = asdict(self)
         d["model"] = self.model if isinstance(self.model, str) else self.model.to_dict()
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config ``to_dict`` gave (a checkpoint's ``train_config``, a run's state, a torchrun child's file),
+        checked again. Fields this version does not know are refused by name."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown training config fields: {', '.join(sorted(unknown))}")
+        model = d.get("model", cls.model)
+        return cls(**{**d, "model": DenseNetConfig.from_dict(model) if isinstance(model, dict) else model})
 
 
 def example_config(**changes: Any) -> TrainConfig:
@@ -205,68 +217,3 @@ def example_config(**changes: Any) -> TrainConfig:
     # Crops and flips (the shapes and stripes keep their class in a mirror), no label smoothing: as measured.
     recipe = {"lr": 3e-3, "optimizer": "adamw", "schedule": "cosine", "augment": "flip", "label_smoothing": 0.0}
     return TrainConfig(**{**base, **recipe, **changes})
-
-
-def pick_device(choice: str) -> torch.device:
-    """``auto`` -> CUDA when there is a GPU, else the CPU; asking for CUDA without one is an error.
-
-    Asked when a run starts, never at import: on ZeroGPU there is a GPU only inside a GPU call (hosting/gpu.py), and the
-    Space's own process, which checks the settings, works on the CPU whatever was asked for.
-    """
-    if choice == "auto" or gpu.deferred():
-        return gpu.device()
-    device = torch.device(choice)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but this machine has no usable GPU; use 'auto' or 'cpu'")
-    return device
-
-
-def pick_amp_dtype(choice: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype: ``auto`` is bf16 where the GPU has it, else fp16 (with loss scaling); off on CPUs."""
-    if choice == "off" or (choice == "auto" and device.type != "cuda"):
-        return None
-    if choice == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 mixed precision needs a CUDA GPU; use amp 'bf16' or 'off' on the CPU")
-    if choice == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if choice == "bf16" else torch.float16
-
-
-def build_model(cfg: TrainConfig, class_names: list[str]) -> tuple[DenseNet, Preprocessing, str]:
-    """The model to train with its starting weights (``weights.resolve``) and a head for ``class_names``.
-
-    Returns ``(model, preprocessing, label)``; the label says where the weights came from.
-    """
-    n = len(class_names)
-    spec = W.resolve(cfg.model, "random" if cfg.mode == "scratch" else cfg.weights)
-    if spec.kind == "checkpoint":
-        model, info = checkpoints.load_checkpoint(spec.path)
-        if list(info.class_names) != list(class_names):
-            model.reset_classifier(n)  # other classes: keep the backbone, start a new head
-        preprocessing, label = info.preprocessing, f"checkpoint {spec.path.name}"
-    else:
-        loaded = W.load_model(spec, num_classes=n, fallback_to_random=False)
-        model, preprocessing, label = loaded.model, loaded.preprocessing, loaded.label
-        if spec.kind == "imagenet":
-            label += f", new {n}-class head"
-    model.set_grad_checkpointing(cfg.memory_efficient)
-    if cfg.image_size is not None and cfg.image_size != preprocessing.image_size:
-        preprocessing = preprocessing.with_image_size(cfg.image_size)
-    return model, preprocessing, label
-
-
-def make_optimizer(cfg: TrainConfig, model: DenseNet) -> torch.optim.Optimizer:
-    """AdamW, or SGD with Nesterov momentum 0.9 (the paper); finetune gives the backbone a smaller lr."""
-    head = list(model.classifier.parameters())
-    if cfg.mode == "linear":
-        groups = [{"params": head, "lr": cfg.lr}]
-    elif cfg.mode == "finetune":
-        groups = [{"params": list(model.features.parameters()), "lr": cfg.lr * cfg.backbone_lr_factor}]
-        groups.append({"params": head, "lr": cfg.lr})
-    else:
-        groups = [{"params": list(model.parameters()), "lr": cfg.lr}]
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
-    # The fused kernel updates every tensor in one pass: on the CPU 18 ms a step for DenseNet-121 instead of 73 ms.
-    fused = all(p.device.type in ("cpu", "cuda") for group in groups for p in group["params"])
-    return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused or None)
