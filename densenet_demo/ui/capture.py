@@ -1,4 +1,4 @@
-"""Classes by hand from the webcam: record a burst of frames for a class, remove the ones that missed, add the class.
+"""Classes by hand: a class name, then its images, uploaded or captured from the webcam, then "Add class".
 
 The camera streams while its record button is on; every ``CAPTURE_EVERY_S`` one frame is kept, written as a PNG
 into the session's folder (it goes with the session) and shown as a thumbnail in the class's gallery, where a
@@ -10,28 +10,51 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import gradio as gr
 import numpy as np
 
 from ..data.images import ImageError, decode_image
-from .finetune_data import session_of
+from .finetune_data import add_class, session_of
 
-__all__ = ["CAPTURE_EVERY_S", "MAX_FRAMES", "Capture", "build_capture", "capture_frame", "captured_files"]
+__all__ = ["CAPTURE_EVERY_S", "MAX_FRAMES", "add_captured_class", "build_classes_by_hand", "capture_frame"]
 
 CAPTURE_EVERY_S = 0.5  # two frames a second: a short burst gives a class a dozen views without near-duplicates
 MAX_FRAMES = 100  # per class at a time; a forgotten recording must not fill the server's disk
 MAX_SIDE = 448  # frames are kept at most this large: twice the 224 px the largest models see
 
 
-class Capture(NamedTuple):
-    camera: gr.Image
-    frames: gr.Gallery
+def build_classes_by_hand(state: gr.State) -> gr.State:
+    """The "Classes by hand" accordion and its events; returns the classes built so far ({name: [files]})."""
+    by_hand = gr.State({})
+    with gr.Accordion("Classes by hand", open=False):
+        with gr.Row():
+            class_name = gr.Textbox(label="Class name", elem_id="class-name")
+            class_files = gr.File(
+                label="Its images", file_count="multiple", file_types=["image"], elem_id="class-files"
+            )
+        with gr.Row():
+            camera, frames = _build_camera(state)
+        add = gr.Button("Add class", elem_id="class-add")
+        classes = gr.Markdown(elem_id="class-list")
+    add.click(
+        add_captured_class,
+        [class_name, class_files, frames, by_hand],
+        [by_hand, classes, class_name, class_files, frames],
+        api_visibility="private",
+    )
+    return by_hand
 
 
-def build_capture(state: gr.State) -> Capture:
-    """The camera and the class's captured frames; call inside "Classes by hand"."""
+def add_captured_class(
+    name: str, files: list[str] | None, frames: list[Any] | None, by_hand: dict[str, list[str]] | None
+) -> tuple[Any, ...]:
+    """Add the uploaded images and the captured frames under the class name; the inputs are cleared for the next."""
+    return (*add_class(name, [*(files or []), *captured_files(frames)], by_hand), [])
+
+
+def _build_camera(state: gr.State) -> tuple[gr.Image, gr.Gallery]:
     camera = gr.Image(
         sources=["webcam"],
         streaming=True,
@@ -56,7 +79,7 @@ def build_capture(state: gr.State) -> Capture:
         api_visibility="private",
         concurrency_limit=None,
     )
-    return Capture(camera, frames)
+    return camera, frames
 
 
 def capture_frame(frame: np.ndarray | None, frames: list[Any] | None, state: dict[str, Any] | None) -> Any:

@@ -49,7 +49,7 @@ class ReviewView(NamedTuple):
 
 def build_review_view(state: gr.State) -> ReviewView:
     """The review's layout and events; call inside the Fine-tune tab, below a run's results."""
-    with gr.Accordion("Review a run: its mistakes and likely mislabels", open=False, elem_id="review"):
+    with gr.Accordion("Review a run: its mistakes and likely mislabels", open=False, elem_id="review") as accordion:
         gr.Markdown(
             "Predicts every image of the run's data once (a run you trained here, while its data is on the "
             "server). Click a cell of the counts, or pick it beside them, to see its validation images."
@@ -73,6 +73,7 @@ def build_review_view(state: gr.State) -> ReviewView:
         wrong = gr.Gallery(label="Most confidently wrong", columns=6, height="auto", elem_id="review-wrong")
         suspects = gr.Gallery(label="Likely mislabels", columns=6, height="auto", elem_id="review-suspects")
     view = ReviewView(run, result, status, table, true_class, predicted, cell, wrong, suspects)
+    accordion.expand(runs_to_review, state, run, api_visibility="private")  # the session's runs of now
     button.click(
         review_for_page, [run, state], [result, state], api_name="review", concurrency_limit=1, concurrency_id="review"
     ).success(show_review, state, view.shown(), api_visibility="private")
@@ -144,7 +145,7 @@ def show_review(state: dict[str, Any] | None) -> list[Any]:
         lines.append(f"{len(review.skipped)} image(s) could not be decoded and were left out.")
     wrong = [(_thumb(review, r), _top3(review, r)) for r in review.most_confidently_wrong(WRONG_SHOWN)]
     rows, mislabels = review.suspect_rows(SUSPECTS_SHOWN), review.suspected_mislabels(SUSPECTS_SHOWN)
-    shown = [(_thumb(review, r), f"{s.file}: {s.caption()}") for r, s in zip(rows, mislabels, strict=True)]
+    shown = [(_thumb(review, r), f"{s.caption()} · {s.file}") for r, s in zip(rows, mislabels, strict=True)]
     if n_suspects > SUSPECTS_SHOWN:
         lines.append(f"The first {SUSPECTS_SHOWN} likely mislabels are shown; the `/review` API lists them all.")
     choices = gr.update(choices=names, value=true), gr.update(choices=names, value=predicted)
@@ -174,8 +175,9 @@ def _cell(review: Review, true: str, predicted: str) -> list[tuple[Image.Image, 
 
 
 def _top3(review: Review, row: int) -> str:
-    top = ", ".join(f"{name}: {p:.2f}" for name, p in review.top(row))
-    return f"{review.files[row]} (given: {review.class_names[review.labels[row]]}) · {top}"
+    """The top 3 first (a thumbnail's caption is cut to its width; the whole shows when it is opened)."""
+    top = ", ".join(f"{name} {p:.2f}" for name, p in review.top(row))
+    return f"{top} · given: {review.class_names[review.labels[row]]} · {review.files[row]}"
 
 
 def _thumb(review: Review, row: int) -> Image.Image:
