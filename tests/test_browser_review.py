@@ -44,8 +44,9 @@ def _train_briefly(page, model: str | None = None) -> None:
     """Start a short run (2 epochs at 32 px) of the page's data and wait for its end."""
     if model:
         _pick(page, "train-model", model)
-        page.get_by_label("Random init").check()
-        page.get_by_label("scratch").check()
+        page.locator("input[value='Random init']:visible").check()
+        page.locator("input[value='scratch']:visible").check()
+    page.get_by_placeholder("e.g. 60s, 2m; empty: train for the epochs").fill("")  # epochs, not a suggested budget
     _fill(page, "#train-epochs input[type=number]", "2")
     _fill(page, 'input[aria-label="Image size (0: the model\'s own)"]', "32")
     page.locator("#train-start").click()
@@ -99,12 +100,12 @@ def test_check_shows_each_class_and_a_run_shows_its_mistakes_by_cell(browser, ap
 def test_the_review_endpoint_answers_with_confusions_and_suspects_for_the_sessions_run(app_server):
     client = Client(app_server.url, verbose=False)
     client.predict("Example dataset", None, None, "", api_name="/load_dataset")
-    job = client.submit(
-        "densenet_fashion", "Random init", "scratch", 1, 0.003, 32, 32, False, "Auto", "adamw", "cosine",
-        api_name="/train",
-    )  # fmt: skip
-    job.result()
-    run = client.predict(api_name="/list_runs")[0][1]
+    args = ("densenet_fashion", "Random init", "scratch", 1, None, 32, 32, False, "Auto", "default", "default")
+    job = client.submit(*args, api_name="/train")
+    job.result()  # waits for the run to end
+    final = job.outputs()[-1]
+    assert "Finished" in final[3], final[3]
+    run = final[7]["value"]  # the Predict tab's model: run:<id> of the new run
     review = client.predict(run, api_name="/review")
     assert set(review) == {"confusions", "suspected_mislabels"}
     for cell in review["confusions"]:
@@ -140,12 +141,12 @@ def test_a_class_captured_from_the_camera_trains_and_predicts(app_server, tmp_pa
         frames.get_by_role("button", name="Delete image").first.click()
         expect(frames.locator("img")).to_have_count(taken - 1)
         page.locator("#class-add").click()
-        expect(page.locator("#class-list")).to_contain_text(f"camera**: {taken - 1} image(s)")
+        expect(page.locator("#class-list")).to_contain_text(f"camera: {taken - 1} image(s)")
         expect(frames.locator("img")).to_have_count(0)
         page.locator("#class-name textarea, #class-name input").first.fill("light")
         page.locator("#class-files input[type=file]").set_input_files([str(p) for p in sorted(light.iterdir())])
         page.locator("#class-add").click()
-        expect(page.locator("#class-list")).to_contain_text("light**: 8 image(s)")
+        expect(page.locator("#class-list")).to_contain_text("light: 8 image(s)")
         page.locator("#train-load").click()
         expect(page.locator("#train-report")).to_contain_text("2 classes")
         expect(page.locator("#train-classes")).to_contain_text(f"camera · {taken - 1} images")

@@ -55,7 +55,8 @@ def build_review_view(state: gr.State) -> ReviewView:
             "server). Click a cell of the counts, or pick it beside them, to see its validation images."
         )
         with gr.Row():
-            run = gr.Dropdown(run_choices(None), label="Run", elem_id="review-run", scale=3)
+            # Any value: an API client names its run (run:<id>); review_for_page checks that it is the session's.
+            run = gr.Dropdown(run_choices(None), label="Run", elem_id="review-run", scale=3, allow_custom_value=True)
             button = gr.Button("Review", elem_id="review-button", scale=1)
         status = gr.Markdown(elem_id="review-status")
         result = gr.JSON(visible=False, label="Review")
