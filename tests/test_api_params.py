@@ -11,7 +11,7 @@ from PIL import Image
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 # The inputs a call cannot do without; every other parameter has a default.
-REQUIRED = {"/predict": ["files"], "/classify_image": ["image"]}
+REQUIRED = {"/predict": ["files"], "/classify_image": ["image"], "/load_hub_model": ["repo"], "/push_to_hub": ["repo"]}
 
 
 @pytest.fixture(scope="module")

@@ -118,7 +118,7 @@ def test_architecture_tab_shows_table_plot_and_feature_reuse(page, shots, app_se
     label = runs.run_label(checkpoints.read_checkpoint_info(app_server.weights_dir / "runs" / fashion_run))
     _pick(page, "arch-reuse", label)
     # The run's heatmap comes with the run's architecture (its own number of classes), never the preset's.
-    expect(page.locator("#arch-preset input")).to_have_value("custom")
+    expect(page.locator("#arch-preset input")).to_have_value(label)
     page.locator("#arch-button").click()
     run_config = checkpoints.read_checkpoint_info(app_server.weights_dir / "runs" / fashion_run).config
     params = architecture.totals(run_config)["params"]

@@ -70,10 +70,11 @@ def test_channel_plot_leaves_out_the_classifier_outputs():
 def test_the_plot_legend_names_only_the_stages_the_model_has():
     from densenet_demo.ui.architecture_tab import stage_colours
 
-    *_, plot, _ = show_architecture("densenet40_k12", 12, "12,12,12", 16, 0, 1.0, 0.0, "cifar", "3")
-    assert list(plot["color_map"]) == ["stem", "block 1", "transition 1", "block 2", "transition 2", "block 3", "head"]
+    *_, frame, _ = show_architecture("densenet40_k12", 12, "12,12,12", 16, 0, 1.0, 0.0, "cifar", "3")
+    colours = stage_colours(frame)
+    assert list(colours) == ["stem", "block 1", "transition 1", "block 2", "transition 2", "block 3", "head"]
     wide = growth_frame(architecture.channel_growth_table(PRESETS["densenet121"].config))
-    assert stage_colours(wide)["block 1"] == plot["color_map"]["block 1"]  # a stage keeps its colour across models
+    assert stage_colours(wide)["block 1"] == colours["block 1"]  # a stage keeps its colour across models
 
 
 def test_custom_config_with_the_presets_classes_has_the_presets_params():

@@ -70,7 +70,7 @@ def test_an_mcp_client_reads_an_architecture_table(mcp_url):
     result = _session(mcp_url, lambda s: s.call_tool("architecture_table", {"model": "densenet121"}))
     text = _text(result)
     assert not result.isError, text
-    assert "7,978,856" in text and "denseblock4" in text
+    assert "7,978,856" in text and "block4.layer16" in text and "transition3" in text
 
 
 def test_the_mcp_server_is_on_unless_configured_off(monkeypatch):

@@ -154,8 +154,9 @@ def test_stop_mid_epoch_keeps_the_weights_so_far_and_a_new_run_starts(server, zi
         == "Stopping now (mid-step, at the next layer); the best checkpoint so far is kept…"
     )
     log = _log(job)
-    assert "Stopped: the best checkpoint so far is kept." in log
-    assert "Epoch 1/3" not in log  # no epoch had ended
+    # Nothing was validated yet: the weights are kept, and the message does not call them the best.
+    assert "Stopped before the first validation: the weights trained so far are kept, not validated." in log
+    assert "Epoch 1/3" not in log and "best checkpoint" not in log.split("Stopped")[1]
     run = _run_dir(server, log)
     assert checkpoints.read_checkpoint_info(run).metrics["cancelled_mid_epoch"] is True
     _classifies_with(client, run, photo)

@@ -182,7 +182,7 @@ def test_a_label_says_dataset_model_mode_accuracy_and_time(tiny_config):
 def test_labels_name_the_example_and_a_run_without_accuracy(tiny_config):
     make_run("r1", tiny_config, val_acc=None, source="the built-in example dataset (shapes and stripes, generated)")
     label = runs.run_label(checkpoints.read_checkpoint_info(weights.run_path("r1")))
-    assert label.startswith("example · densenet121 scratch · no val acc yet · ")
+    assert label.startswith("example · densenet121 scratch · not validated · ")
 
 
 def test_runs_that_would_read_alike_get_their_ids_tail_and_published_ones_say_so(tiny_config):

@@ -89,7 +89,8 @@ def test_a_tiny_model_learns_loss_falls_and_val_acc_beats_chance(tiny_config, co
 def test_events_come_in_order_started_steps_epoch_ends_finished(tiny_config, colours):
     _, events = _run(_config(tiny_config, epochs=2), colours)
     kinds = " ".join(e.kind for e in events)
-    assert re.fullmatch(r"preparing started preparing (step ){3}epoch_end (step ){3}epoch_end finished", kinds)
+    pattern = r"preparing started preparing (step ){3}validating epoch_end (step ){3}validating epoch_end finished"
+    assert re.fullmatch(pattern, kinds)  # "validating": seconds without a step are coming
     assert "building custom (random weights)" in events[0].what
     started, step = events[1], events[3]
     assert (started.n_train, started.n_val, started.steps_per_epoch, started.device) == (18, 6, 3, "cpu")
@@ -106,7 +107,7 @@ def test_linear_mode_computes_each_image_features_exactly_once(tiny_config, colo
     trainer, events = _run(_config(tiny_config, mode="linear", epochs=4), colours)
     assert isinstance(events[-1], Finished)
     assert sum(seen) == 24 == trainer.backbone_images  # 18 train + 6 val images, once each, over 4 epochs
-    assert re.fullmatch(r"started (caching )+((step )+epoch_end ){4}finished", _kinds(events))
+    assert re.fullmatch(r"started (caching )+((step )+validating epoch_end ){4}finished", _kinds(events))
 
 
 def test_linear_mode_without_the_cache_runs_the_backbone_every_epoch(tiny_config, colours, monkeypatch):

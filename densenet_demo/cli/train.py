@@ -190,6 +190,8 @@ def _print_training(run: runners.TrainingRun, *, as_json: bool, quiet: bool, sev
                     loss=f"{event.loss:.3f}", acc=f"{event.acc:.1%}", img_s=f"{event.images_per_s:.1f}", refresh=False
                 )
                 bar.update(1)
+            elif kind == "validating" and bar is not None:
+                bar.set_postfix_str(f"validating on {event.images} images…")
             elif kind == "epoch_end":
                 if bar is not None:
                     bar.set_postfix(train_acc=f"{event.train_acc:.1%}", val_acc=f"{event.val_acc:.1%}")

@@ -205,7 +205,7 @@ def run_label(info: checkpoints.CheckpointInfo) -> str:
     model = train_config.get("model") if isinstance(train_config.get("model"), str) else info.config.variant
     mode = train_config.get("mode") or ""
     acc = info.metrics.get("val_acc")
-    accuracy = f"{acc:.1%}" if isinstance(acc, (int, float)) else "no val acc yet"
+    accuracy = f"{acc:.1%}" if isinstance(acc, (int, float)) else "not validated"  # stopped before a validation
     parts = [_dataset_name(info), f"{model} {mode}".strip(), accuracy, _when(info.created_at)]
     return " · ".join(p for p in parts if p)
 

@@ -38,7 +38,7 @@ from . import timing
 from .build import pick_device
 from .config import TrainConfig, default_batch_size
 
-__all__ = ["DataTraits", "Estimate", "Suggestion", "estimate_time", "look_at", "suggest_settings"]
+__all__ = ["DataTraits", "Estimate", "Suggestion", "duration", "estimate_time", "look_at", "suggest_settings"]
 
 _SIZES = (32, 48, 64, 96, 128, 160, 224)
 _SAMPLE = 24  # images looked at to judge size and colour
@@ -108,16 +108,17 @@ class Estimate:
     warning: str | None
 
     def text(self) -> str:
-        if _duration(self.epoch_low_s) == _duration(self.epoch_high_s):
-            epoch = f"about {_duration(self.epoch_s)}"
+        if duration(self.epoch_low_s) == duration(self.epoch_high_s):
+            epoch = f"about {duration(self.epoch_s)}"
         else:
-            epoch = f"{_duration(self.epoch_low_s)}–{_duration(self.epoch_high_s)}"
-        line = f"An epoch: {epoch}; the run: about {_duration(self.total_s)} "
+            epoch = f"{duration(self.epoch_low_s)}–{duration(self.epoch_high_s)}"
+        line = f"An epoch: {epoch}; the run: about {duration(self.total_s)} "
         line += f"({self.images_per_s:.3g} training images/s measured on this machine)."
         return line + (f" ⚠ {self.warning}" if self.warning else "")
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """Seconds for people: ``42 s``, ``7 min``, ``1.5 h``."""
     if seconds < 90:
         return f"{max(seconds, 1):.0f} s"
     if seconds < 5400:
@@ -166,13 +167,16 @@ def _first_result_s(t: timing.StepTiming, traits: DataTraits) -> float:
     return _STARTUP_S + traits.n_train / 2 / t.images_per_s + traits.n_val * (t.eval_s + t.decode_s)
 
 
-def _epoch_s(t: timing.StepTiming, n_train: int, n_val: int, linear: bool) -> tuple[float, float, float]:
-    """(median, low, high) seconds of an epoch: its steps, its validation and the decoding of every image."""
+def _epoch_s(
+    t: timing.StepTiming, n_train: int, n_val: int, linear: bool, recalibration: int = 0
+) -> tuple[float, float, float]:
+    """(median, low, high) seconds of an epoch: its steps, the loading of every image, its validation (the
+    BatchNorm statistics recomputed from ``recalibration`` batches first) and a checkpoint written."""
     data = (n_train + n_val) * t.decode_s
     if linear:  # the backbone once per image (features), then the head's epochs: next to nothing
         once = (n_train + n_val) * t.eval_s + data
         return once, once, once
-    validation = n_val * t.eval_s
+    validation = (n_val + recalibration * t.batch_size) * t.eval_s + t.save_s
     return tuple(n_train * s + validation + data for s in (t.train_s, t.train_low_s, t.train_high_s))
 
 
@@ -216,7 +220,7 @@ def suggest_settings(files: LabeledFiles, *, device: str = "auto") -> Suggestion
         budget = "" if mode == "linear" else _budget(epoch) if epoch else "2m"
         how = "a linear head on its ImageNet features" if mode == "linear" else "fine-tuned from ImageNet"
         reason = f"{kind} photos of about {traits.median_side:.0f} px: DenseNet-121 {how} at {size} px"
-        reason += f" (features of all images: about {_duration(epoch)})" if mode == "linear" and epoch else ""
+        reason += f" (features of all images: about {duration(epoch)})" if mode == "linear" and epoch else ""
         return Suggestion("densenet121", mode, size, batch, "quick", budget, traits.grayscale, reason, epoch)
     if deferred:
         size = _usual_size(traits.median_side, "densenet121")
@@ -245,14 +249,14 @@ def _scratch(files: LabeledFiles, traits: DataTraits, on_gpu: bool, batch: int, 
 def _scratch_suggestion(
     model: str, size: int, t: timing.StepTiming, traits: DataTraits, batch: int, kind: str, first: float
 ) -> Suggestion:
-    epoch = _epoch_s(t, traits.n_train, traits.n_val, False)[0]
+    epoch = _epoch_s(t, traits.n_train, traits.n_val, False, recalibration=3)[0]  # the quick recipe from scratch
     budget = _budget(epoch)
     note = "the smallest model that sees them" if model == "densenet_fashion" else "its stem shrinks them 4x"
     if not traits.grayscale and model == "densenet121":
         note = "the fastest colour model here"
     reason = (
         f"small {kind} images (about {traits.median_side:.0f} px): {model} from scratch at {size} px, {note}: "
-        f"{t.images_per_s:.0f} images/s measured here, a first result in about {_duration(first)}, "
+        f"{t.images_per_s:.0f} images/s measured here, a first result in about {duration(first)}, "
         f"{budget} for about {BUDGET_EPOCHS} epochs"
     )
     return Suggestion(model, "scratch", size, batch, "quick", budget, traits.grayscale, reason, epoch)
@@ -265,7 +269,7 @@ def estimate_time(
     cfg = config.resolved()
     t = timing.measure(cfg, len(class_names), files, fresh=True)
     linear = cfg.mode == "linear"
-    epoch, low, high = _epoch_s(t, n_train, n_val, linear)
+    epoch, low, high = _epoch_s(t, n_train, n_val, linear, cfg.bn_recalibration or 0)
     if linear:
         total = epoch
     elif cfg.time_budget_s is not None:
@@ -276,6 +280,6 @@ def estimate_time(
     if epoch > _PRACTICAL_EPOCH_S:
         warning = (
             f"{cfg.model_name} at {t.image_size} px on this {pick_device(cfg.device).type.upper()} takes about "
-            f"{_duration(epoch)} per epoch: the suggestion (Check dataset) picks a faster size and model"
+            f"{duration(epoch)} per epoch: the suggestion (Check dataset) picks a faster size and model"
         )
     return Estimate(epoch, low, high, total, 1.0 / (t.train_s + t.decode_s), warning)

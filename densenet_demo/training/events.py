@@ -20,6 +20,7 @@ __all__ = [
     "Caching",
     "Step",
     "Evaluated",
+    "Validating",
     "EpochEnd",
     "Finished",
     "Cancelled",
@@ -119,6 +120,16 @@ class Evaluated(Event):
 
 
 @dataclass(frozen=True)
+class Validating(Event):
+    """A validation begins (at half of a short run's first epoch, or at an epoch's end): seconds pass with no
+    step, and the clock's estimate stands still meanwhile."""
+
+    kind: ClassVar[str] = "validating"
+    epoch: float  # epochs done when it began, e.g. 0.5 or 3
+    images: int  # validation images (over every process)
+
+
+@dataclass(frozen=True)
 class EpochEnd(Event):
     kind: ClassVar[str] = "epoch_end"
     epoch: int
@@ -132,6 +143,7 @@ class EpochEnd(Event):
     best_val_acc: float
     improved: bool  # this epoch is the new best and was saved
     skipped: list[tuple[str, str]] = field(default_factory=list)  # found corrupt this epoch (1st: + caching)
+    fraction: float = 1.0  # of the epoch's steps taken: less when a time budget ended the run inside it
 
 
 @dataclass(frozen=True)
@@ -179,7 +191,7 @@ class Paused(Event):
     step: int  # steps of ``epoch`` done
 
 
-_ALL = (Preparing, Started, Caching, Step, Evaluated, EpochEnd, Finished, Cancelled, Failed, Paused)
+_ALL = (Preparing, Started, Caching, Step, Validating, Evaluated, EpochEnd, Finished, Cancelled, Failed, Paused)
 _KINDS: dict[str, type[Event]] = {cls.kind: cls for cls in _ALL}
 
 

@@ -1,24 +1,21 @@
 """Trainer: fine-tune or train a DenseNet on labelled image files, reporting through events.
 
 ``Trainer(config, files).run(cancel)`` yields ``Preparing`` (model build), ``Started``, then (linear mode)
-``Caching``, ``Preparing`` (first batch), then ``Step`` ... ``EpochEnd`` per epoch (a short run also validates
-at half an epoch: ``Evaluated``), and ends with exactly one of ``Finished``, ``Cancelled`` or ``Failed``.
-Nothing here prints: the UI, the CLI and the tests are all consumers of the events (training/events.py). A run
+``Caching``, ``Preparing`` (first batch), then ``Step`` ... ``Validating``, ``EpochEnd`` per epoch (a short run
+also validates at half an epoch: ``Evaluated``), and ends with exactly one of ``Finished``, ``Cancelled`` or
+``Failed``. Nothing here prints: the UI, the CLI and the tests consume the events (training/events.py). A run
 logs its start and its end at INFO, and a failure at ERROR with its traceback, for the server's log.
 
-Modes:
-- ``linear``: frozen backbone; each image's pooled features are computed once, without augmentation,
-  and the new head trains on that cache (seconds on a CPU instead of minutes);
-- ``finetune``: every layer trains; the backbone at ``lr * backbone_lr_factor``, the new head at ``lr``;
-- ``scratch``: random init, every layer at ``lr``.
+Modes: ``linear``: frozen backbone, each image's pooled features computed once (no augmentation), the new head
+trained on that cache (seconds on a CPU); ``finetune``: every layer, the backbone at ``lr * backbone_lr_factor``;
+``scratch``: random init, every layer at ``lr``.
 
 What varies is passed in: the recipe (training/config.py) fills in what the config leaves open; training/pacing.py
 turns epochs or a time budget into the lr at each step and says when the time is up; a ``parallel`` strategy
 (training/distributed.py: ``Alone``, or one torchrun process of several) shares the work; a ``LoopState``
 (training/state.py) says where the run is, so that it can pause and go on elsewhere.
 
-The best validation (by accuracy) is saved atomically through ``weights.save_checkpoint`` to
-``weights/runs/<run-id>/`` and reloaded into ``trainer.model`` at the end.
+The best validation (by accuracy) is saved atomically to ``weights/runs/<run-id>/`` and reloaded at the end.
 """
 
 from __future__ import annotations
@@ -63,6 +60,7 @@ class _EpochSteps:
     ended: str
     started: float  # time.monotonic() at the epoch's start (a resumed epoch: less the time spent before)
     validated_at: int  # images trained on when it last validated (its half-epoch validation), else 0
+    steps: int = 0  # of the epoch taken by its end (a resumed epoch: those before included)
 
 
 class Trainer:
@@ -217,7 +215,8 @@ class Trainer:
             out_of_time = steps.ended == "out_of_time"
             if out_of_time and p.metrics.seen == steps.validated_at:  # the budget ran out right after a validation
                 break
-            yield self._epoch_end(p, epoch, steps.started)
+            yield events.Validating(epoch=epoch - 1 + steps.steps / p.steps_per_epoch, images=len(self.val_items))
+            yield self._epoch_end(p, epoch, steps.started, steps.steps / p.steps_per_epoch)
             at.epoch, at.step, at.sums, at.reported = epoch + 1, 0, EpochSums(), len(at.skipped)
             patience = cfg.early_stopping_patience
             if out_of_time or (patience and at.epochs_without_best >= patience):
@@ -234,23 +233,25 @@ class Trainer:
         if at.sums != EpochSums():  # a run that goes on: the epoch's sums so far, the smoothed loss, come back
             metrics.go_on_from(at.sums)
         done, spent = at.step, at.sums.seconds if at.step else 0.0
-        epoch_start, validated_at = time.monotonic() - spent, 0
+        epoch_start, validated_at, taken = time.monotonic() - spent, 0, done
         batches = iterate_batches(p.train_source, cfg.batch_size, cfg.seed + epoch, at.skipped)
         batches = skip_batches(p.train_source, batches, cfg.seed + epoch, done, cfg.batch_size)
         for step, (x, y) in enumerate(self.parallel.epoch_batches(batches, p.train_source, epoch, cancel), done + 1):
             if cancel.cancelled:
                 raise Stop
             if clock.out_of_time(at.steps_done):
-                return _EpochSteps("out_of_time", epoch_start, validated_at)
+                return _EpochSteps("out_of_time", epoch_start, validated_at, taken)
             validates = step == p.steps_per_epoch or (epoch == 1 and step == p.mid_step)
             if deadline.time_is_up(epoch, step, steps_done=at.steps_done, validation_follows=validates, clock=clock):
                 yield self._pause(p, epoch, step - 1, epoch_start)
-                return _EpochSteps("paused", epoch_start, validated_at)
+                return _EpochSteps("paused", epoch_start, validated_at, taken)
             yield self._step(p, x, y, epoch, step, epoch_start)
+            taken = step
             if epoch == 1 and step == p.mid_step:  # a short run's first result, at half an epoch
+                yield events.Validating(epoch=round(step / p.steps_per_epoch, 3), images=len(self.val_items))
                 yield self._mid_epoch(p, step, started)
                 validated_at = metrics.seen
-        return _EpochSteps("done", epoch_start, validated_at)
+        return _EpochSteps("done", epoch_start, validated_at, taken)
 
     def _step(self, p: RunParts, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int, epoch_start: float) -> Event:
         """One optimizer step on a batch; its ``Step`` event."""
@@ -290,7 +291,7 @@ class Trainer:
         best = self.state.best.val.acc
         return events.Evaluated(fraction, val.loss, val.acc, best, improved, seconds=time.monotonic() - started)
 
-    def _epoch_end(self, p: RunParts, epoch: int, epoch_start: float) -> events.EpochEnd:
+    def _epoch_end(self, p: RunParts, epoch: int, epoch_start: float, fraction: float) -> events.EpochEnd:
         """The epoch's validation (a new best is saved) and its ``EpochEnd``: train metrics over every process."""
         at, so_far = self.state, p.metrics.read()
         seen, loss_sum, correct = p.shares.sum(so_far.seen, so_far.loss_sum, so_far.correct)
@@ -309,6 +310,7 @@ class Trainer:
             best_val_acc=at.best.val.acc,
             improved=improved,
             skipped=at.skipped[at.reported :],  # the first epoch also reports what feature caching found
+            fraction=round(min(fraction, 1.0), 3),
         )
 
     def _validate(self, p: RunParts, train_acc: float) -> tuple[ValidationResult, bool]:
@@ -328,11 +330,15 @@ class Trainer:
         p.clock.validated(time.monotonic() - began)
         return val, improved
 
-    # -- set-up ---------------------------------------------------------------------------------------
-
     @property
     def _val_batches(self) -> int:
         return -(-len(self.val_items) // self.config.batch_size)
+
+    def _weights_label(self, p: RunParts) -> str:
+        """Where the weights came from; a run that goes on starts from its own, whatever it began with."""
+        if self.goes_on and self.state.epoch > 1:
+            return f"run {self.run_id}'s own, as its epoch {self.state.epoch - 1} left them"
+        return p.weights_label
 
     def _started_event(self, p: RunParts) -> events.Started:
         cfg, place = self.config, self.placement
@@ -351,7 +357,7 @@ class Trainer:
             device=str(self.device),
             mode=cfg.mode,
             amp=amp,
-            weights=p.weights_label,
+            weights=self._weights_label(p),
             config=cfg.to_dict(),
             world_size=self.parallel.world_size,
             global_batch_size=p.global_batch,

@@ -21,6 +21,7 @@ import logging
 import os
 import platform
 import statistics
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
@@ -28,13 +29,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
-from ..data.datasets import ImageFileDataset, LabeledFiles
+from ..data.datasets import LabeledFiles
 from ..data.images import Preprocessing
 from ..weights import checkpoints
 from .build import build_model, make_optimizer, pick_amp_dtype, pick_device
 from .config import TrainConfig
-from .data import Placement
+from .data import Placement, image_loader
 
 __all__ = ["StepTiming", "measure"]
 
@@ -43,8 +45,8 @@ logger = logging.getLogger(__name__)
 WARMUP_STEPS = 2  # the first steps allocate and pick kernels: seconds slower than the rest on a CPU
 TIMED_STEPS = 5  # the median of five is steady to a few per cent on an idle machine
 EVAL_BATCHES = 2
-DECODED_FILES = 16  # files decoded through the run's transform to time the data side
-CACHE_VERSION = 1
+DECODED_FILES = 16  # distinct files read through the run's loader to time the data side
+CACHE_VERSION = 2
 
 _lock = threading.Lock()
 _memory: dict[str, StepTiming] = {}
@@ -59,9 +61,10 @@ class StepTiming:
     train_low_s: float
     train_high_s: float
     eval_s: float  # per image, forward pass in eval mode (validation, BatchNorm recalibration, feature caching)
-    decode_s: float  # per image, reading and transforming a file
+    decode_s: float  # per image, through the run's own loader: reading, transforming, batching
     batch_size: int
     image_size: int
+    save_s: float = 0.0  # writing the model's checkpoint once (each better validation does)
 
     @property
     def images_per_s(self) -> float:
@@ -131,7 +134,8 @@ def measure(
             if known is not None:
                 return known
         timing = _time_steps(cfg, model, preprocessing.in_channels, preprocessing.image_size, placement)
-        timing = replace(timing, decode_s=_decode_s(files, preprocessing, cfg.augment) if files is not None else 0.0)
+        decode = _decode_s(files, preprocessing, cfg, placement.device) if files is not None else 0.0
+        timing = replace(timing, decode_s=decode, save_s=_save_s(model))
         _memory[key] = timing
     _write_disk(key, timing)
     logger.info("timed %s: %.3g img/s training, %.3g img/s evaluation", key, 1 / timing.train_s, 1 / timing.eval_s)
@@ -197,17 +201,26 @@ def _timed(work, sync, warmup: int, timed: int) -> list[float]:
     return seconds
 
 
-def _decode_s(files: LabeledFiles, preprocessing: Preprocessing, augment: str) -> float:
-    """Seconds to read and transform one of the data's images as the training loader does (median of a few)."""
+def _decode_s(files: LabeledFiles, preprocessing: Preprocessing, cfg: TrainConfig, device: torch.device) -> float:
+    """Seconds per image to read, transform and batch the data's own files through the run's own loader (its
+    transform, collate and workers), over two of its batches."""
     items = list(files.train)[:: max(1, len(files.train) // DECODED_FILES)][:DECODED_FILES]
+    items = (items * (1 + 2 * cfg.batch_size // max(len(items), 1)))[: 2 * cfg.batch_size]
     if not items:
         return 0.0
-    dataset = ImageFileDataset(
-        items, preprocessing.train_transform(augment), mode=preprocessing.mode, draft_size=preprocessing.resize_size
-    )
-    seconds = []
-    for i in range(len(dataset)):
+    for _ in image_loader(items[: cfg.batch_size], preprocessing, cfg, device, train=True):
+        pass  # the first pass of a process imports and allocates: untimed
+    began = time.perf_counter()
+    for _ in image_loader(items, preprocessing, cfg, device, train=True):
+        pass
+    return (time.perf_counter() - began) / len(items)
+
+
+def _save_s(model: torch.nn.Module) -> float:
+    """Seconds to write the model's weights as a checkpoint does (safetensors, to a temporary file)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with tempfile.TemporaryDirectory() as folder:
+        save_file(state, str(Path(folder) / "warm-up.safetensors"))
         began = time.perf_counter()
-        dataset[i]
-        seconds.append(time.perf_counter() - began)
-    return statistics.median(seconds)
+        save_file(state, str(Path(folder) / "model.safetensors"))
+        return time.perf_counter() - began

@@ -148,11 +148,11 @@ def build_architecture_tab(reuse: gr.Dropdown, state: gr.State) -> ArchitectureT
         with gr.Column(scale=3):
             summary = gr.Markdown(first_summary, elem_id="arch-summary")
             plot = gr.LinePlot(
-                first_plot["value"],
+                first_plot,
                 x="layer",
                 y="channels",
                 color="stage",
-                color_map=first_plot["color_map"],
+                color_map=stage_colours(first_plot),
                 title="Channels after each layer",  # the classifier left out: see growth_frame
                 elem_id="arch-plot",
             )
@@ -173,7 +173,7 @@ def build_architecture_tab(reuse: gr.Dropdown, state: gr.State) -> ArchitectureT
         [preset, k, blocks, init, bn, theta, drop, stem, in_channels, size, reuse, classes, state],
         [summary, table, plot, heatmap],
         api_name="architecture",
-    )
+    ).success(_legend_for, plot, plot, api_visibility="private", queue=False)
     return ArchitectureTab(preset, reuse, summary, table, plot, heatmap, size)
 
 
@@ -216,7 +216,7 @@ def show_architecture(
     reuse_weights: str = "none",
     num_classes: float | None = 1000,
     state: dict[str, Any] | None = None,
-) -> tuple[str, pd.DataFrame, dict[str, Any], Figure | None]:
+) -> tuple[str, pd.DataFrame, pd.DataFrame, Figure | None]:
     """Summary, per-layer table, channel plot and feature-reuse heatmap for a preset or a custom config.
 
     ``num_classes`` (last, so that callers from before it existed keep working) sizes a custom config's head.
@@ -240,8 +240,7 @@ def show_architecture(
         gr.Warning(note)
     summary = _summary(preset, cfg, size, totals) + (f"\n\n**Heatmap:** {note}" if note else "")
     frame = growth_frame(rows)
-    colours = stage_colours(frame)  # the legend lists this model's stages only, not a previous model's
-    return summary, display_table(rows), gr.update(value=frame, color_map=colours), figure
+    return summary, display_table(rows), frame, figure
 
 
 def _summary(preset: str, cfg: DenseNetConfig, size: int, totals: dict[str, Any]) -> str:
@@ -322,6 +321,15 @@ def stage_colours(frame: pd.DataFrame) -> dict[str, str]:
     """A colour for each stage in ``frame`` (the plot's legend then lists exactly those)."""
     stages = list(dict.fromkeys(frame["stage"])) if len(frame) else []
     return {stage: _STAGE_COLOURS[i % len(_STAGE_COLOURS)] for i, stage in enumerate(stages)}
+
+
+def _legend_for(plot: Any) -> dict[str, Any]:
+    """The plot's colours for the stages it shows now: its legend forgets a previous model's (block 4 of
+    DenseNet-121 under a 3-block CIFAR model). A step after the endpoint, whose answer stays the data itself."""
+    if plot is None:
+        return gr.skip()
+    frame = pd.DataFrame(plot.data, columns=plot.columns)
+    return gr.update(color_map=stage_colours(frame))
 
 
 def growth_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -18,8 +18,11 @@ from ..config import PRESETS
 from ..data.images import ImageError
 from ..hosting import gpu
 from ..serving import predict
+from ..units import percent
+from ..weights import hub
 from ..weights import resolver as weights
-from .common import WEIGHTS_LABELS, check_run, names_only, unknown_model
+from .common import WEIGHTS_LABELS, check_run, model_choices, names_only, unknown_model
+from .hub_models import check_hub_model
 
 __all__ = [
     "RANDOM_WARNING",
@@ -35,7 +38,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TABLE_COLUMNS = ["image", "top-1", "p", "top-k", "latency ms"]
+TABLE_COLUMNS = ["image", "top-1", "p", "latency ms", "top-k"]  # the long list last, so no column is cut off
 RANDOM_WARNING = (
     "⚠️ **Random weights: these classes mean nothing.** {model} has not learned anything yet; pick ImageNet "
     "weights (densenet121/161/169/201) or a fine-tuned run."
@@ -74,7 +77,7 @@ def classify_paths(
     overlays = [overlay for part in done for overlay in part.overlays]
     for path, result, overlay in zip(paths, results, overlays, strict=True):
         if isinstance(result, predict.Prediction):
-            caption = f"{result.name}: " + ", ".join(f"{lbl} {p:.0%}" for lbl, p in result.labels[:3])
+            caption = f"{result.name}: " + ", ".join(f"{lbl} {percent(p)}" for lbl, p in result.labels[:3])
             gallery.append((overlay if show_cam else path, caption))
     table = pd.DataFrame(
         [
@@ -82,8 +85,8 @@ def classify_paths(
                 "image": r.name,
                 "top-1": r.labels[0][0],
                 "p": round(r.labels[0][1], 4),
-                "top-k": ", ".join(f"{lbl} ({p:.1%})" for lbl, p in r.labels),
                 "latency ms": round(r.latency_ms, 1),
+                "top-k": ", ".join(f"{lbl} ({percent(p)})" for lbl, p in r.labels),
             }
             for r in good
         ],
@@ -91,7 +94,8 @@ def classify_paths(
     )
     label, notice = done[0].weights_label, done[0].notice
     first = f"latency {good[0].latency_ms:.0f} ms for the first"
-    lines = [f"**{len(good)} image(s)** classified with **{model}** ({label}); {first}."]
+    shown = dict((v, name) for name, v in model_choices(state)).get(model, model) if model.startswith("run:") else model
+    lines = [f"**{len(good)} image(s)** classified with **{shown}** ({label}); {first}."]
     if notice:
         lines.append(f"⚠️ {names_only(notice)}")
     lines += [f"❌ {e}" for e in errors]
@@ -160,8 +164,11 @@ def selection(
 ) -> tuple[str, str | None]:
     """(model, weights) for the engine, checked without building the model: a preset or this session's run."""
     name = model_name(model)
-    # The engine also takes checkpoint folders by path (for the CLI); a web request may only name a preset or a
-    # run in weights/runs/, so it can neither load nor probe folders elsewhere on the server.
+    # The engine also takes checkpoint folders by path (for the CLI); a web request may only name a preset, a
+    # run in weights/runs/ or a Hub model it loaded, so it can neither load nor probe folders elsewhere.
+    if name.startswith(hub.HUB_PREFIX):
+        check_hub_model(name, state)  # only the Hub models this session loaded, with its own sign-in
+        return name, None
     if name not in PRESETS and not name.startswith("run:"):
         raise unknown_model(name)
     if name.startswith("run:"):

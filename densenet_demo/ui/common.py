@@ -1,7 +1,9 @@
-"""What the tabs share: the model lists (presets and the session's runs), run access, errors turned into messages.
+"""What the tabs share: the model lists (presets, the session's runs and Hub models), run access, errors turned
+into messages.
 
 The session state (``gr.State`` dict, see finetune_data.py) carries the ``sessions.Session`` whose owner token
-decides which runs a page may list and use (``runs.visible_runs`` / ``runs.can_use``).
+decides which runs a page may list and use (``runs.visible_runs`` / ``runs.can_use``), and the Hub models the
+session loaded (``HUB_MODELS``, see hub_models.py).
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from ..weights import checkpoints
 from ..weights import resolver as weights
 
 __all__ = [
+    "HUB_MODELS",
     "MODEL_API",
+    "PAGE_WEIGHTS",
     "WEIGHTS_LABELS",
     "api_type",
     "check_run",
+    "hub_choices",
     "limits_note",
     "model_choices",
     "names_only",
@@ -36,10 +41,13 @@ __all__ = [
     "weights_label",
 ]
 
+HUB_MODELS = "hub_models"  # the state's {hf-hub:USER/NAME@commit -> label} of the Hub models the session loaded
+
 # The page's words for where a model's weights come from, and the engine's (``weights.resolve``): the one
 # translation between them, for every tab. "ImageNet" lets the model decide: its ImageNet weights where it has
 # them, else random init.
 WEIGHTS_LABELS: dict[str, str] = {"ImageNet": weights.DEFAULT, "Random init": "random"}
+PAGE_WEIGHTS: dict[str, str] = {engine: page for page, engine in WEIGHTS_LABELS.items()}  # the other way
 
 # An absolute server path in a message: a '/' that starts a word (not the '//' of a URL), up to a space,
 # quote, bracket, comma or colon.
@@ -51,7 +59,8 @@ _SERVER_PATH = re.compile(r"(?<![\w:/.~-])/[^\s'\"()<>,;:]+")
 MODEL_API = {
     "type": "string",
     "description": "a preset name (densenet121, densenet169, densenet_fashion, ...; see /architecture_table) or "
-    "run:<run-id> of one of your fine-tuned runs (/list_runs)",
+    "run:<run-id> of one of your fine-tuned runs (/list_runs), or hf-hub:USER/NAME@<commit> of a Hugging Face "
+    "Hub model loaded with /load_hub_model",
 }
 
 
@@ -78,9 +87,14 @@ def run_choices(state: dict[str, Any] | None) -> list[tuple[str, str]]:
     return runs.run_labels(runs.visible_runs(owner(state), runs.settings().shared))
 
 
+def hub_choices(state: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """The Hub models this session loaded (Predict's "Load from the Hugging Face Hub"): (label, ``hf-hub:…@commit``)."""
+    return [(label, spec) for spec, label in ((state or {}).get(HUB_MODELS) or {}).items()]
+
+
 def model_choices(state: dict[str, Any] | None = None) -> list[tuple[str, str]]:
-    """The session's fine-tuned runs (newest first) and then the presets, for the Predict tab."""
-    return run_choices(state) + preset_choices()
+    """The session's fine-tuned runs (newest first), its Hub models, and then the presets, for the Predict tab."""
+    return run_choices(state) + hub_choices(state) + preset_choices()
 
 
 def reuse_choices(state: dict[str, Any] | None = None) -> list[tuple[str, str]]:

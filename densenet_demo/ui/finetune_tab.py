@@ -19,19 +19,23 @@ from .continue_run import build_continue_controls, wire_continue
 from .data_review import build_class_gallery, class_samples
 from .exports import export_run
 from .finetune_data import SOURCE_CHOICES, ensure_dataset, folder_summary, load_dataset, session_of
+from .hub_controls import build_push_controls
 from .multigpu import build_gpu_option, gpu_run
 from .review_view import build_review_view, runs_to_review
 from .training_run import FinetuneTab, follow_run, stop_training
 from .training_settings import (
     SETTING_NAMES,
+    SUGGESTED,
+    apply_suggestion,
     build_extra_settings,
     config_from_page,
     estimate_text,
+    mark_touched,
     mode_values,
-    suggest,
+    suggest_settings,
     takes_page_settings,
 )
-from .training_view import progress_html
+from .training_view import per_class_frame, progress_html
 
 __all__ = ["build_finetune_tab", "start_training"]
 
@@ -105,12 +109,14 @@ def build_finetune_tab(
                 memory_efficient = gr.Checkbox(value=False, label="Memory-efficient (recompute concatenations)")
                 amp = gr.Radio(["Auto", "Off"], value="Auto", label="Mixed precision (GPU only)")
             extra, estimate_line, estimate = build_extra_settings(ex)
+            suggestion_line = gr.Markdown("", elem_id="train-suggestion")
             all_gpus = build_gpu_option()
             with gr.Row():
                 start = gr.Button("Start", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
             more = build_continue_controls()  # "Continue training": the last run, more epochs (continue_run.py)
     shown = _build_results()
+    build_push_controls(state, predict_model)  # "Push to Hub" for the last run (hub_controls.py)
     review = build_review_view(state)  # the run's mistakes and likely mislabels (review_view.py)
 
     tab = FinetuneTab(
@@ -139,20 +145,28 @@ def build_finetune_tab(
     folder.change(folder_summary, [folder, relpaths], folder_info, api_visibility="private")
     data_inputs = [source, zip_file, folder, relpaths, by_hand, state]
     recipe_fields = [epochs, lr, optimizer, schedule, extra.label_smoothing]
+    named = dict(model=model, weights_choice=weights_choice, mode=mode, epochs=epochs, lr=lr, batch_size=batch)
+    named |= dict(image_size=size, memory_efficient=memory_efficient, amp=amp, optimizer=optimizer, schedule=schedule)
+    named |= extra._asdict()
+    settings = [named[name] for name in SETTING_NAMES]  # the order of /train and /estimate
+    # Check dataset, then the settings measured for it on this machine (/suggest_settings); fields a person has
+    # set stay as they are (``touched``), and the line above Start says what was suggested and why.
+    suggestion, touched = gr.JSON(visible=False), gr.State([])
     checked = load.click(load_dataset, data_inputs, [report, state], api_name="load_dataset")
     checked.success(class_samples, state, class_gallery, api_visibility="private")
-    checked.then(
-        suggest,
-        [state, source, extra.recipe],
-        [estimate_line, model, mode, size, extra.time_budget, extra.augment, *recipe_fields],
+    checked.success(suggest_settings, state, [suggestion, state], api_name="suggest_settings").success(
+        apply_suggestion,
+        [suggestion, touched, extra.recipe],
+        [*(named[name] for name in SUGGESTED), suggestion_line, estimate_line, *recipe_fields],
         api_visibility="private",
     )
+    for name in ("model", "weights_choice", "mode", "image_size", "batch_size", "time_budget", "augment", "epochs"):
+        # A person's own choice is kept by later suggestions; an estimate for other settings is stale.
+        named[name].input(mark_touched(name), touched, touched, api_visibility="private", queue=False)
+        named[name].input(lambda: "", None, estimate_line, api_visibility="private", queue=False)
     # Settings follow the mode (and the recipe) a person picks: the fields show the recipe's values for it.
     for chooser in (mode, extra.recipe):
         chooser.input(mode_values, [mode, extra.recipe], recipe_fields, api_visibility="private")
-    named = dict(model=model, weights_choice=weights_choice, mode=mode, epochs=epochs, lr=lr, batch_size=batch)
-    named |= dict(image_size=size, memory_efficient=memory_efficient, amp=amp, optimizer=optimizer, schedule=schedule)
-    settings = [(named | extra._asdict())[name] for name in SETTING_NAMES]  # the order of /train and /estimate
     estimate.click(estimate_text, [state, *settings], estimate_line, api_name="estimate")
     # Start checks the data itself when this choice has not been checked yet (the example needs no extra click).
     started = start.click(ensure_dataset, data_inputs, [report, state], api_visibility="private").success(
@@ -184,8 +198,9 @@ def _build_results() -> dict[str, Any]:
     with gr.Row():
         confusion = gr.Plot(label="Confusion matrix", elem_id="train-confusion", min_width=340)
         per_class = gr.Dataframe(
-            label="Per-class validation accuracy (best epoch)", interactive=False, elem_id="train-per-class"
-        )
+            per_class_frame(None), label="Per-class validation accuracy (best epoch)", interactive=False,
+            elem_id="train-per-class",
+        )  # fmt: skip
     with gr.Row():
         download = gr.File(label="Best checkpoint (model.safetensors + model.json)", elem_id="train-download")
         with gr.Column():

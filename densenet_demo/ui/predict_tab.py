@@ -14,6 +14,7 @@ import pandas as pd
 from ..config import PRESETS
 from ..data import examples
 from ..serving import export
+from ..weights import hub
 from ..weights import resolver as weights
 from .classify import (
     RANDOM_WARNING,
@@ -24,8 +25,9 @@ from .classify import (
     random_warning,
     user_messages,
 )
-from .common import WEIGHTS_LABELS, weights_label
+from .common import MODEL_API, WEIGHTS_LABELS, api_type, names_only, weights_label
 from .exports import export_folder
+from .hub_models import build_hub_loader
 from .run_controls import build_run_controls
 
 __all__ = [
@@ -77,7 +79,9 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
                 elem_id="predict-model",
                 allow_custom_value=True,  # API clients may name runs made after this page was built
             )
+            api_type(model, MODEL_API)
             build_run_controls(model, state, reuse)
+            build_hub_loader(model, state)
             weights_choice = gr.Radio(
                 list(WEIGHTS_CHOICES), value="ImageNet", label="Weights", info=WEIGHTS_INFO, elem_id="predict-weights"
             )
@@ -109,8 +113,9 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
                     elem_id="predict-camera",
                 )
             images = gr.File(
-                label="Or several images at once", file_count="multiple", file_types=["image"], elem_id="predict-images"
-            )
+                label="Or several images at once", file_count="multiple", file_types=["image"], height=160,
+                elem_id="predict-images",  # a bounded list: it scrolls
+            )  # fmt: skip
             previews = gr.Gallery(
                 show_label=False, columns=8, height=100, object_fit="contain", allow_preview=False, visible=False
             )
@@ -121,6 +126,7 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
             )
             with gr.Row():
                 top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k")
+                api_type(top_k, {"type": "integer", "description": "classes per image, 1 to 10"})
                 show_cam = gr.Checkbox(value=True, label="Grad-CAM (stills)")
             button = gr.Button("Classify", variant="primary", elem_id="predict-button")
             with gr.Row():
@@ -131,7 +137,7 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
             label = gr.Label(label="Top classes (first image)", elem_id="predict-label")
             info = gr.Markdown(elem_id="predict-info")
             gallery = gr.Gallery(
-                label="Each image's top classes (with Grad-CAM: where the model looked)",
+                label=_gallery_title(True),
                 columns=3,
                 height="auto",
                 object_fit="contain",
@@ -143,10 +149,21 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
                 headers=TABLE_COLUMNS,
                 label="All images",
                 interactive=False,
+                wrap=True,
+                column_widths=["22%", "18%", "10%", "12%", "38%"],
                 elem_id="predict-table",
             )
             live = gr.State()  # the last webcam frame's time, for the frame rate
     model.change(natural_weights, model, weights_choice, api_visibility="private")
+    # An export belongs to the model it was made of: another selection hides it.
+    gr.on(
+        [model.change, weights_choice.change],
+        lambda: gr.update(value=None, visible=False),
+        None,
+        export_file,
+        api_visibility="private",
+        queue=False,
+    )
     gr.on(
         [model.change, weights_choice.change],
         _selection_warning,
@@ -249,7 +266,7 @@ def classify(
         result.warning,
         gr.update(value=result.label, label=_label_title(result.warning)),
         result.info,
-        gr.update(value=result.gallery, columns=columns),
+        gr.update(value=result.gallery, columns=columns, label=_gallery_title(show_cam)),
         result.table,
     )
 
@@ -285,6 +302,8 @@ def natural_weights(model: Any) -> Any:
         return gr.skip()
     if model.startswith("run:"):
         return gr.update(value=None, interactive=False, info="A fine-tuned run brings its own weights.")
+    if model.startswith(hub.HUB_PREFIX):
+        return gr.update(value=None, interactive=False, info="A model from the Hub brings its own weights.")
     return gr.update(value=weights_label(model), interactive=True, info=WEIGHTS_INFO)
 
 
@@ -296,11 +315,21 @@ def export_onnx(
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name(model).removeprefix("run:")) or "model"
     with user_messages(export.ExportError):
         result = export.export_onnx(predictor, out=export_folder() / f"{stem}.onnx")
+    if predictor.notice:  # e.g. ImageNet weights that could not be downloaded: the file holds random weights
+        gr.Warning(f"Exported, but: {names_only(predictor.notice)}")
+    elif random_warning(predictor.weights_label, model):
+        gr.Warning(f"{model_name(model)} with random weights: the exported model classifies nothing yet.")
     return gr.update(value=str(result.bundle_path), visible=True)
 
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _gallery_title(show_cam: bool) -> str:
+    if show_cam:
+        return "Each image's top classes, on its Grad-CAM (where the model looked)"
+    return "Each image's top classes"
 
 
 def _label_title(warning: str) -> str:

@@ -26,11 +26,13 @@ def build_run_controls(model: gr.Dropdown, state: gr.State, reuse: gr.Dropdown) 
         confirm = gr.Button("Delete", size="sm", variant="stop", elem_id="run-delete-confirm")
         cancel = gr.Button("Keep it", size="sm", variant="secondary", elem_id="run-delete-cancel")
     file = gr.File(label="Run checkpoint (.zip)", visible=False, interactive=False, elem_id="run-file")
+    # The run the question names: Delete deletes that one, whatever the list shows by then (an API client gives it).
+    asked = gr.Textbox(label="Model", visible=False, info="run:<run-id>")
     model.change(_controls_for, model, [delete, download, confirm_row, file], api_visibility="private", queue=False)
-    delete.click(_ask, [model, state], [question, confirm_row], api_visibility="private", queue=False)
+    delete.click(_ask, [model, state], [question, confirm_row, asked], api_visibility="private", queue=False)
     cancel.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private", queue=False)
     confirm.click(lambda: gr.update(visible=False), None, confirm_row, api_visibility="private", queue=False).then(
-        delete_run, [model, state], [model, reuse], api_name="delete_run"
+        delete_run, [asked, state], [model, reuse], api_name="delete_run"
     )
     # The file itself is the endpoint's answer (an API client receives it); the page then shows the box.
     download.click(download_run, [model, state], [file, state], api_name="download_run").success(
@@ -53,7 +55,7 @@ def _ask(model: str, state: dict[str, Any] | None) -> list[Any]:
     check_run(model, state)
     label = dict((value, label) for label, value in model_choices(state)).get(model, model)
     text = f"Delete **{label}** for good? Its checkpoint and training state go; download it first to keep a copy."
-    return [text, gr.update(visible=True)]
+    return [text, gr.update(visible=True), model]
 
 
 def delete_run(model: str, state: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:

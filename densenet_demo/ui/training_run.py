@@ -24,6 +24,7 @@ from ..training.events import (
     Preparing,
     Started,
     Step,
+    Validating,
 )
 from ..training.runners import TrainingRun
 from ..weights import resolver as weights
@@ -85,9 +86,11 @@ def follow_run(tab: FinetuneTab, state: dict[str, Any], run: TrainingRun, note: 
     stream = run.events()
     view = _RunView(tab, state, session, run, [note] if note else [])
     try:
-        if run.processes > 1:  # torchrun takes seconds to start its processes: say so, and let Stop reach them
-            starting = f"Starting {run.processes} training processes (torchrun)…"
-            yield {tab.state: state, tab.progress: progress_html(0, starting)}
+        # The last run's results leave the page at once; torchrun takes seconds to start its processes: say so.
+        starting = f"Starting {run.processes} training processes (torchrun)…" if run.processes > 1 else "Starting…"
+        cleared = {tab.loss: None, tab.acc: None, tab.confusion: None, tab.per_class: per_class_frame(None)}
+        cleared[tab.download] = None
+        yield {tab.state: state, tab.progress: progress_html(0, starting), **cleared}
         for event in stream:
             update = view.update(event)
             if update is not None:
@@ -113,33 +116,44 @@ class _RunView:
     ) -> None:
         self.tab, self.state, self.session, self.log, self.run_id = tab, state, session, log, run.run_id
         self.total_epochs, self.n_val, self.processes, self.last_update = run.config.epochs, 0, 1, 0.0
+        self.budget = run.config.time_budget_s is not None
         self.history: list[dict[str, Any]] = []
         self.live: list[dict[str, Any]] = []  # the smoothed loss per step and mid-epoch validations
+        self.fraction, self.done = 0.0, 0.0  # of the run, and epochs done, at the last step
+
+    @property
+    def length(self) -> float | None:
+        """The run's length in epochs: planned, or under a time budget what the pace so far makes of it."""
+        if not self.budget:
+            return self.total_epochs
+        return self.done / self.fraction if self.fraction > 0.02 else None
 
     def update(self, event: Event) -> dict[Any, Any] | None:
         """The page's update for ``event``; None for a step too soon after the last (two updates a second)."""
         tab, history, live = self.tab, self.history, self.live
         update: dict[Any, Any] = {tab.state: self.state}
-        if isinstance(event, (Caching, Step, Preparing)):
+        if isinstance(event, (Caching, Step, Preparing, Validating)):
             now = time.monotonic()
-            if now - self.last_update < 0.5 and not isinstance(event, Preparing):
+            if now - self.last_update < 0.5 and isinstance(event, (Caching, Step)):
                 return None  # a browser needs no more than two updates a second
             self.last_update = now
             fraction, text = event_line(event, self.total_epochs, self.processes)
             if isinstance(event, Step):
-                x = event.epoch - 1 + event.step / event.steps
-                live.append({"epoch": x, "value": event.loss, "series": "train loss (per step, smoothed)"})
-                update |= {tab.loss: curves(history, "loss", self.total_epochs, live)}
+                self.done, self.fraction = event.epoch - 1 + event.step / event.steps, event.progress
+                live.append({"epoch": self.done, "value": event.loss, "series": "train loss (per step, smoothed)"})
+                update |= {tab.loss: curves(history, "loss", self.length, live)}
         elif isinstance(event, Evaluated):
             live.append({"epoch": event.epoch, "value": event.val_acc, "series": "val acc"})
             fraction, text = event_line(event, self.total_epochs)
             self.log.append(text)
-            update |= {tab.acc: curves(history, "acc", self.total_epochs, live)}
+            update |= {tab.acc: curves(history, "acc", self.length, live)}
         elif isinstance(event, (Started, EpochEnd)):
             fraction, text = self._started_or_epoch(event, update)
         else:  # Finished, Cancelled or Failed: the last event
             self.session.run_in_progress = False
-            return update | _finish(tab, event, history, self.log, self.session, self.state, self.n_val)
+            return update | _finish(tab, event, self, self.session, self.state)
+        if fraction is None or self.budget:  # under a budget the clock says how far the run is, not the epochs
+            fraction = self.fraction
         return update | {tab.progress: progress_html(fraction, text), tab.log: "\n".join(self.log)}
 
     def _started_or_epoch(self, event: Started | EpochEnd, update: dict[Any, Any]) -> tuple[float, str]:
@@ -150,8 +164,8 @@ class _RunView:
         else:
             history.append(event.to_dict())
             update |= {
-                tab.loss: curves(history, "loss", self.total_epochs, self.live),
-                tab.acc: curves(history, "acc", self.total_epochs, self.live),
+                tab.loss: curves(history, "loss", self.length, self.live),
+                tab.acc: curves(history, "acc", self.length, self.live),
             }
         fraction, text = event_line(event, self.total_epochs)
         self.log.append(text)
@@ -162,14 +176,10 @@ class _RunView:
 
 
 def _finish(
-    tab: FinetuneTab,
-    event: Event,
-    history: list[dict[str, Any]],
-    log: list[str],
-    session: sessions.Session,
-    state: dict[str, Any],
-    n_val: int,
+    tab: FinetuneTab, event: Event, view: _RunView, session: sessions.Session, state: dict[str, Any]
 ) -> dict[Any, Any]:
+    """The page at the run's end: the outcome, the curves as they were drawn (the per-step ones too), the results."""
+    history, log, n_val = view.history, view.log, view.n_val
     checkpoint = getattr(event, "checkpoint_dir", None)
     if isinstance(event, Finished):
         # Every image dropped during the run, less those an epoch's report has listed already.
@@ -177,7 +187,7 @@ def _finish(
     # Failed: the page shows the plain message; the trainer has logged the traceback to the server's log.
     headline = outcome_line(event, n_val)
     log.append(headline)
-    confusion = per_class = None
+    confusion, per_class = None, per_class_frame(None)
     if checkpoint:
         log += limits_note(runs.enforce_limits(session.owner, keep=Path(checkpoint).name))
     if isinstance(event, (Finished, Cancelled)) and event.confusion_matrix and event.class_names:
@@ -187,12 +197,13 @@ def _finish(
     run_name = Path(checkpoint).name if checkpoint else None
     if run_name:
         state["run_id"] = run_name  # what Export ONNX exports
-    epochs = history[-1]["epochs"] if history else 1
-    fraction = 1.0 if isinstance(event, Finished) else len(history) / max(1, epochs)
+    done = history[-1]["epoch"] - 1 + history[-1].get("fraction", 1.0) if history else view.done
+    length = done if isinstance(event, Finished) or view.budget else view.total_epochs
+    fraction = 1.0 if isinstance(event, Finished) else view.fraction
     return {
         tab.state: state,
-        tab.loss: curves(history, "loss", epochs),
-        tab.acc: curves(history, "acc", epochs),
+        tab.loss: curves(history, "loss", length, view.live),
+        tab.acc: curves(history, "acc", length, view.live),
         tab.progress: progress_html(fraction, headline),
         tab.log: "\n".join(log),
         tab.confusion: confusion,

@@ -8,6 +8,7 @@ same function turns them into a ``TrainConfig``.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Mapping
@@ -16,9 +17,9 @@ from typing import Any, NamedTuple, TypeVar
 import gradio as gr
 
 from ..training import advice
-from ..training.config import RECIPE_HELP, TrainConfig, recipe_defaults
+from ..training.config import RECIPE_HELP, TrainConfig, example_config, recipe_defaults
 from ..training.settings import CHOICES, DEFAULTS, SETTING_HELP, config_from_settings
-from .common import WEIGHTS_LABELS, user_errors
+from .common import PAGE_WEIGHTS, WEIGHTS_LABELS, user_errors
 
 __all__ = [
     "PAGE_SETTINGS",
@@ -27,7 +28,10 @@ __all__ = [
     "config_from_page",
     "estimate_text",
     "mode_values",
-    "suggest",
+    "SUGGESTED",
+    "apply_suggestion",
+    "mark_touched",
+    "suggest_settings",
     "takes_page_settings",
 ]
 
@@ -156,26 +160,86 @@ def mode_values(mode: str, recipe: str) -> tuple[int, float, str, str, float]:
     return d["epochs"], d["lr"], d["optimizer"], d["schedule"], d["label_smoothing"]
 
 
-def suggest(state: dict[str, Any] | None, source: str, recipe: str) -> tuple[Any, ...]:
-    """After a dataset is checked: a line of advice, and the model, mode, image size, time budget, augmentation
-    (none: flips hurt digits and text) and the mode's recipe values (epochs, lr, optimizer, schedule, label
-    smoothing) that suit it. The example keeps its own settings."""
-    dataset = (state or {}).get("dataset")
-    if dataset is None or source == "Example dataset":
-        return ("",) + (gr.skip(),) * 10
-    s = advice.suggest_settings(dataset[0])
-    line = f"Suggested for this data: {s.model}, {s.mode}, {s.image_size} px, time budget {s.time_budget} ({s.reason})."
-    return line, s.model, s.mode, s.image_size, s.time_budget, DEFAULTS["augment"], *mode_values(s.mode, recipe)
+# The settings a suggestion fills, as the page names them; a field a person has set stays as they set it.
+SUGGESTED = ("model", "weights_choice", "mode", "image_size", "batch_size", "time_budget", "augment")
+
+
+def suggest_settings(state: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The settings suggested for the checked dataset on this machine, by name, with the reason in one line.
+
+    Measured (training/advice.py): the images' size and colour, then candidate models timed here at that size.
+    The example dataset brings its own quick settings. Returns ``{"model", "weights_choice", "mode",
+    "image_size", "batch_size", "time_budget", "augment", "reason", "epoch_s"}`` (``epoch_s``: the measured
+    seconds of an epoch at these settings; 0 when not measured); check a dataset first (``/load_dataset``).
+    """
+    state = dict(state or {})
+    dataset = state.get("dataset")
+    if dataset is None:
+        raise gr.Error("Check a dataset first (step 1, or /load_dataset); the suggestion is for its images.")
+    if state.get("dataset_key") == "Example dataset":
+        ex = example_config()
+        settings = {"model": ex.model, "mode": ex.mode, "image_size": ex.image_size, "batch_size": ex.batch_size}
+        settings |= {"weights_choice": "Random init", "time_budget": "", "augment": ex.augment}
+        settings |= {"epochs": ex.epochs, "lr": ex.lr, "optimizer": ex.optimizer, "schedule": ex.schedule}
+        settings["label_smoothing"] = ex.label_smoothing
+        reason = "the example's own quick settings: densenet_fashion from scratch at 48 px, 90% in about a minute"
+        suggestion = {**settings, "reason": reason, "epoch_s": 0.0}
+    else:
+        s = advice.suggest_settings(dataset[0])
+        named = s.settings()
+        suggestion = {name: named[name] for name in SUGGESTED if name in named}
+        suggestion["weights_choice"] = PAGE_WEIGHTS[named["weights"]]
+        suggestion |= {"reason": s.reason, "epoch_s": round(s.epoch_s, 2)}
+    state["suggestion"] = suggestion
+    return suggestion, state
+
+
+def apply_suggestion(suggestion: dict[str, Any] | None, touched: list[str] | None, recipe: str) -> list[Any]:
+    """The suggestion in the page's fields, less those the person set themselves (``touched``), with a line saying
+    what was suggested and why; then the recipe's values for the mode. Order: ``SUGGESTED``, the line, the
+    estimate line, the recipe fields (``mode_values``)."""
+    if not suggestion:
+        return [gr.skip()] * (len(SUGGESTED) + 2 + 5)
+    touched = set(touched or ())
+    kept = [name for name in SUGGESTED if name in touched and name in suggestion]
+    values = [gr.skip() if name in touched or name not in suggestion else suggestion[name] for name in SUGGESTED]
+    line = f"**Suggested**: {suggestion['reason']}."
+    if kept:
+        line += " Kept as you set: " + ", ".join(f"{name.replace('_', ' ')}" for name in kept) + "."
+    estimate = ""
+    if suggestion.get("epoch_s"):
+        estimate = f"An epoch: about {advice.duration(suggestion['epoch_s'])} (measured for the suggestion)."
+    if "mode" in touched:
+        recipe_values = [gr.skip()] * 5
+    else:  # the recipe's values for the suggested mode, or the suggestion's own (the example's)
+        names = ("epochs", "lr", "optimizer", "schedule", "label_smoothing")
+        defaults = mode_values(suggestion["mode"], recipe)
+        recipe_values = [suggestion.get(n, v) for n, v in zip(names, defaults, strict=True)]
+    return [*values, line, estimate, *recipe_values]
+
+
+def mark_touched(name: str) -> Callable[[list[str] | None], list[str]]:
+    """A handler for a field's ``input`` event: remember that the person set ``name`` (a suggestion keeps it)."""
+
+    def touched(names: list[str] | None) -> list[str]:
+        return sorted({*(names or ()), name})
+
+    return touched
 
 
 @takes_page_settings
 def estimate_text(state: dict[str, Any] | None, settings: dict[str, Any]) -> str:
-    """Time one epoch and the run on this machine (two steps of the chosen model), before Start: the settings of
-    ``/train``, by the same names."""
+    """Time an epoch and the run on this machine with these settings (a few real steps of the model, its
+    optimizer, batch and image size, and the data's own files decoded), before Start: the settings of ``/train``,
+    by the same names."""
     dataset = (state or {}).get("dataset")
     if dataset is None:
         return "Check a dataset first: the estimate needs its size."
     files, _ = dataset
     config = config_from_page(settings)
     n_train, n_val = (len(part) for part in files.split(config.val_fraction, config.seed))
-    return advice.estimate_time(config, n_train, n_val, list(files.class_names)).text()
+    estimate = advice.estimate_time(config, n_train, n_val, list(files.class_names), files)
+    suggested = (state or {}).get("suggestion") or {}
+    if all(str(settings.get(k)) == str(v) for k, v in suggested.items() if k in ("model", "mode", "image_size")):
+        estimate = dataclasses.replace(estimate, warning=None)  # the suggestion is already the quick path here
+    return f"For {settings['model']} ({settings['mode']}): {estimate.text()}"

@@ -16,7 +16,19 @@ from matplotlib.figure import Figure
 
 from .. import plots
 from ..training.config import EPOCHS_UNDER_BUDGET
-from ..training.events import Caching, Cancelled, EpochEnd, Evaluated, Event, Failed, Finished, Preparing, Started, Step
+from ..training.events import (
+    Caching,
+    Cancelled,
+    EpochEnd,
+    Evaluated,
+    Event,
+    Failed,
+    Finished,
+    Preparing,
+    Started,
+    Step,
+    Validating,
+)
 from .common import names_only
 
 __all__ = [
@@ -24,6 +36,7 @@ __all__ = [
     "curves",
     "event_line",
     "outcome_line",
+    "PER_CLASS_COLUMNS",
     "per_class_frame",
     "progress_html",
     "skipped_lines",
@@ -49,8 +62,9 @@ def _of(epochs: int) -> str:
     return f"/{epochs}" if epochs < EPOCHS_UNDER_BUDGET else ""
 
 
-def event_line(event: Event, total_epochs: int, processes: int = 1) -> tuple[float, str]:
-    """The fraction of the run done and one line saying what happened, for every event but the last.
+def event_line(event: Event, total_epochs: int, processes: int = 1) -> tuple[float | None, str]:
+    """The fraction of the run done (None: as it was) and one line saying what happened, for every event but the
+    last.
 
     ``processes``: how many train (``Started.world_size``), said on each step's line when more than one.
     """
@@ -72,6 +86,8 @@ def event_line(event: Event, total_epochs: int, processes: int = 1) -> tuple[flo
             f"Validated after {event.epoch} of an epoch: val loss {event.val_loss:.3f} acc {event.val_acc:.1%}"
             + (" · best so far, saved" if event.improved else "")
         )
+    if isinstance(event, Validating):
+        return None, f"Validating on {event.images} images after {event.epoch:g} epoch(s)…"
     if isinstance(event, Caching):
         return event.done / max(1, event.total), f"Computing features once: {event.done}/{event.total} images"
     if isinstance(event, Step):
@@ -83,8 +99,10 @@ def event_line(event: Event, total_epochs: int, processes: int = 1) -> tuple[flo
             f"ETA {event.eta_s:.0f} s"
         )
     if isinstance(event, EpochEnd):
+        part = f" ({event.fraction:.0%} of it: the time budget ran out)" if event.fraction < 1 else ""
         return event.epoch / event.epochs, (
-            f"Epoch {event.epoch}{_of(event.epochs)}: train loss {event.train_loss:.3f} acc {event.train_acc:.1%} · "
+            f"Epoch {event.epoch}{_of(event.epochs)}{part}: "
+            f"train loss {event.train_loss:.3f} acc {event.train_acc:.1%} · "
             f"val loss {event.val_loss:.3f} acc {event.val_acc:.1%} · {event.seconds:.1f} s"
             + (" · best so far, saved" if event.improved else "")
         )
@@ -105,6 +123,8 @@ def outcome_line(event: Event, n_val: int) -> str:
     if isinstance(event, Finished):
         return f"Finished: best val acc {event.best_val_acc:.1%} (epoch {event.best_epoch}).{few_images(n_val)}{saved}"
     if isinstance(event, Cancelled):
+        if checkpoint and event.best_val_acc is None:
+            return f"Stopped before the first validation: the weights trained so far are kept, not validated.{saved}"
         kept = "the best checkpoint so far is kept." if checkpoint else "no checkpoint was written."
         return f"Stopped: {kept}{saved}"
     if isinstance(event, Failed):
@@ -123,19 +143,29 @@ def few_images(n_val: int) -> str:
     )
 
 
-def per_class_frame(per_class: dict[str, float | None]) -> pd.DataFrame | None:
-    """Per-class validation accuracy as a table; None when there is none (no epoch ended)."""
-    if not per_class:
-        return None
-    return pd.DataFrame([{"class": c, "val acc": None if a is None else round(a, 4)} for c, a in per_class.items()])
+PER_CLASS_COLUMNS = ["class", "val acc"]
 
 
-def curves(history: list[dict[str, Any]], metric: str, epochs: int, live: Sequence[dict[str, Any]] = ()) -> Figure:
-    """Train and val curves of ``metric`` ("loss" or "acc") per epoch, over the run's ``epochs``, and the ``live``
-    points of that metric (the smoothed per-step loss, mid-epoch validations) from the first steps on."""
+def per_class_frame(per_class: dict[str, float | None] | None) -> pd.DataFrame:
+    """Per-class validation accuracy as a table; with its headers and no rows when there is none yet."""
+    rows = [{"class": c, "val acc": None if a is None else round(a, 4)} for c, a in (per_class or {}).items()]
+    return pd.DataFrame(rows, columns=PER_CLASS_COLUMNS)
+
+
+def curves(
+    history: list[dict[str, Any]], metric: str, epochs: float | None, live: Sequence[dict[str, Any]] = ()
+) -> Figure:
+    """Train and val curves of ``metric`` ("loss" or "acc") per epoch, over the run's ``epochs`` (planned, or
+    expected under a time budget; None: not known yet), and the ``live`` points of that metric (the smoothed
+    per-step loss, mid-epoch validations) from the first steps on. An epoch a budget cut short sits where it
+    ended (epoch 3 after 40% of its steps: at 2.4)."""
+    if epochs is not None and epochs >= EPOCHS_UNDER_BUDGET:
+        epochs = None  # a time budget's limit, not a length
     series = {
         f"{split} {metric}": [
-            (h["epoch"], h[f"{split}_{metric}"]) for h in history if h.get(f"{split}_{metric}") is not None
+            (h["epoch"] - 1 + h.get("fraction", 1.0), h[f"{split}_{metric}"])
+            for h in history
+            if h.get(f"{split}_{metric}") is not None
         ]
         for split in ("train", "val")
     }

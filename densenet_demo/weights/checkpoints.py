@@ -46,6 +46,7 @@ __all__ = [
     "run_path",
     "save_checkpoint",
     "load_checkpoint",
+    "model_from_safetensors",
     "read_checkpoint_info",
     "list_runs",
     "atomic_write",
@@ -279,16 +280,21 @@ def read_checkpoint_info(directory: str | os.PathLike) -> CheckpointInfo:
 def load_checkpoint(directory: str | os.PathLike, map_location: str = "cpu") -> tuple[DenseNet, CheckpointInfo]:
     """Rebuild the model of a checkpoint folder, in eval mode."""
     info = read_checkpoint_info(directory)
+    return model_from_safetensors(Path(directory), info.config, map_location), info
+
+
+def model_from_safetensors(directory: Path, config: DenseNetConfig, map_location: str = "cpu") -> DenseNet:
+    """The model ``config`` describes with every tensor of ``directory/model.safetensors`` (strictly), in eval mode."""
     try:
-        state = load_file(str(Path(directory) / CHECKPOINT_WEIGHTS), device=map_location)
+        state = load_file(str(directory / CHECKPOINT_WEIGHTS), device=map_location)
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{directory}: cannot read the weights ({e})") from None
-    model = DenseNet(info.config)
+    model = DenseNet(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise CheckpointError(f"{directory}: the weights do not match the recorded config ({e})") from None
-    return model.eval(), info
+    return model.eval()
 
 
 def list_runs(root: str | os.PathLike | None = None) -> list[CheckpointInfo]:

@@ -1,10 +1,11 @@
 """Which weights a model gets, and the model with them: one resolver, one loader.
 
-``resolve(model, weights)`` turns a request (a preset, ``run:<id>``, a checkpoint folder or a config, with
-``"default"``, ``"imagenet"``, ``"random"``, a state dict file or a checkpoint folder) into a ``WeightsSpec``
-before anything is loaded; ``load_model`` builds what the spec names. The files themselves are handled by
-``checkpoints`` (this project's checkpoints and runs) and ``pretrained`` (torchvision's ImageNet weights,
-other state dict files).
+``resolve(model, weights)`` turns a request (a preset, ``run:<id>``, ``hf-hub:USER/NAME``, a checkpoint or
+Hub-format folder, or a config, with ``"default"``, ``"imagenet"``, ``"random"``, a state dict file or a folder)
+into a ``WeightsSpec`` before anything is loaded; ``load_model`` builds what the spec names. The files
+themselves are handled by ``checkpoints`` (this project's checkpoints and runs), ``hub`` (the Hugging Face Hub's
+format, downloaded into huggingface_hub's cache) and ``pretrained`` (torchvision's ImageNet weights, other state
+dict files).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from ..config import IMAGENET_PRESETS, PRESETS, DenseNetConfig, get_preset
 from ..data.images import Preprocessing, default_preprocessing
 from ..model import DenseNet
+from . import hub
 from .checkpoints import (
     CHECKPOINT_WEIGHTS,
     CheckpointError,
@@ -64,7 +66,7 @@ __all__ = [
 
 RANDOM_LABEL = "random init"  # the weights label of a model with random weights
 DEFAULT = "default"  # the weights argument that lets the model decide (see ``default_weights``)
-WEIGHTS_KINDS = ("imagenet", "random", "file", "checkpoint")
+WEIGHTS_KINDS = ("imagenet", "random", "file", "checkpoint", "hub")
 
 
 @dataclass(frozen=True)
@@ -72,7 +74,8 @@ class WeightsSpec:
     """What a (model, weights) request resolves to, before anything is loaded.
 
     ``kind`` is ``imagenet`` (torchvision's file for ``preset``), ``random``, ``file`` (a state dict at
-    ``path``) or ``checkpoint`` (this project's folder at ``path``, which records its own architecture).
+    ``path``), ``checkpoint`` (this project's folder at ``path``, which records its own architecture) or ``hub``
+    (a Hub-format folder at ``path``: ``config.json`` + ``model.safetensors``, local or downloaded).
     ``version`` is the file's (mtime, size) when resolved: a file replaced on disk makes another ``cache_key``.
     """
 
@@ -97,12 +100,15 @@ def default_weights(model: str | DenseNetConfig) -> str:
 
 
 def resolve(model: str | DenseNetConfig | WeightsSpec, weights: str | os.PathLike | None = DEFAULT) -> WeightsSpec:
-    """``model`` (a preset, ``run:<id>``, a checkpoint folder or a config) and ``weights`` -> a ``WeightsSpec``.
+    """``model`` (a preset, ``run:<id>``, ``hf-hub:USER/NAME[@REV]``, a folder or a config) and ``weights`` -> a
+    ``WeightsSpec``.
 
     ``weights``: ``"default"`` (or ``None``/``""``: see ``default_weights``), ``"imagenet"``, ``"random"``, a
-    ``.safetensors``/``.pth`` file, or a checkpoint folder (whose architecture then replaces ``model``'s).
-    A checkpoint folder as ``model`` brings its own weights; ``weights`` is then ignored. A ``WeightsSpec``
-    is returned as it is. Raises ``ValueError`` for an unknown preset or ImageNet weights that do not exist.
+    ``.safetensors``/``.pth`` file, or a checkpoint or Hub-format folder (whose architecture then replaces
+    ``model``'s). A folder or a Hub model as ``model`` brings its own weights; ``weights`` is then ignored.
+    ``hf-hub:`` downloads the model first (``hub.download``: this machine's sign-in, the cache when offline). A
+    ``WeightsSpec`` is returned as it is. Raises ``ValueError`` for an unknown preset or ImageNet weights that
+    do not exist, ``CheckpointError`` for a Hub model that cannot be had.
     """
     if isinstance(model, WeightsSpec):
         return model
@@ -115,6 +121,9 @@ def resolve(model: str | DenseNetConfig | WeightsSpec, weights: str | os.PathLik
         return _checkpoint_spec(model if isinstance(model, str) else "custom", Path(weights).resolve())
     if isinstance(model, DenseNetConfig):
         name, config = "custom", model
+    elif isinstance(model, str) and model.startswith(hub.HUB_PREFIX):
+        snapshot = hub.download(hub.parse_hub_ref(model))
+        return WeightsSpec(snapshot.ref.spec, "hub", path=snapshot.folder, version=_file_version(snapshot.folder))
     else:
         folder = _checkpoint_folder(model)
         if folder is not None:
@@ -145,7 +154,9 @@ def _checkpoint_folder(model: str) -> Path | None:
 
 
 def _checkpoint_spec(model: str, folder: Path) -> WeightsSpec:
-    return WeightsSpec(model, "checkpoint", path=folder, version=_file_version(folder / CHECKPOINT_WEIGHTS))
+    """A folder's spec: a Hub-format folder (``config.json``, no ``model.json``) or this project's checkpoint."""
+    kind = "hub" if hub.is_hub_folder(folder) else "checkpoint"
+    return WeightsSpec(model, kind, path=folder, version=_file_version(folder / CHECKPOINT_WEIGHTS))
 
 
 def _file_version(path: Path) -> tuple[int, int] | None:
@@ -163,7 +174,7 @@ class LoadedModel:
     model: DenseNet
     class_names: tuple[str, ...]
     preprocessing: Preprocessing
-    label: str  # 'ImageNet (torchvision IMAGENET1K_V1)', 'random init', 'fine-tuned run <id>', 'file <name>'
+    label: str  # 'ImageNet (torchvision IMAGENET1K_V1)', 'random init', 'fine-tuned run <id>', 'file <name>', 'Hub ...'
     notice: str | None = None  # set when the weights asked for could not be had
 
 
@@ -189,6 +200,9 @@ def load_model(
         in_runs = spec.path.parent in (runs_dir().resolve(), published_dir().resolve())
         label = f"fine-tuned run {info.run_id}" if in_runs else f"checkpoint {spec.path.name}"
         names, preprocessing = info.class_names, info.preprocessing
+    elif spec.kind == "hub":
+        net, info = hub.load_hub_folder(spec.path)
+        names, preprocessing, label = info.class_names, info.preprocessing, _hub_label(spec)
     else:
         if spec.kind == "imagenet":
             net = DenseNet(spec.config.replace(num_classes=len(imagenet_categories(spec.preset))), generator=generator)
@@ -228,6 +242,14 @@ def _from_file(spec: WeightsSpec, num_classes: int | None, generator: torch.Gene
     except CheckpointError as e:
         raise CheckpointError(f"{spec.path.name}: {e}") from None
     return net, f"file {spec.path.name}" + (", new head" if kept else "")
+
+
+def _hub_label(spec: WeightsSpec) -> str:
+    """``Hub alice/cats @ 1a2b3c4`` for a downloaded model, ``Hub-format folder <name>`` for a local one."""
+    if spec.model.startswith(hub.HUB_PREFIX):
+        ref = hub.parse_hub_ref(spec.model)
+        return f"Hub {ref.repo_id}" + (f" @ {ref.revision[:7]}" if ref.revision else "")
+    return f"Hub-format folder {spec.path.name}"
 
 
 def _generic_names(n: int) -> tuple[str, ...]:
