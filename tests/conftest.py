@@ -1,5 +1,9 @@
-"""Shared fixtures: tiny models, generated images, a private weights folder per test; and a check, at the end of
-the session, that no test wrote into the checkout."""
+"""Shared fixtures: tiny models, generated images, a private weights folder per test, the app in a subprocess, a
+client of it, the browser; and a check, at the end of the session, that no test wrote into the checkout.
+
+The fixtures are built from tests/helpers.py, where the plain functions and classes live; test files import those
+from helpers, never from here or from one another.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +15,21 @@ import os
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import shutil
+import gc
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from playwright.sync_api import Browser, sync_playwright
+from gradio_client import Client
+from helpers import REPO_ROOT, TINY_CONFIG, AppServer, chromium, colour_images, save_tiny_checkpoint, solid_image
+from playwright.sync_api import Browser
 
 from densenet_demo.config import DenseNetConfig
+from densenet_demo.data import datasets as data
+from densenet_demo.model import DenseNet
+from densenet_demo.serving import predict
 
 _CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache")  # written by running the tests at all: not a leak
 _CHECKOUT_BEFORE = pytest.StashKey[set]()
@@ -29,7 +37,7 @@ _CHECKOUT_BEFORE = pytest.StashKey[set]()
 
 def _checkout_entries() -> set[str]:
     """Every file under the checkout's weights/, and what git sees beyond the tracked files (caches left out)."""
-    root = _repo_root()
+    root = REPO_ROOT
     entries = {f"weights/{p.relative_to(root / 'weights')}" for p in (root / "weights").rglob("*") if p.is_file()}
     try:
         status = subprocess.run(
@@ -45,10 +53,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     unmarked = [
         item.nodeid
         for item in items
-        if "app_server" in getattr(item, "fixturenames", ()) and not item.get_closest_marker("e2e")
+        if {"app_server", "start_app"} & set(getattr(item, "fixturenames", ())) and not item.get_closest_marker("e2e")
     ]
     if unmarked:
-        raise pytest.UsageError("tests that use app_server must be marked @pytest.mark.e2e: " + ", ".join(unmarked))
+        raise pytest.UsageError(
+            "tests that use app_server or start_app must be marked @pytest.mark.e2e: " + ", ".join(unmarked)
+        )
     # Files with end-to-end tests first, those whose tests may take longest (their timeout) before the others; a
     # stable sort, so each file keeps its own order. The two workers take whole files in this order: the long
     # ones start early and the short unit files even out the end.
@@ -89,6 +99,16 @@ def _private_weights_dir(tmp_path_factory, monkeypatch):
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _collector_skips_what_is_loaded():
+    """What the process holds as a test file starts (torch, gradio, onnx and their modules: hundreds of thousands of
+    objects) is left out of later garbage collections. The engine collects at the end of every training run, which
+    would otherwise walk all of it each time: seconds a run on a busy 2-core machine. Only the collector's work
+    changes: frozen objects are still freed when no longer referenced, and whatever a test makes is collected."""
+    gc.collect()
+    gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_torch():
     torch.manual_seed(0)
@@ -98,109 +118,39 @@ def _deterministic_torch():
 @pytest.fixture
 def tiny_config() -> DenseNetConfig:
     """A DenseNet-BC small enough to train in a second on a CPU."""
-    return DenseNetConfig(
-        growth_rate=4,
-        block_config=(2, 2),
-        num_init_features=8,
-        bn_size=2,
-        compression=0.5,
-        stem="cifar",
-        num_classes=3,
-    )
+    return TINY_CONFIG
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@pytest.fixture
+def tiny_checkpoint(tmp_path, tiny_config) -> Path:
+    """A tiny DenseNet saved as a checkpoint folder (classes a, b, c): ``--model`` can start from it, quickly."""
+    return save_tiny_checkpoint(tmp_path / "tiny", DenseNet(tiny_config), ["a", "b", "c"])
 
 
-class AppServer:
-    """`python app.py` running in a subprocess on a free loopback port, with its own weights folder.
-
-    ``script`` runs another launcher (a test's fault-injecting wrapper of app.py); ``env`` adds variables.
-    """
-
-    def __init__(self, root, weights_dir, port: int, script: str = "app.py", env: dict | None = None) -> None:
-        import os
-        import subprocess
-        import sys
-
-        self.url = f"http://127.0.0.1:{port}/"
-        self.weights_dir = weights_dir
-        self.log_path = root / "app.log"
-        env = {
-            **os.environ,
-            "GRADIO_SERVER_NAME": "127.0.0.1",
-            "GRADIO_SERVER_PORT": str(port),
-            "GRADIO_ANALYTICS_ENABLED": "False",
-            "DENSENET_DEMO_WEIGHTS": str(weights_dir),
-            "PYTHONUNBUFFERED": "1",
-            **(env or {}),
-        }
-        self._log = open(self.log_path, "w")
-        self.process = subprocess.Popen(
-            [sys.executable, script],
-            cwd=_repo_root(),
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_ready(self, timeout: float = 120.0) -> float:
-        import time
-        import urllib.request
-
-        start = time.monotonic()
-        while time.monotonic() - start < timeout:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"app.py exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as r:
-                    if r.status == 200:
-                        return time.monotonic() - start
-            except OSError:
-                time.sleep(0.25)
-        raise RuntimeError(f"app.py did not answer within {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    @classmethod
-    def started(cls, root, weights_dir=None, *, own_tmp: bool = False, **kwargs) -> AppServer:
-        """A server on a free port, answering; ``weights_dir`` defaults to ``root/weights``.
-
-        ``own_tmp``: the server's temporary files (uploads, session folders) go to ``root/tmp``, not /tmp.
-        """
-        root.mkdir(parents=True, exist_ok=True)
-        if own_tmp:
-            (root / "tmp").mkdir(exist_ok=True)
-            kwargs["env"] = {"TMPDIR": str(root / "tmp"), **kwargs.get("env", {})}
-        server = cls(root, weights_dir or root / "weights", _free_port(), **kwargs)
-        try:
-            server.wait_ready()
-        except BaseException:
-            server.stop()
-            raise
-        return server
-
-    def stop(self) -> None:
-        import subprocess
-
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
+@pytest.fixture(scope="module")
+def colour_folder(tmp_path_factory) -> Path:
+    """A folder of three colour classes, 8 noisy squares each (helpers.colour_images)."""
+    return colour_images(tmp_path_factory.mktemp("colours"), per_class=8)
 
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parent.parent
+@pytest.fixture(scope="module")
+def colours(colour_folder) -> data.LabeledFiles:
+    """``colour_folder``'s 24 images as the trainer takes them."""
+    return data.load_image_folder(colour_folder)[0]
+
+
+@pytest.fixture
+def photo(tmp_path) -> Path:
+    """A 64x48 red photo: any image the app should classify."""
+    return solid_image(tmp_path / "photo.png", (64, 48), (200, 30, 30))
+
+
+@pytest.fixture
+def empty_predictor_cache() -> Iterator[None]:
+    """The engine's predictor cache empty before and after the test (``pytest.mark.usefixtures`` in a file)."""
+    predict.clear_cache()
+    yield
+    predict.clear_cache()
 
 
 @pytest.fixture(scope="session")
@@ -211,29 +161,25 @@ def app_server(tmp_path_factory):
     server.stop()
 
 
-# Headless Chromium from Debian's package (never a browser download). Without the background-networking flags
-# Chromium keeps dialling out, and a machine with no network refuses it many times a second.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
+@pytest.fixture(scope="module")
+def client(app_server) -> Client:
+    """A gradio_client session of the shared app server, one per test file."""
+    return Client(app_server.url, verbose=False)
 
 
-@contextmanager
-def chromium(*extra_args: str) -> Iterator[Browser]:
-    """Debian's chromium, headless, with ``CHROMIUM_ARGS`` and ``extra_args``; closed on exit."""
-    executable = shutil.which("chromium")
-    assert executable, "Debian's chromium is required for the browser tests (bash .ci/run installs it)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=[*CHROMIUM_ARGS, *extra_args])
-        yield browser
-        browser.close()
+@pytest.fixture(scope="module")
+def start_app(tmp_path_factory) -> Iterator[Callable[..., AppServer]]:
+    """Starts a test file's own app servers: ``start_app(name, **options of AppServer.started)`` answers a server
+    in a fresh folder ``name``; every one started is stopped after the file's tests."""
+    started: list[AppServer] = []
+
+    def start(name: str, **options) -> AppServer:
+        started.append(AppServer.started(tmp_path_factory.mktemp(name), **options))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 That rank's training loss raises ``RuntimeError`` from training step $DENSENET_DEMO_FAIL_STEP on (counted from
 1 over the whole run); evaluation losses (``reduction="sum"``) are left alone. The other ranks are unchanged.
+A script torchrun starts for each rank (test_distributed.py), not a module to import.
 """
 
 from __future__ import annotations

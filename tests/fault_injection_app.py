@@ -7,6 +7,8 @@
 
 With none of the files present this is the app itself: the faults sit in the engine's own calls
 (``torch.nn.functional.cross_entropy`` in training/loop.py, ``safetensors.torch.save_file`` in weights/checkpoints.py).
+
+A script the tests start as a process (``script="tests/fault_injection_app.py"``), not a module to import.
 """
 
 from __future__ import annotations

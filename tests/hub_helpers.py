@@ -6,10 +6,9 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import numpy as np
+import helpers
 import pytest
-from model_helpers import trained_looking
-from PIL import Image
+from helpers import trained_looking
 
 from densenet_demo.config import DenseNetConfig
 from densenet_demo.data.images import default_preprocessing
@@ -24,14 +23,8 @@ COLOURS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (200, 40, 40)}
 
 
 def colour_images(root: Path, per_class: int, seed: int = 0) -> Path:
-    """Noisy squares of three colours: a tiny model tells them apart in an epoch or two."""
-    rng = np.random.default_rng(seed)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = np.array(colour) * rng.uniform(0.7, 1.2) + rng.normal(0, 20, (40, 48, 3))
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
+    """Noisy 40×48 images of three colours: a tiny model tells them apart in an epoch or two."""
+    return helpers.colour_images(root, per_class, seed, size=(40, 48))
 
 
 def saved_run(run_id: str, config: DenseNetConfig = TORCHVISION_LIKE, *, image_size: int = 32) -> Path:

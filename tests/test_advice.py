@@ -154,16 +154,28 @@ def test_the_estimate_is_a_range_and_never_warns_about_a_quick_run(tmp_path, tin
 
 @pytest.mark.e2e
 def test_the_estimate_is_within_30_percent_of_the_following_runs_epoch_time(tmp_path):
-    # A small model whose steps, not the per-epoch overheads, make an epoch's time (as in any real run)
-    files = _files(tmp_path, side=32, colour=False, per_class=48)
+    # A small model whose steps, not the per-epoch overheads, make an epoch's time (as in any real run), with
+    # epochs of a few seconds so that a scheduler's hiccup is not a tenth of one.
+    files = _files(tmp_path, side=32, colour=False, per_class=160)
     config = TrainConfig(
-        model="densenet_fashion", weights="random", mode="scratch", image_size=32, epochs=4, device="cpu", batch_size=16
+        model="densenet_fashion", weights="random", mode="scratch", image_size=32, epochs=3, device="cpu", batch_size=16
     )
     n_train, n_val = (len(part) for part in files.split(config.val_fraction, config.seed))
-    estimate = advice.estimate_time(config, n_train, n_val, ["a", "b"], files)
-    epochs = [e.seconds for e in Trainer(config, files, out_dir=tmp_path / "run").run() if isinstance(e, EpochEnd)]
-    actual = statistics.median(epochs[1:])  # epoch 1 also validates at its half
-    assert abs(estimate.epoch_s - actual) <= 0.3 * actual, (estimate, epochs)
+    tries = []
+    # Other tests may share the cores: a wrong estimate misses every time, a busy moment only once; each try times
+    # afresh (nothing from the cache) and the run right after it.
+    for attempt in range(3):
+        timing._memory.clear()
+        timing._cache_file().unlink(missing_ok=True)
+        estimate = advice.estimate_time(config, n_train, n_val, ["a", "b"], files)
+        run = Trainer(config, files, out_dir=tmp_path / f"run{attempt}").run()
+        epochs = [e.seconds for e in run if isinstance(e, EpochEnd)]
+        actual = statistics.median(epochs[1:])  # epoch 1 also validates at its half
+        tries.append((round(estimate.epoch_s, 2), [round(s, 2) for s in epochs]))
+        if abs(estimate.epoch_s - actual) <= 0.3 * actual:
+            break
+    else:
+        pytest.fail(f"the estimate missed the epoch time by more than 30% in every try: {tries}")
 
 
 @pytest.mark.e2e

@@ -5,18 +5,13 @@ from __future__ import annotations
 import re
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from PIL import Image
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 # The inputs a call cannot do without; every other parameter has a default.
 REQUIRED = {"/predict": ["files"], "/classify_image": ["image"], "/load_hub_model": ["repo"], "/push_to_hub": ["repo"]}
-
-
-@pytest.fixture(scope="module")
-def client(app_server):
-    return Client(app_server.url, verbose=False)
 
 
 def test_every_endpoint_names_its_parameters_and_only_the_inputs_are_required(client):

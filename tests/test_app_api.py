@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import pytest
 from gradio_client import Client, handle_file
-from PIL import Image
+from helpers import colour_zip
+
+from densenet_demo.data.datasets import load_image_folder
+from densenet_demo.training import advice
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
-
-
-@pytest.fixture(scope="module")
-def client(app_server):
-    return Client(app_server.url, verbose=False)
-
-
-@pytest.fixture
-def photo(tmp_path):
-    path = tmp_path / "photo.png"
-    Image.new("RGB", (64, 48), (200, 30, 30)).save(path)
-    return path
 
 
 def test_predict_returns_labels_with_probabilities(client, photo):
@@ -111,3 +102,20 @@ def test_train_streams_events_and_the_run_becomes_a_model(client, app_server):
     assert len(runs) == 1 and (runs[0] / "model.safetensors").is_file()
     predict_choices = final[7]
     assert f"run:{runs[0].name}" in str(predict_choices)
+
+
+def test_suggest_settings_names_the_settings_for_a_loaded_dataset_as_the_command_line_does(client, tmp_path):
+    archive = colour_zip(tmp_path / "colours", per_class=12)
+    with pytest.raises(Exception, match="(?i)check a dataset first"):  # a fresh session has no dataset yet
+        Client(client.src).predict(api_name="/suggest_settings")
+    client.predict("Zip file", handle_file(str(archive)), None, "", api_name="/load_dataset")
+    suggestion = client.predict(api_name="/suggest_settings")
+    assert set(suggestion) >= {"model", "weights_choice", "mode", "image_size", "batch_size", "time_budget", "reason"}
+    assert suggestion["mode"] == "scratch" and suggestion["weights_choice"] == "Random init"
+    assert isinstance(suggestion["image_size"], int) and suggestion["reason"].startswith("small colour images")
+    # The command line's suggestion for the same files (this process; the same machine) names the same settings.
+    files = load_image_folder(tmp_path / "colours")[0]
+    cli = advice.suggest_settings(files).settings()
+    assert {k: suggestion[k] for k in ("model", "mode", "image_size", "batch_size")} == {
+        k: cli[k] for k in ("model", "mode", "image_size", "batch_size")
+    }

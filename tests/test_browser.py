@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import pick
 from PIL import Image
 from playwright.sync_api import expect
 
@@ -41,20 +42,11 @@ def shots(tmp_path_factory) -> Path:
     return path
 
 
-def _pick(page, elem_id: str, value: str) -> None:
-    """Choose a value in a Gradio dropdown by typing it and taking the matching option."""
-    box = page.locator(f"#{elem_id} input")
-    box.click()
-    box.fill(value)
-    # The option that starts with the value: a run's label may also name the preset ("… · densenet_bc100_k12 …").
-    page.get_by_role("option", name=re.compile("^" + re.escape(value))).first.click()
-
-
 def test_predict_tab_shows_labels_for_an_uploaded_image(page, shots, tmp_path):
     image = tmp_path / "red.png"
     Image.new("RGB", (96, 96), (220, 40, 40)).save(image)
     page.get_by_role("tab", name="Predict").click()
-    _pick(page, "predict-model", "densenet_bc100_k12")
+    pick(page, "predict-model", "densenet_bc100_k12", type_it=True)
     page.locator("#predict-images input[type=file]").set_input_files(str(image))
     page.locator("#predict-button").click()
     label = page.locator("#predict-label")
@@ -114,9 +106,9 @@ def fashion_run(app_server) -> str:
 def test_architecture_tab_shows_table_plot_and_feature_reuse(page, shots, app_server, fashion_run):
     page.reload()  # the page lists the runs that exist when it loads
     page.get_by_role("tab", name="Architecture").click()
-    _pick(page, "arch-preset", "densenet_fashion")
+    pick(page, "arch-preset", "densenet_fashion", type_it=True)
     label = runs.run_label(checkpoints.read_checkpoint_info(app_server.weights_dir / "runs" / fashion_run))
-    _pick(page, "arch-reuse", label)
+    pick(page, "arch-reuse", label, type_it=True)
     # The run's heatmap comes with the run's architecture (its own number of classes), never the preset's.
     expect(page.locator("#arch-preset input")).to_have_value(label)
     page.locator("#arch-button").click()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from gradio_client import Client
+from helpers import pick
 from playwright.sync_api import expect
 
 from densenet_demo import architecture
@@ -88,11 +88,6 @@ def test_custom_config_with_the_presets_classes_has_the_presets_params():
 
 
 @pytest.fixture(scope="module")
-def client(app_server):
-    return Client(app_server.url, verbose=False)
-
-
-@pytest.fixture(scope="module")
 def tiny_run(app_server) -> str:
     """A fine-tuned run of a small custom architecture, in the app's runs folder."""
     checkpoints.save_checkpoint(
@@ -112,12 +107,6 @@ def _open_tab(browser, url: str, width: int = 1400):
     return page
 
 
-def _pick(page, elem_id: str, option: str) -> None:
-    """Open a dropdown's list and click the option whose label starts with ``option``."""
-    page.locator(f"#{elem_id} input").click()
-    page.get_by_role("option", name=re.compile("^" + re.escape(option))).first.click()
-
-
 @pytest.mark.e2e
 def test_api_custom_config_with_classes_matches_the_preset(client):
     summary, table, _, _ = client.predict(*BC100_K12_CUSTOM, api_name="/architecture")
@@ -129,7 +118,7 @@ def test_api_custom_config_with_classes_matches_the_preset(client):
 @pytest.mark.e2e
 def test_editing_a_field_while_a_preset_is_chosen_shows_the_custom_config(browser, app_server):
     page = _open_tab(browser, app_server.url)
-    _pick(page, "arch-preset", "densenet_bc100_k12")
+    pick(page, "arch-preset", "densenet_bc100_k12", type_it=False)
     page.get_by_text("Config (the chosen model's").click()
     # Choosing the preset filled the fields with its config, so editing starts from it.
     expect(page.locator("#arch-blocks textarea")).to_have_value("16,16,16")
@@ -209,7 +198,7 @@ def test_summary_on_a_phone_breaks_no_word_across_lines(browser, app_server):
 def test_heatmap_of_a_run_shows_that_runs_architecture_and_never_another(browser, app_server, tiny_run):
     page = _open_tab(browser, app_server.url)  # opened after the run exists, so the list offers it
     label = runs.run_label(checkpoints.read_checkpoint_info(app_server.weights_dir / "runs" / tiny_run))
-    _pick(page, "arch-reuse", label)
+    pick(page, "arch-reuse", label, type_it=False)
     expect(page.locator("#arch-preset input")).to_have_value(label)  # the model shown is the run, by its label
     page.locator("#arch-button").click()
     summary = page.locator("#arch-summary")
@@ -220,7 +209,7 @@ def test_heatmap_of_a_run_shows_that_runs_architecture_and_never_another(browser
     expect(summary).to_contain_text(f"Run {tiny_run}")
     expect(page.locator("#arch-heatmap img").first).to_be_visible(timeout=20_000)
     # Another model with the run's heatmap: the table shows the model, and the heatmap is not drawn.
-    _pick(page, "arch-preset", "densenet_bc100_k12")
+    pick(page, "arch-preset", "densenet_bc100_k12", type_it=False)
     page.locator("#arch-button").click()
     expect(summary).to_contain_text("769,162", timeout=20_000)
     expect(summary).to_contain_text(re.compile(r"Heatmap:.*not drawn.*another architecture"))

@@ -10,8 +10,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import AppServer
 from gradio_client import Client, handle_file
+from helpers import AppServer
 from hub_helpers import colour_images
 from hub_standin import HubStandIn
 from playwright.sync_api import expect

@@ -15,8 +15,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import chromium
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
+from helpers import chromium, pick
 from PIL import Image
 from playwright.sync_api import expect
 
@@ -50,26 +50,6 @@ def page(browser, app_server):
     context.close()
 
 
-@pytest.fixture(scope="module")
-def client(app_server):
-    return Client(app_server.url, verbose=False)
-
-
-@pytest.fixture
-def photo(tmp_path):
-    path = tmp_path / "red.png"
-    Image.new("RGB", (64, 64), (220, 40, 40)).save(path)
-    return path
-
-
-def _pick(page, elem_id: str, value: str) -> None:
-    box = page.locator(f"#{elem_id} input")
-    box.click()
-    box.fill(value)
-    # The option that starts with the value: a run's label may also name the preset ("… · densenet_bc100_k12 …").
-    page.get_by_role("option", name=re.compile("^" + re.escape(value))).first.click()
-
-
 def _visible_radio(page, name: str):
     return page.get_by_role("radio", name=name, exact=True).locator("visible=true").first
 
@@ -82,13 +62,13 @@ def _no_error_badges(page) -> None:
 def test_each_model_gets_its_natural_weights_and_random_ones_are_flagged_above_the_label(page, photo):
     weights_radio = page.locator("#predict-weights")
     expect(weights_radio.get_by_role("radio", name="ImageNet")).to_be_checked()
-    _pick(page, "predict-model", SMALL)
+    pick(page, "predict-model", SMALL, type_it=True)
     expect(weights_radio.get_by_role("radio", name="Random init")).to_be_checked()
     expect(page.locator("#predict-warning")).to_contain_text("Random weights")
-    _pick(page, "predict-model", "densenet169")  # the choice does not stick at Random init
+    pick(page, "predict-model", "densenet169", type_it=True)  # the choice does not stick at Random init
     expect(weights_radio.get_by_role("radio", name="ImageNet")).to_be_checked()
     expect(page.locator("#predict-warning")).not_to_contain_text("Random weights")
-    _pick(page, "predict-model", SMALL)
+    pick(page, "predict-model", SMALL, type_it=True)
     page.locator("#predict-photo input[type=file]").set_input_files(str(photo))
     page.locator("#predict-button").click()
     expect(page.locator("#predict-label")).to_contain_text("%", timeout=60_000)  # the first build of this model
@@ -113,7 +93,7 @@ def test_an_example_photo_shows_as_a_thumbnail_and_classifies(page):
     expect(thumbnails.first).to_be_visible()
     thumbnails.first.click()
     expect(page.locator("#predict-photo img").first).to_be_visible()
-    _pick(page, "predict-model", SMALL)
+    pick(page, "predict-model", SMALL, type_it=True)
     page.locator("#predict-button").click()
     expect(page.locator("#predict-table")).to_contain_text("cat.jpg")
     expect(page.locator("#predict-label")).to_contain_text("%")
@@ -124,7 +104,7 @@ def test_several_files_are_previewed_and_each_gets_its_top_classes(page, tmp_pat
     for name, colour in (("red.png", (220, 40, 40)), ("green.png", (30, 190, 60))):
         Image.new("RGB", (48, 48), colour).save(tmp_path / name)
         files.append(str(tmp_path / name))
-    _pick(page, "predict-model", SMALL)
+    pick(page, "predict-model", SMALL, type_it=True)
     page.locator("#predict-images input[type=file]").set_input_files(files)
     expect(page.locator("img[src*='green.png']").first).to_be_visible()  # the upload's thumbnails
     page.locator("#predict-button").click()
@@ -135,7 +115,7 @@ def test_several_files_are_previewed_and_each_gets_its_top_classes(page, tmp_pat
 
 
 def test_the_webcam_classifies_frames_continuously_and_the_page_stays_responsive(page):
-    _pick(page, "predict-model", SMALL)
+    pick(page, "predict-model", SMALL, type_it=True)
     page.get_by_text("Live camera: classify").click()
     camera = page.locator("#predict-camera")
     camera.get_by_text("Click to Access Webcam").click()
@@ -161,17 +141,17 @@ def test_predict_still_classifies_after_a_failed_training_run(page, photo):
     page.get_by_role("tab", name="Fine-tune").click()
     page.locator("#train-load").click()
     expect(page.locator("#train-report")).to_contain_text("classes", timeout=60_000)
-    _pick(page, "train-model", "densenet121")
+    pick(page, "train-model", "densenet121", type_it=True)
     _visible_radio(page, "ImageNet").check()  # offline: the ImageNet download fails and so does the run
     _visible_radio(page, "linear").check()
     page.locator("#train-start").click()
     expect(page.locator("#train-progress")).to_contain_text("Failed", timeout=60_000)
     page.get_by_role("tab", name="Predict").click()
     expect(page.locator("#predict-model input")).not_to_have_value("[object Object]")
-    _pick(page, "predict-model", SMALL)
+    pick(page, "predict-model", SMALL, type_it=True)
     page.locator("#predict-photo input[type=file]").set_input_files(str(photo))
     page.locator("#predict-button").click()
-    expect(page.locator("#predict-table")).to_contain_text("red.png")
+    expect(page.locator("#predict-table")).to_contain_text(photo.name)
     _no_error_badges(page)
 
 

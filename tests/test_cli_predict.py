@@ -12,15 +12,9 @@ from PIL import Image
 from densenet_demo.cli.main import main
 from densenet_demo.data.images import Preprocessing
 from densenet_demo.model import DenseNet
-from densenet_demo.serving import predict
 from densenet_demo.weights import checkpoints
 
-
-@pytest.fixture(autouse=True)
-def _empty_cache():
-    predict.clear_cache()
-    yield
-    predict.clear_cache()
+pytestmark = pytest.mark.usefixtures("empty_predictor_cache")
 
 
 @pytest.fixture

@@ -6,28 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from test_train import _colour_images
+from helpers import colour_images
 
 from densenet_demo.cli.main import main
-from densenet_demo.model import DenseNet
 from densenet_demo.weights import checkpoints
 
 
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory) -> Path:
-    return _colour_images(tmp_path_factory.mktemp("colours"), per_class=6)
-
-
-@pytest.fixture
-def tiny_checkpoint(tmp_path, tiny_config) -> Path:
-    """A tiny DenseNet saved as a checkpoint folder: ``--model`` can start from it, quickly."""
-    from densenet_demo.data.images import default_preprocessing
-
-    model = DenseNet(tiny_config)
-    checkpoints.save_checkpoint(
-        tmp_path / "tiny", model, class_names=["a", "b", "c"], preprocessing=default_preprocessing(model.cfg)
-    )
-    return tmp_path / "tiny"
+    return colour_images(tmp_path_factory.mktemp("colours"), per_class=6)
 
 
 def test_json_prints_one_event_per_line_and_the_checkpoint_path_last(folder, tiny_checkpoint, capsys, tmp_path):
@@ -60,7 +47,7 @@ def test_text_mode_shows_progress_on_stderr_and_prints_only_the_path_on_stdout(f
     "make, message",
     [
         (lambda tmp: tmp / "missing", "no such folder or zip file"),
-        (lambda tmp: _colour_images(tmp / "one", 3) / "red", "at least 2 classes"),
+        (lambda tmp: colour_images(tmp / "one", 3) / "red", "at least 2 classes"),
         (lambda tmp: (tmp / "notes.txt", (tmp / "notes.txt").write_text("x"))[0], "not a folder or a .zip file"),
     ],
     ids=["missing", "one class", "not a zip"],

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import _colour_images
+from helpers import TINY_CONFIG, colour_images, save_tiny_checkpoint
 
 from densenet_demo.data.datasets import load_image_folder
-from densenet_demo.data.images import default_preprocessing
 from densenet_demo.model import DenseNet
 from densenet_demo.serving.predict import get_predictor
 from densenet_demo.training import distributed as D
@@ -156,25 +155,16 @@ def test_gpu_count_honours_the_test_switch(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def colours(tmp_path_factory) -> Path:
-    return _colour_images(tmp_path_factory.mktemp("colours"), per_class=15)
+def folder(tmp_path_factory) -> Path:
+    """Colour squares, 15 a class (conftest's ``colour_folder`` has 8): see the module's docstring."""
+    return colour_images(tmp_path_factory.mktemp("folder"), per_class=15)
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from densenet_demo.config import DenseNetConfig
-
-    cfg = DenseNetConfig(
-        growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, compression=0.5, stem="cifar",
-        num_classes=3,
-    )  # fmt: skip
+    """conftest's ``tiny_checkpoint``, once for the file: the torchrun runs below all start from it."""
     torch.manual_seed(0)
-    model = DenseNet(cfg)
-    folder = tmp_path_factory.mktemp("tiny") / "tiny"
-    checkpoints.save_checkpoint(
-        folder, model, class_names=["a", "b", "c"], preprocessing=default_preprocessing(model.cfg)
-    )
-    return folder
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny", DenseNet(TINY_CONFIG), ["a", "b", "c"])
 
 
 def _torchrun(weights_dir: Path, args: list[str], *, nproc: int = 2, script: list[str] | None = None, env=None):
@@ -190,9 +180,9 @@ def _events(stdout: str) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory, colours, tiny_checkpoint):
+def two_process_run(tmp_path_factory, folder, tiny_checkpoint):
     weights_dir = tmp_path_factory.mktemp("two") / "weights"
-    args = [str(colours), "--model", str(tiny_checkpoint), "--mode", "finetune", "--epochs", "3", *SETTINGS, "--json"]
+    args = [str(folder), "--model", str(tiny_checkpoint), "--mode", "finetune", "--epochs", "3", *SETTINGS, "--json"]
     result = _torchrun(weights_dir, args)
     assert result.returncode == 0, result.stderr[-3000:]
     return weights_dir, result
@@ -214,10 +204,10 @@ def test_two_processes_write_one_checkpoint_and_one_stream_of_events(two_process
 
 
 @pytest.mark.e2e
-def test_val_accuracy_is_over_the_whole_val_set_and_the_checkpoint_predicts_it(two_process_run, colours):
+def test_val_accuracy_is_over_the_whole_val_set_and_the_checkpoint_predicts_it(two_process_run, folder):
     _, result = two_process_run
     finished = _events(result.stdout)[-1]
-    files, _ = load_image_folder(colours)
+    files, _ = load_image_folder(folder)
     _, val = files.split(0.2, 0)
     assert sum(map(sum, finished["confusion_matrix"])) == len(val) == 9  # not one rank's 4 or 5
     predictor = get_predictor(finished["checkpoint_dir"])
@@ -231,11 +221,11 @@ def test_val_accuracy_is_over_the_whole_val_set_and_the_checkpoint_predicts_it(t
 
 
 @pytest.mark.e2e
-def test_one_and_two_processes_reach_comparable_accuracy(two_process_run, colours, tiny_checkpoint, tmp_path):
+def test_one_and_two_processes_reach_comparable_accuracy(two_process_run, folder, tiny_checkpoint, tmp_path):
     # Two processes see each epoch's images in another order, with a global batch of 16 instead of 8, so half
     # as many optimizer steps: the runs are not the same computation. The task is easy enough for both to end
     # well above chance (1/3); they may differ by up to two of the nine validation images.
-    files, _ = load_image_folder(colours)
+    files, _ = load_image_folder(folder)
     config = TrainConfig(
         model=str(tiny_checkpoint), mode="finetune", epochs=3, image_size=16, batch_size=8, lr=0.03, device="cpu"
     )
@@ -247,16 +237,16 @@ def test_one_and_two_processes_reach_comparable_accuracy(two_process_run, colour
 
 
 @pytest.mark.e2e
-def test_linear_mode_gathers_the_feature_cache_and_matches_one_process(colours, tiny_checkpoint, tmp_path):
+def test_linear_mode_gathers_the_feature_cache_and_matches_one_process(folder, tiny_checkpoint, tmp_path):
     # Each rank runs the backbone on its half; gathered in order, every rank trains the head on the whole
     # cache exactly as one process does: the same accuracy and confusion matrix.
-    args = [str(colours), "--model", str(tiny_checkpoint), "--mode", "linear", "--epochs", "4", *SETTINGS, "--json"]
+    args = [str(folder), "--model", str(tiny_checkpoint), "--mode", "linear", "--epochs", "4", *SETTINGS, "--json"]
     result = _torchrun(tmp_path / "weights", args)
     assert result.returncode == 0, result.stderr[-3000:]
     events = _events(result.stdout)
     started = next(e for e in events if e["event"] == "started")
     assert started["world_size"] == 2 and started["global_batch_size"] == 8
-    files, _ = load_image_folder(colours)
+    files, _ = load_image_folder(folder)
     config = TrainConfig(
         model=str(tiny_checkpoint), mode="linear", epochs=4, image_size=16, batch_size=8, lr=0.03, device="cpu"
     )
@@ -267,11 +257,9 @@ def test_linear_mode_gathers_the_feature_cache_and_matches_one_process(colours, 
 
 
 @pytest.mark.e2e
-def test_a_failing_rank_ends_the_run_with_its_message_and_no_half_written_checkpoint(
-    colours, tiny_checkpoint, tmp_path
-):
+def test_a_failing_rank_ends_the_run_with_its_message_and_no_half_written_checkpoint(folder, tiny_checkpoint, tmp_path):
     weights_dir = tmp_path / "weights"
-    args = [str(colours), "--model", str(tiny_checkpoint), "--mode", "finetune", "--epochs", "3", *SETTINGS, "--json"]
+    args = [str(folder), "--model", str(tiny_checkpoint), "--mode", "finetune", "--epochs", "3", *SETTINGS, "--json"]
     fail = {"DENSENET_DEMO_FAIL_RANK": "1", "DENSENET_DEMO_FAIL_STEP": "5"}  # epoch 2, step 2
     result = _torchrun(weights_dir, args, script=[str(ROOT / "tests" / "distributed_fault.py")], env=fail)
     assert result.returncode != 0
@@ -304,12 +292,12 @@ def _tiny_run(tiny_checkpoint: Path, **changes) -> TrainConfig:
 
 
 @pytest.mark.e2e
-def test_stop_from_the_app_ends_both_ranks(colours, tiny_checkpoint, tmp_path, monkeypatch):
+def test_stop_from_the_app_ends_both_ranks(folder, tiny_checkpoint, tmp_path, monkeypatch):
     weights_dir = tmp_path / "weights"
     monkeypatch.setenv(D.ENV_FAKE_GPUS, "2")
     monkeypatch.setenv("DENSENET_DEMO_WEIGHTS", str(weights_dir))
     assert D.gpu_count() == 2
-    files, report = load_image_folder(colours)
+    files, report = load_image_folder(folder)
     run = runners.start(_tiny_run(tiny_checkpoint, epochs=500), files, report=report, where="torchrun")
     assert run.processes == 2 and run.out_dir == (weights_dir / "runs" / run.run_id).resolve()
     seen = []
@@ -328,9 +316,9 @@ def test_stop_from_the_app_ends_both_ranks(colours, tiny_checkpoint, tmp_path, m
 
 
 @pytest.mark.e2e
-def test_a_run_the_child_cannot_start_ends_with_its_message_as_an_event(colours, tiny_checkpoint, monkeypatch):
+def test_a_run_the_child_cannot_start_ends_with_its_message_as_an_event(folder, tiny_checkpoint, monkeypatch):
     monkeypatch.setenv(D.ENV_FAKE_GPUS, "2")  # the child's processes see no GPU
-    files, _ = load_image_folder(colours)
+    files, _ = load_image_folder(folder)
     run = runners.start(_tiny_run(tiny_checkpoint, epochs=1, device="cuda"), files, where="torchrun")
     (failed,) = list(run.events())
     assert isinstance(failed, Failed) and "no usable GPU" in failed.message and failed.checkpoint_dir is None

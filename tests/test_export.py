@@ -18,9 +18,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from model_helpers import trained_looking
+from helpers import TINY_CONFIG, colour_images, trained_looking
 from PIL import Image
-from test_train import _colour_images
 
 from densenet_demo.cli.main import main
 from densenet_demo.config import DenseNetConfig
@@ -34,9 +33,7 @@ from densenet_demo.training.loop import Trainer
 from densenet_demo.weights import checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
-TINY_BC = DenseNetConfig(
-    growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, compression=0.5, stem="cifar", num_classes=3
-)
+TINY_BC = TINY_CONFIG
 # ImageNet stem (7x7/2 conv + max-pool, 256->224-style resize and crop) at a size that exports in seconds; one
 # input channel, so that a grayscale model's export is checked in the fast loop too.
 SMALL_IMAGENET_STEM = DenseNetConfig(
@@ -80,7 +77,7 @@ def cli_exported(tmp_path_factory) -> Exported:
 
 def _export_fine_tuned_run(root: Path) -> Exported:
     start = _checkpoint(root / "start", TINY_BC, default_preprocessing(TINY_BC, 24))
-    files, _ = load_image_folder(_colour_images(root / "colours", per_class=4))
+    files, _ = load_image_folder(colour_images(root / "colours", per_class=4))
     config = TrainConfig(
         model=str(start), mode="finetune", epochs=1, batch_size=6, image_size=24, val_fraction=0.25, device="cpu"
     )
@@ -298,5 +295,29 @@ def test_densenet121_exports_with_imagenet_labels_and_preprocessing(tmp_path):
         assert np.abs(got - expected[: len(batch)]).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))
 
 
-def test_the_export_docs_show_the_bundles_snippet():
-    assert export.SNIPPET in (REPO / "docs" / "export.md").read_text(encoding="utf-8")
+def _docs_snippets() -> list[str]:
+    """The Python blocks of the project's README and docs that run a bundle (they open its model.onnx)."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+    blocks = [b for page in pages for b in re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), re.S)]
+    return [block for block in blocks if '"model.onnx"' in block]
+
+
+def test_the_export_docs_show_a_snippet_that_classifies_with_a_bundle_as_predict_does(
+    cli_exported, tmp_path, monkeypatch, capsys
+):
+    """Each snippet the docs show (docs/export.md), run as a reader would (in the unzipped bundle, an image as its
+    argument), prints the top classes and probabilities the project's own predictor gives."""
+    snippets = _docs_snippets()
+    assert snippets, "docs/export.md should show how to run an exported bundle"
+    with zipfile.ZipFile(cli_exported.onnx_path.with_suffix(".zip")) as z:
+        z.extractall(tmp_path / "bundle")
+    (image,) = _images(1, tmp_path)
+    (expected,) = cli_exported.predictor.predict([image], top_k=5)
+    monkeypatch.chdir(tmp_path / "bundle")
+    monkeypatch.setattr(sys, "argv", ["classify.py", str(image)])
+    for code in snippets:
+        exec(compile(code, "docs snippet", "exec"), {"__name__": "__main__"})
+        printed = [line.split("  ", 1) for line in capsys.readouterr().out.splitlines()]
+        assert [label for _, label in printed] == [label for label, _ in expected.labels]
+        percents = [100 * p for _, p in expected.labels]
+        assert [float(p.rstrip("%")) for p, _ in printed] == pytest.approx(percents, abs=0.01)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import AppServer
 from gradio_client import Client, handle_file
+from helpers import AppServer
 from PIL import Image
 
 from densenet_demo.training.distributed import ENV_FAKE_GPUS
@@ -25,12 +25,11 @@ MARK = "DENSENET_DEMO_TEST_RUN"  # set on the server only: its children inherit 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(start_app):
     mark = uuid.uuid4().hex
-    server = AppServer.started(tmp_path_factory.mktemp("gpus"), own_tmp=True, env={ENV_FAKE_GPUS: "2", MARK: mark})
+    server = start_app("gpus", own_tmp=True, env={ENV_FAKE_GPUS: "2", MARK: mark})
     server.mark = mark
-    yield server
-    server.stop()
+    return server
 
 
 @pytest.fixture(scope="module")

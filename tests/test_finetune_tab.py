@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import gradio as gr
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import ONE_EPOCH_PAGE_SETTINGS, checked_dataset, finetune_page, images_by_hand
 
 from densenet_demo import plots
 from densenet_demo.config import PRESETS
@@ -17,35 +15,13 @@ from densenet_demo.training.config import TrainConfig
 from densenet_demo.training.events import EpochEnd, Event, Failed, Finished
 from densenet_demo.training.loop import Trainer
 from densenet_demo.ui import finetune_data, training_view
-from densenet_demo.ui.common import model_choices
-from densenet_demo.ui.finetune_tab import build_finetune_tab, start_training
+from densenet_demo.ui.finetune_tab import start_training
 from densenet_demo.weights import resolver as weights
-
-SETTINGS = ("densenet_fashion", "Random init", "scratch", 1, 3e-3, 8, 32, False, "Off", "adamw", "default")
 
 
 @pytest.fixture
 def tab():
-    with gr.Blocks():
-        state = finetune_data.session_state()
-        return build_finetune_tab(model_choices(None), predict_model=gr.Dropdown(), reuse=gr.Dropdown(), state=state)
-
-
-def _images(root: Path, per_class: int) -> dict[str, list[str]]:
-    by_hand = {}
-    for name, colour in (("light", 220), ("dark", 30)):
-        (root / name).mkdir(parents=True)
-        by_hand[name] = []
-        for i in range(per_class):
-            path = root / name / f"{i}.png"
-            Image.new("L", (32, 32), colour + i).save(path)
-            by_hand[name].append(str(path))
-    return by_hand
-
-
-def _checked(by_hand: dict[str, list[str]]) -> dict:
-    _, state = finetune_data.load_dataset("Classes by hand", None, None, "", by_hand, {})
-    return state
+    return finetune_page()
 
 
 def _scripted_run(events: list[Event]):
@@ -67,12 +43,12 @@ def _epoch(epoch: int, per_class: dict[str, float], improved: bool) -> EpochEnd:
 def _last_update(tab, state, events):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Trainer, "run", _scripted_run(events))
-        *_, last = start_training(tab, state, *SETTINGS)
+        *_, last = start_training(tab, state, *ONE_EPOCH_PAGE_SETTINGS)
     return last
 
 
 def test_the_per_class_table_is_the_best_epochs_not_the_last(tab, tmp_path):
-    state = _checked(_images(tmp_path / "d", 6))
+    state = checked_dataset(images_by_hand(tmp_path / "d", 6))
     run_dir = tmp_path / "weights" / "runs" / "20260101-000000-densenet_fashion-abcd"
     cfg = PRESETS["densenet_fashion"].config.replace(num_classes=2)
     weights.save_checkpoint(
@@ -100,7 +76,7 @@ def test_the_per_class_table_is_the_best_epochs_not_the_last(tab, tmp_path):
 
 
 def test_an_error_in_angle_brackets_reaches_the_status_line_whole(tab, tmp_path):
-    state = _checked(_images(tmp_path / "d", 6))
+    state = checked_dataset(images_by_hand(tmp_path / "d", 6))
     message = "could not download the weights for densenet121 (<urlopen error [Errno -2] Name or service not known>)."
     last = _last_update(tab, state, [Failed(message=message)])
     assert "(&lt;urlopen error [Errno -2] Name or service not known&gt;)" in last[tab.progress]
@@ -108,10 +84,10 @@ def test_an_error_in_angle_brackets_reaches_the_status_line_whole(tab, tmp_path)
 
 
 def test_a_run_on_two_validation_images_says_that_its_accuracy_means_little(tab, tmp_path):
-    state = _checked(_images(tmp_path / "d", 5))
+    state = checked_dataset(images_by_hand(tmp_path / "d", 5))
     n_val = len(Trainer(TrainConfig(model="densenet_fashion"), state["dataset"][0]).val_items)
     assert n_val == 2
-    *_, last = start_training(tab, state, *SETTINGS)
+    *_, last = start_training(tab, state, *ONE_EPOCH_PAGE_SETTINGS)
     assert "Finished" in last[tab.progress]
     assert "only 2 validation image(s): too few to mean much" in last[tab.progress]
     assert "add more images" in last[tab.progress]
@@ -122,7 +98,7 @@ def test_a_large_validation_set_gets_no_warning():
 
 
 def test_start_checks_the_data_only_when_the_choice_changed(tmp_path):
-    by_hand = _images(tmp_path / "d", 3)
+    by_hand = images_by_hand(tmp_path / "d", 3)
     report, state = finetune_data.ensure_dataset("Classes by hand", None, None, "", by_hand, {})
     assert "6 images" in report and state["dataset"] is not None
     again, same = finetune_data.ensure_dataset("Classes by hand", None, None, "", by_hand, state)

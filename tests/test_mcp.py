@@ -10,7 +10,6 @@ import io
 
 import mcp
 import pytest
-from conftest import AppServer
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
@@ -18,10 +17,8 @@ from densenet_demo.ui.app import mcp_server_enabled
 
 
 @pytest.fixture(scope="module")
-def mcp_url(tmp_path_factory):
-    server = AppServer.started(tmp_path_factory.mktemp("mcp"), env={"GRADIO_MCP_SERVER": ""})  # the default
-    yield server.url + "gradio_api/mcp/"
-    server.stop()
+def mcp_url(start_app):
+    return start_app("mcp", env={"GRADIO_MCP_SERVER": ""}).url + "gradio_api/mcp/"  # the default
 
 
 def _session(url: str, action):

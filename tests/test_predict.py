@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
-from model_helpers import trained_looking
+from helpers import trained_looking
 from PIL import Image
 
 from densenet_demo.config import PRESETS
@@ -25,11 +25,7 @@ from densenet_demo.weights import resolver as W
 PREPROCESSING = Preprocessing(32, 36, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 3)
 
 
-@pytest.fixture(autouse=True)
-def _empty_cache():
-    predict.clear_cache()
-    yield
-    predict.clear_cache()
+pytestmark = pytest.mark.usefixtures("empty_predictor_cache")
 
 
 def _photo(seed: int = 0, size: tuple[int, int] = (48, 40)) -> Image.Image:

@@ -1,6 +1,6 @@
 """python -m densenet_demo train with hostile zips and absurd settings: one line on stderr, exit 2, nothing written.
 
-The zips are the corpus of test_reliability_inputs.py (the same cases the app's /load_dataset gets).
+The zips are helpers.hostile_zips, the corpus of test_reliability_inputs.py: the cases the app's /load_dataset gets.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from test_reliability_inputs import MODEL, hostile_zips
+from helpers import QUICK_MODEL, hostile_zips
 
 from densenet_demo.cli.main import main
 
@@ -33,7 +33,7 @@ def corpus(tmp_path_factory) -> dict:
     ],
 )
 def test_cli_train_refuses_a_hostile_zip_in_one_line(corpus, capsys, tmp_path, case, message):
-    argv = ["train", str(corpus["zips"][case]), "--model", MODEL, "--mode", "linear", "--epochs", "1"]
+    argv = ["train", str(corpus["zips"][case]), "--model", QUICK_MODEL, "--mode", "linear", "--epochs", "1"]
     assert main([*argv, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and message in err
@@ -48,7 +48,7 @@ def test_cli_train_refuses_a_hostile_zip_in_one_line(corpus, capsys, tmp_path, c
     [("--image-size", "100000"), ("--epochs", "1000000"), ("--batch-size", "0"), ("--lr", "-0.1")],
 )
 def test_cli_train_refuses_absurd_settings_in_one_line(capsys, tmp_path, option, value):
-    argv = ["train", "example", "--model", MODEL, "--mode", "linear", f"{option}={value}"]
+    argv = ["train", "example", "--model", QUICK_MODEL, "--mode", "linear", f"{option}={value}"]
     argv += ["--out", str(tmp_path / "run")]
     assert main(argv) == 2
     err = capsys.readouterr().err

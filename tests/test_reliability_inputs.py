@@ -7,23 +7,20 @@ engine's unit tests (test_images, test_weights, test_data) cover the same kinds 
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 import secrets
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
-import zipfile
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from gradio_client import Client, handle_file
+from helpers import MIB, QUICK_MODEL, hostile_zips, png_bomb, predict_call
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -33,31 +30,8 @@ from densenet_demo.model import DenseNet
 
 pytestmark = pytest.mark.timeout(300)
 
-MODEL = "densenet_bc100_k12"  # small and quick; random init is enough to compare answers
-MIB = 2**20
-
 # ---------------------------------------------------------------------------------------------
 # The corpus
-
-
-def _png_bomb(path: Path, side: int = 40_000) -> Path:
-    """A 1-bit PNG of side x side pixels (1.6 gigapixels): about 200 KB on disk, gigabytes once decoded."""
-    path.write_bytes(_png_bomb_bytes(side))
-    return path
-
-
-@functools.cache
-def _png_bomb_bytes(side: int) -> bytes:
-    """The bomb's bytes, made once: deflating its 200 MB of rows costs seconds, and two fixtures want one."""
-    row = bytes(1 + side // 8)  # filter byte + the row's bits
-    deflate = zlib.compressobj(9)
-    idat = b"".join(deflate.compress(row) for _ in range(side)) + deflate.flush()
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def _white_background(image: Image.Image) -> Image.Image:
@@ -120,64 +94,21 @@ def _bad_images(folder: Path) -> dict[str, tuple[Path, str]]:
         "zero-byte file": (folder / "empty.jpg", "empty"),
         "text renamed .jpg": (folder / "notes.jpg", "not an image"),
         "truncated JPEG": (folder / "truncated.jpg", "corrupt or truncated"),
-        "decompression-bomb PNG": (_png_bomb(folder / "bomb.png"), "decompression bomb|over the limit"),
-    }
-
-
-def _zip(path: Path, entries: dict[str, bytes]) -> Path:
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, payload in entries.items():
-            zf.writestr(zipfile.ZipInfo(name), payload)  # ZipInfo keeps the name as given, '../' and all
-    return path
-
-
-def _png_bytes(color: tuple[int, int, int], size: int = 24) -> bytes:
-    path = Path(tempfile.mkstemp(suffix=".png")[1])
-    try:
-        noise = np.random.default_rng(sum(color)).normal(0, 8, (size, size, 3))
-        Image.fromarray(np.clip(np.array(color) + noise, 0, 255).astype(np.uint8), "RGB").save(path)
-        return path.read_bytes()
-    finally:
-        path.unlink()
-
-
-def _zip_bomb(path: Path, megabytes: int = 300) -> Path:
-    """Hundreds of MB of zeros in one entry: a zip of about 1 MB."""
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        zf.writestr("circle/a.png", _png_bytes((250, 20, 20)))
-        with zf.open("square/zeros.png", "w", force_zip64=True) as entry:
-            block = bytes(MIB)
-            for _ in range(megabytes):
-                entry.write(block)
-    return path
-
-
-def hostile_zips(folder: Path, token: str) -> dict[str, Path]:
-    """Zips for /load_dataset and the CLI's train: case -> file; escaping entries are named with ``token``."""
-    red, blue = _png_bytes((230, 30, 30)), _png_bytes((30, 30, 230))
-    junk = {
-        "circle/a.png": red,
-        "circle/nested/deeper/b.png": red,
-        "square/c.png": blue,
-        "square/d.png": blue,
-        "__MACOSX/circle/._a.png": b"\x00\x05\x16\x07 resource fork",
-        "circle/.DS_Store": b"Bud1 junk",
-        "square/readme.txt": b"not an image",
-        "square/bomb.png": _png_bomb(folder / "zip_bomb.png").read_bytes(),
-    }
-    return {
-        "traversal": _zip(folder / "traversal.zip", {"circle/a.png": red, f"../../escape_{token}.png": red}),
-        "absolute": _zip(folder / "absolute.zip", {"circle/a.png": red, f"/tmp/absolute_{token}.png": red}),
-        "zip bomb": _zip_bomb(folder / "zeros.zip"),
-        "junk": _zip(folder / "junk.zip", junk),
-        "one class": _zip(folder / "one_class.zip", {"circle/a.png": red, "circle/b.png": red}),
-        "empty": _zip(folder / "empty.zip", {}),
-        "no images": _zip(folder / "text.zip", {"circle/a.txt": b"x", "square/b.txt": b"y"}),
+        "decompression-bomb PNG": (png_bomb(folder / "bomb.png"), "decompression bomb|over the limit"),
     }
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> dict:
+def other_architecture(tmp_path_factory) -> Path:
+    """Weights of a DenseNet that is not QUICK_MODEL: the file a user picks for the wrong model."""
+    path = tmp_path_factory.mktemp("other") / "other_architecture.safetensors"
+    other = DenseNetConfig(growth_rate=4, block_config=(2, 2), num_init_features=8, num_classes=3)
+    save_file(DenseNet(other).state_dict(), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory, other_architecture) -> dict:
     folder = tmp_path_factory.mktemp("corpus")
     token = secrets.token_hex(4)  # names no other run uses, to look for them afterwards
     zips = hostile_zips(folder, token)
@@ -188,8 +119,6 @@ def corpus(tmp_path_factory) -> dict:
             return (exec, (f"open({str(evil_marker)!r}, 'w').write('code ran')",))
 
     torch.save({"state_dict": Payload()}, folder / "evil.pth")
-    other = DenseNetConfig(growth_rate=4, block_config=(2, 2), num_init_features=8, num_classes=3)
-    save_file(DenseNet(other).state_dict(), str(folder / "other_architecture.safetensors"))
     return {
         "folder": folder,
         "token": token,
@@ -198,20 +127,13 @@ def corpus(tmp_path_factory) -> dict:
         "zips": zips,
         "evil": folder / "evil.pth",
         "evil_marker": evil_marker,
-        "other_architecture": folder / "other_architecture.safetensors",
+        "other_architecture": other_architecture,
         "plain": folder / "odd0_twin.png",
     }
 
 
-@pytest.fixture(scope="module")
-def client(app_server):
-    return Client(app_server.url, verbose=False)
-
-
 def _predict(client, paths: list[Path], *, top_k: int = 10, cam: bool = False, weights="Random init", file=None):
-    files = [handle_file(str(p)) for p in paths]
-    weights_file = handle_file(str(file)) if file else None
-    return client.predict(files, MODEL, weights, weights_file, top_k, cam, api_name="/predict")
+    return predict_call(client, paths, QUICK_MODEL, weights, file, top_k=top_k, cam=cam)
 
 
 def _still_serving(client, corpus) -> None:
@@ -406,7 +328,7 @@ def test_absurd_training_settings_get_one_clear_message(data_client, change, mes
     settings = {"epochs": 1, "lr": None, "batch_size": 32, "image_size": None, **change}
     with pytest.raises(Exception, match=message):
         client.predict(
-            MODEL, "Random init", "linear", settings["epochs"], settings["lr"], settings["batch_size"],
+            QUICK_MODEL, "Random init", "linear", settings["epochs"], settings["lr"], settings["batch_size"],
             settings["image_size"], False, "Auto", "default", "default", api_name="/train",
         )  # fmt: skip
 
@@ -436,7 +358,7 @@ def test_absurd_architecture_configs_get_one_clear_message(client, growth_rate, 
 def test_cli_predict_answers_every_file_of_the_corpus_in_one_run(corpus):
     odd, bad = corpus["odd"], corpus["bad"]
     paths = [p for p, _ in odd.values()] + [t for _, t in odd.values() if t] + [p for p, _ in bad.values()]
-    argv = ["predict", *map(str, paths), "--model", MODEL, "--weights", "random", "--top-k", "10", "--json"]
+    argv = ["predict", *map(str, paths), "--model", QUICK_MODEL, "--weights", "random", "--top-k", "10", "--json"]
     result = subprocess.run([sys.executable, "-m", "densenet_demo", *argv], capture_output=True, text=True, timeout=240)
     assert result.returncode == 1  # some inputs failed
     assert "Traceback" not in result.stderr
@@ -473,8 +395,8 @@ def test_cli_arch_refuses_an_absurd_image_size_in_one_line(capsys):
     assert "image size 100000 is too large" in capsys.readouterr().err
 
 
-def test_cli_predict_refuses_weights_of_another_architecture(corpus, capsys):
-    argv = ["predict", str(corpus["plain"]), "--model", MODEL, "--weights", str(corpus["other_architecture"])]
+def test_cli_predict_refuses_weights_of_another_architecture(photo, other_architecture, capsys):
+    argv = ["predict", str(photo), "--model", QUICK_MODEL, "--weights", str(other_architecture)]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "other_architecture.safetensors: the weights do not fit" in err and len(err.strip().splitlines()) == 1

@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import AppServer
 from gradio_client import Client, handle_file
+from helpers import SHORT_TTL_S, AppServer, predict_call
 from PIL import Image
 
 from densenet_demo.ui.app import QUEUE_MAX_SIZE
@@ -30,10 +30,8 @@ RSS_GROWTH_BOUND_MB = 25
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    server = AppServer.started(tmp_path_factory.mktemp("load_app"), own_tmp=True)
-    yield server
-    server.stop()
+def server(start_app):
+    return start_app("load_app", own_tmp=True)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,7 @@ def images(tmp_path_factory) -> list[Path]:
 
 
 def _predict(client: Client, image: Path) -> list[tuple[str, float]]:
-    label, *_ = client.predict([handle_file(str(image))], MODEL, "Random init", None, 5, False, api_name="/predict")
+    label, *_ = predict_call(client, [image], MODEL, "Random init", top_k=5)
     return [(c["label"], c["confidence"]) for c in label["confidences"]]
 
 
@@ -142,8 +140,6 @@ def test_sessions_that_expire_leave_no_folders_behind(tmp_path):
     """Eight users each load a zip; once their session state's time to live has passed, every session
     folder (with its extracted zip) is gone, and a user coming back simply starts a new one."""
     import zipfile
-
-    from short_ttl_app import SHORT_TTL_S
 
     archive = tmp_path / "pets.zip"
     with zipfile.ZipFile(archive, "w") as zf:

@@ -15,8 +15,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import AppServer
 from gradio_client import Client, handle_file
+from helpers import AppServer
 from PIL import Image
 
 from densenet_demo.data import examples
@@ -134,13 +134,6 @@ def _classifies_with(client: Client, run_dir: Path, image: Path) -> None:
 
 def _visible_files(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-
-
-@pytest.fixture(scope="module")
-def photo(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("photo") / "photo.png"
-    Image.new("RGB", (40, 40), (200, 40, 40)).save(path)
-    return path
 
 
 def test_stop_mid_epoch_keeps_the_weights_so_far_and_a_new_run_starts(server, zips, photo):

@@ -14,10 +14,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import AppServer
 from gradio_client import Client, handle_file
-from PIL import Image
-from test_train import _colour_zip
+from helpers import SHORT_TTL_S, AppServer, colour_zip, predict_call
 
 from densenet_demo.data.images import default_preprocessing
 from densenet_demo.hosting import runs
@@ -34,7 +32,7 @@ ARCH_ARGS = ("densenet121", 32, "4,4,4,4", 64, 0, 0.5, 0.0, "imagenet", "1", Non
 @pytest.fixture(scope="module")
 def squares(tmp_path_factory):
     """A zip of 3 classes x 12 small images: a run of about a second an epoch."""
-    return _colour_zip(tmp_path_factory.mktemp("squares"), per_class=12)
+    return colour_zip(tmp_path_factory.mktemp("squares"), per_class=12)
 
 
 def _train(client: Client, squares, *, model="densenet_fashion", mode="scratch", epochs=1):
@@ -58,7 +56,7 @@ def _choices(client: Client) -> list[str]:
 
 
 def _predict(client: Client, model: str, photo) -> dict:
-    label, *_ = client.predict([handle_file(str(photo))], model, "ImageNet", None, 2, False, api_name="/predict")
+    label, *_ = predict_call(client, [photo], model, "ImageNet", top_k=2)
     return label
 
 
@@ -66,13 +64,6 @@ def _refusal(call) -> str:
     with pytest.raises(Exception) as error:
         call()
     return str(error.value)
-
-
-@pytest.fixture
-def photo(tmp_path):
-    path = tmp_path / "photo.png"
-    Image.new("RGB", (40, 40), (20, 160, 40)).save(path)
-    return path
 
 
 def test_runs_are_the_sessions_own_on_a_shared_server_and_everyones_locally(tmp_path, photo, squares):
@@ -142,7 +133,6 @@ def _wait_for(condition, timeout: float, what: str, server: AppServer) -> None:
 
 
 def test_caps_and_expiry_remove_old_runs_oldest_first_never_a_training_one(tmp_path, tiny_config, photo, squares):
-    from short_ttl_app import SHORT_TTL_S
 
     root = tmp_path / "app"
     runs_root = root / "weights" / "runs"

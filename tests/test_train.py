@@ -6,12 +6,12 @@ from __future__ import annotations
 import io
 import logging
 import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import colour_images, event_kinds, train_config
 from PIL import Image
 
 from densenet_demo.data import datasets as data
@@ -24,52 +24,10 @@ from densenet_demo.training.events import CancelToken, EpochEnd, Failed, Finishe
 from densenet_demo.training.loop import Trainer
 from densenet_demo.weights import checkpoints
 
-COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
-
-
-def _colour_images(root: Path, per_class: int, seed: int = 0) -> Path:
-    """Noisy squares of three colours at varied brightness: easy enough for a tiny model in a few epochs."""
-    rng = np.random.default_rng(seed)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            pixels = np.array(colour) * rng.uniform(0.7, 1.2) + rng.normal(0, 20, (24, 24, 3))
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name / f"{i}.png")
-    return root
-
-
-def _colour_zip(root: Path, per_class: int) -> Path:
-    """``_colour_images`` as a zip of class folders (``root.zip``), as a user uploads them."""
-    folder = _colour_images(root, per_class)
-    archive = root.with_suffix(".zip")
-    with zipfile.ZipFile(archive, "w") as z:
-        for path in sorted(folder.rglob("*.png")):
-            z.write(path, path.relative_to(folder))
-    return archive
-
-
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory) -> data.LabeledFiles:
-    files, _ = data.load_image_folder(_colour_images(tmp_path_factory.mktemp("colours"), per_class=8))
-    return files
-
-
-def _config(tiny_config, **changes) -> TrainConfig:
-    settings = dict(
-        model=tiny_config, weights="random", mode="scratch", epochs=3, batch_size=6, lr=1e-2, optimizer="adamw",
-        schedule="cosine", image_size=16, val_fraction=0.25, device="cpu",
-    )  # fmt: skip
-    return TrainConfig(**{**settings, **changes})
-
 
 def _run(config: TrainConfig, files, cancel: CancelToken | None = None, **kwargs) -> tuple[Trainer, list]:
     trainer = Trainer(config, files, **kwargs)
     return trainer, list(trainer.run(cancel))
-
-
-def _kinds(events) -> str:
-    """The events' kinds in order, less the ``preparing`` messages (test_events_come_in_order checks those)."""
-    return " ".join(e.kind for e in events if e.kind != "preparing")
 
 
 def _started(events) -> Started:
@@ -77,7 +35,7 @@ def _started(events) -> Started:
 
 
 def test_a_tiny_model_learns_loss_falls_and_val_acc_beats_chance(tiny_config, colours):
-    _, events = _run(_config(tiny_config, epochs=6), colours)
+    _, events = _run(train_config(tiny_config, epochs=6), colours)
     epochs = [e for e in events if isinstance(e, EpochEnd)]
     finished = events[-1]
     assert isinstance(finished, Finished), events[-1]
@@ -87,7 +45,7 @@ def test_a_tiny_model_learns_loss_falls_and_val_acc_beats_chance(tiny_config, co
 
 
 def test_events_come_in_order_started_steps_epoch_ends_finished(tiny_config, colours):
-    _, events = _run(_config(tiny_config, epochs=2), colours)
+    _, events = _run(train_config(tiny_config, epochs=2), colours)
     kinds = " ".join(e.kind for e in events)
     pattern = r"preparing started preparing (step ){3}validating epoch_end (step ){3}validating epoch_end finished"
     assert re.fullmatch(pattern, kinds)  # "validating": seconds without a step are coming
@@ -104,22 +62,22 @@ def test_linear_mode_computes_each_image_features_exactly_once(tiny_config, colo
     seen = []
     forward_features = DenseNet.forward_features
     monkeypatch.setattr(DenseNet, "forward_features", lambda self, x: seen.append(len(x)) or forward_features(self, x))
-    trainer, events = _run(_config(tiny_config, mode="linear", epochs=4), colours)
+    trainer, events = _run(train_config(tiny_config, mode="linear", epochs=4), colours)
     assert isinstance(events[-1], Finished)
     assert sum(seen) == 24 == trainer.backbone_images  # 18 train + 6 val images, once each, over 4 epochs
-    assert re.fullmatch(r"started (caching )+((step )+validating epoch_end ){4}finished", _kinds(events))
+    assert re.fullmatch(r"started (caching )+((step )+validating epoch_end ){4}finished", event_kinds(events))
 
 
 def test_linear_mode_without_the_cache_runs_the_backbone_every_epoch(tiny_config, colours, monkeypatch):
     seen = []
     forward_features = DenseNet.forward_features
     monkeypatch.setattr(DenseNet, "forward_features", lambda self, x: seen.append(len(x)) or forward_features(self, x))
-    _, events = _run(_config(tiny_config, mode="linear", epochs=2, cache_features=False), colours)
+    _, events = _run(train_config(tiny_config, mode="linear", epochs=2, cache_features=False), colours)
     assert isinstance(events[-1], Finished) and sum(seen) == 2 * 24
 
 
 def test_linear_mode_trains_only_the_head(tiny_config, colours):
-    trainer, events = _run(_config(tiny_config, mode="linear", epochs=2), colours)
+    trainer, events = _run(train_config(tiny_config, mode="linear", epochs=2), colours)
     assert isinstance(events[-1], Finished)
     torch.manual_seed(trainer.config.seed)  # as the trainer does before building its model
     start, _, _ = build_model(trainer.config, trainer.class_names)
@@ -130,13 +88,13 @@ def test_linear_mode_trains_only_the_head(tiny_config, colours):
 
 def test_cancel_mid_epoch_yields_cancelled_with_the_best_checkpoint_so_far(tiny_config, colours):
     cancel = CancelToken()
-    trainer = Trainer(_config(tiny_config, batch_size=2), colours)
+    trainer = Trainer(train_config(tiny_config, batch_size=2), colours)
     events = []
     for event in trainer.run(cancel):
         events.append(event)
         if isinstance(event, Step) and (event.epoch, event.step) == (2, 3):
             cancel.cancel()
-    assert _kinds(events).endswith("epoch_end step step step cancelled")  # stopped within one step
+    assert event_kinds(events).endswith("epoch_end step step step cancelled")  # stopped within one step
     cancelled = events[-1]
     assert cancelled.epoch == 2 and cancelled.best_val_acc == events[-5].best_val_acc
     model, info = checkpoints.load_checkpoint(cancelled.checkpoint_dir)
@@ -150,11 +108,11 @@ def test_cancel_mid_epoch_yields_cancelled_with_the_best_checkpoint_so_far(tiny_
 def test_cancel_before_any_epoch_ended_keeps_the_weights_so_far(tiny_config, colours):
     cancel = CancelToken()
     events = []
-    for event in Trainer(_config(tiny_config, batch_size=2), colours).run(cancel):
+    for event in Trainer(train_config(tiny_config, batch_size=2), colours).run(cancel):
         events.append(event)
         if isinstance(event, Step):
             cancel.cancel()
-    assert _kinds(events) == "started step cancelled"
+    assert event_kinds(events) == "started step cancelled"
     model, info = checkpoints.load_checkpoint(events[-1].checkpoint_dir)
     assert info.metrics["cancelled_mid_epoch"] is True and events[-1].best_val_acc is None
     assert events[-1].confusion_matrix is None
@@ -168,15 +126,15 @@ def test_seeded_runs_on_the_cpu_give_identical_metrics(tiny_config, colours):
         kept = [e.to_dict() for e in events if e.kind in ("step", "epoch_end", "finished")]
         return [{k: v for k, v in d.items() if k not in timings} for d in kept]
 
-    config = _config(tiny_config, augment=True, epochs=2)
+    config = train_config(tiny_config, augment=True, epochs=2)
     first, second = metrics(_run(config, colours)[1]), metrics(_run(config, colours)[1])
     assert first == second and len(first) == 2 * 4 + 1
-    other = metrics(_run(_config(tiny_config, augment=True, epochs=2, seed=1), colours)[1])
+    other = metrics(_run(train_config(tiny_config, augment=True, epochs=2, seed=1), colours)[1])
     assert other != first
 
 
 def test_the_saved_checkpoint_predicts_what_the_trained_model_predicts(tiny_config, colours):
-    trainer, events = _run(_config(tiny_config), colours)
+    trainer, events = _run(train_config(tiny_config), colours)
     finished = events[-1]
     assert Path(finished.checkpoint_dir).parent == checkpoints.runs_dir().resolve()
     predictor = predict.get_predictor(finished.checkpoint_dir)
@@ -201,11 +159,11 @@ def _truncated_png() -> bytes:
 
 @pytest.mark.parametrize("mode", ["scratch", "linear"])
 def test_an_image_corrupt_only_when_decoded_is_skipped_reported_and_training_goes_on(tiny_config, tmp_path, mode):
-    root = _colour_images(tmp_path / "d", per_class=4)
+    root = colour_images(tmp_path / "d", per_class=4)
     (root / "red" / "broken.png").write_bytes(_truncated_png())
     files, report = data.load_image_folder(root)
     assert report.skipped == [] and len(files.train) == 13  # its header is fine
-    trainer, events = _run(_config(tiny_config, mode=mode, epochs=2, batch_size=4, val_fraction=0.5), files)
+    trainer, events = _run(train_config(tiny_config, mode=mode, epochs=2, batch_size=4, val_fraction=0.5), files)
     assert isinstance(events[-1], Finished), events[-1]
     (path, reason), *more = events[-1].skipped
     assert not more and path.endswith("broken.png") and "truncated" in reason
@@ -226,12 +184,12 @@ def test_an_exception_in_a_step_fails_the_run_and_the_next_run_succeeds(tiny_con
 
     with monkeypatch.context() as patch:
         patch.setattr(loop, "F", Failing())
-        _, events = _run(_config(tiny_config), colours)
-    assert _kinds(events) == "started failed"
+        _, events = _run(train_config(tiny_config), colours)
+    assert event_kinds(events) == "started failed"
     failed = events[-1]
     assert failed.message == "training failed: RuntimeError: boom in a step"
     assert "Traceback" in failed.detail and "Traceback" not in failed.message and failed.checkpoint_dir is None
-    assert isinstance(_run(_config(tiny_config, epochs=1), colours)[1][-1], Finished)
+    assert isinstance(_run(train_config(tiny_config, epochs=1), colours)[1][-1], Finished)
 
 
 def test_out_of_memory_fails_with_advice_and_the_next_run_succeeds(tiny_config, colours, monkeypatch):
@@ -240,12 +198,12 @@ def test_out_of_memory_fails_with_advice_and_the_next_run_succeeds(tiny_config, 
 
     with monkeypatch.context() as patch:
         patch.setattr(DenseNet, "forward", out_of_memory)
-        _, events = _run(_config(tiny_config), colours)
+        _, events = _run(train_config(tiny_config), colours)
     message = events[-1].message
     assert isinstance(events[-1], Failed) and message.startswith("out of memory")
     assert "smaller batch size (now 6)" in message and "smaller image size (now 16)" in message
     assert "memory-efficient on" in message
-    assert isinstance(_run(_config(tiny_config, epochs=1), colours)[1][-1], Finished)
+    assert isinstance(_run(train_config(tiny_config, epochs=1), colours)[1][-1], Finished)
 
 
 def test_a_failed_run_logs_its_message_and_traceback_at_error(tiny_config, colours, monkeypatch, caplog):
@@ -254,7 +212,7 @@ def test_a_failed_run_logs_its_message_and_traceback_at_error(tiny_config, colou
 
     with monkeypatch.context() as patch, caplog.at_level(logging.INFO, logger="densenet_demo.training.loop"):
         patch.setattr(DenseNet, "forward", faulty_forward)
-        trainer, events = _run(_config(tiny_config), colours)
+        trainer, events = _run(train_config(tiny_config), colours)
     assert isinstance(events[-1], Failed)
     (error,) = [record for record in caplog.records if record.levelno >= logging.WARNING]
     logged = error.getMessage()
@@ -265,7 +223,7 @@ def test_a_failed_run_logs_its_message_and_traceback_at_error(tiny_config, colou
 
 def test_a_run_logs_its_start_and_its_end_at_info(tiny_config, colours, caplog):
     with caplog.at_level(logging.INFO, logger="densenet_demo.training"):
-        trainer, events = _run(_config(tiny_config, epochs=1), colours)
+        trainer, events = _run(train_config(tiny_config, epochs=1), colours)
     assert isinstance(events[-1], Finished)
     started, finished = [record.getMessage() for record in caplog.records]
     assert all(record.levelno == logging.INFO for record in caplog.records)
@@ -274,44 +232,44 @@ def test_a_run_logs_its_start_and_its_end_at_info(tiny_config, colours, caplog):
 
 
 def test_the_gpu_code_paths_run_on_the_cpu(tiny_config, colours):
-    config = _config(tiny_config, mode="finetune", amp="bf16", channels_last=True, memory_efficient=True, epochs=1)
+    config = train_config(tiny_config, mode="finetune", amp="bf16", channels_last=True, memory_efficient=True, epochs=1)
     trainer, events = _run(config, colours)
     assert isinstance(events[-1], Finished), events[-1]
     assert _started(events).amp == "bfloat16" and trainer.model.cfg.memory_efficient
     with pytest.raises(ValueError, match="fp16 mixed precision needs a CUDA GPU"):
-        Trainer(_config(tiny_config, amp="fp16"), colours)
+        Trainer(train_config(tiny_config, amp="fp16"), colours)
 
 
 def test_training_on_the_cpu_runs_channels_last_by_default_and_contiguous_when_asked(tiny_config, colours):
     # oneDNN's CPU convolutions train ~13% and evaluate ~20% faster in NHWC (DenseNet-121, 64 px, 1 thread).
-    trainer, events = _run(_config(tiny_config, epochs=1), colours)
+    trainer, events = _run(train_config(tiny_config, epochs=1), colours)
     assert isinstance(events[-1], Finished)
     conv = trainer.model.features.conv0.weight
     assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
-    trainer, events = _run(_config(tiny_config, epochs=1, channels_last=False), colours)
+    trainer, events = _run(train_config(tiny_config, epochs=1, channels_last=False), colours)
     assert isinstance(events[-1], Finished) and trainer.model.features.conv0.weight.is_contiguous()
 
 
 def test_finetune_gives_the_backbone_a_tenth_of_the_head_lr(tiny_config):
     model = DenseNet(tiny_config)
-    optimizer = make_optimizer(_config(tiny_config, mode="finetune", lr=1e-3).resolved(), model)
+    optimizer = make_optimizer(train_config(tiny_config, mode="finetune", lr=1e-3).resolved(), model)
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([1e-4, 1e-3])
-    sgd = make_optimizer(_config(tiny_config, optimizer="sgd").resolved(), model)
+    sgd = make_optimizer(train_config(tiny_config, optimizer="sgd").resolved(), model)
     assert sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
 
 
 def test_training_continues_from_a_checkpoint_folder(tiny_config, colours):
-    first = _run(_config(tiny_config, epochs=1), colours)[1][-1]
-    trainer, events = _run(_config(tiny_config, mode="finetune", weights=first.checkpoint_dir, epochs=1), colours)
+    first = _run(train_config(tiny_config, epochs=1), colours)[1][-1]
+    trainer, events = _run(train_config(tiny_config, mode="finetune", weights=first.checkpoint_dir, epochs=1), colours)
     assert _started(events).weights == f"checkpoint {Path(first.checkpoint_dir).name}"
     assert isinstance(events[-1], Finished) and trainer.out_dir != Path(first.checkpoint_dir)
 
 
 def test_a_train_and_val_layout_is_honoured_by_the_trainer(tiny_config, tmp_path):
-    _colour_images(tmp_path / "d" / "train", per_class=4)
-    _colour_images(tmp_path / "d" / "val", per_class=1, seed=1)
+    colour_images(tmp_path / "d" / "train", per_class=4)
+    colour_images(tmp_path / "d" / "val", per_class=1, seed=1)
     files, _ = data.load_image_folder(tmp_path / "d")
-    trainer, events = _run(_config(tiny_config, epochs=1), files, out_dir=tmp_path / "out")
+    trainer, events = _run(train_config(tiny_config, epochs=1), files, out_dir=tmp_path / "out")
     assert (_started(events).n_train, _started(events).n_val) == (12, 3)
     assert all("/val/" in str(path) for path, _ in trainer.val_items)
     assert events[-1].checkpoint_dir == str(tmp_path / "out")
@@ -333,10 +291,10 @@ def test_a_train_and_val_layout_is_honoured_by_the_trainer(tiny_config, tmp_path
 )
 def test_bad_settings_are_refused_with_a_clear_message(tiny_config, changes, message):
     with pytest.raises(ValueError, match=message):
-        _config(tiny_config, **changes)
+        train_config(tiny_config, **changes)
 
 
 def test_too_few_images_to_validate_is_a_dataset_error(tiny_config, tmp_path):
-    files, _ = data.load_image_folder(_colour_images(tmp_path / "d", per_class=1))
+    files, _ = data.load_image_folder(colour_images(tmp_path / "d", per_class=1))
     with pytest.raises(data.DatasetError, match="at least 2 images"):
-        Trainer(_config(tiny_config), files)
+        Trainer(train_config(tiny_config), files)

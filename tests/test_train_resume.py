@@ -12,43 +12,25 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import torch
-from test_finetune_tab import SETTINGS, _checked, _images
-from test_train import _colour_images, _config, _kinds
+from helpers import (
+    ONE_EPOCH_PAGE_SETTINGS,
+    checked_dataset,
+    colour_images,
+    event_kinds,
+    finetune_page,
+    images_by_hand,
+    train_config,
+)
 
 from densenet_demo.cli.main import main
 from densenet_demo.data import datasets as data
-from densenet_demo.data.images import default_preprocessing
-from densenet_demo.model import DenseNet
 from densenet_demo.training import runners
 from densenet_demo.training.events import CancelToken
 from densenet_demo.training.loop import Trainer
 from densenet_demo.training.pacing import RunClock, lr_factor
 from densenet_demo.training.state import STATE_FILE, LoopState
-from densenet_demo.ui import finetune_data
-from densenet_demo.ui.common import model_choices
 from densenet_demo.ui.continue_run import continue_training
-from densenet_demo.ui.finetune_tab import build_finetune_tab, start_training
-from densenet_demo.ui.training_run import FinetuneTab
-from densenet_demo.weights import checkpoints
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory) -> Path:
-    return _colour_images(tmp_path_factory.mktemp("colours"), per_class=8)
-
-
-@pytest.fixture(scope="module")
-def colours(folder) -> data.LabeledFiles:
-    return data.load_image_folder(folder)[0]
-
-
-@pytest.fixture
-def start_from(tmp_path, tiny_config) -> Path:
-    """A tiny DenseNet as a checkpoint folder, for ``--model``."""
-    model = DenseNet(tiny_config)
-    preprocessing = default_preprocessing(model.cfg)
-    checkpoints.save_checkpoint(tmp_path / "tiny", model, class_names=["x", "y", "z"], preprocessing=preprocessing)
-    return tmp_path / "tiny"
+from densenet_demo.ui.finetune_tab import start_training
 
 
 def _tensors_on_cpu(value) -> bool:
@@ -79,14 +61,14 @@ def _chained(config, files, seconds_per_call: float, gap_s: float = 0.0) -> tupl
 
 @pytest.mark.parametrize("mode", ["scratch", "linear"])
 def test_a_run_paused_after_every_step_trains_exactly_as_one_without_pauses(tiny_config, colours, mode):
-    config = _config(tiny_config, mode=mode, epochs=3, weights="random")
+    config = train_config(tiny_config, mode=mode, epochs=3, weights="random")
     whole, calls = _chained(config, colours, seconds_per_call=float("inf"))  # never paused; the same batch order
     assert calls == 1
     chained, calls = _chained(config, colours, seconds_per_call=0.0)  # paused once a step has been timed
     steps = [e for e in chained if e.kind == "step"]
     assert calls >= len(steps) / 2 > 1
     assert [(e.epoch, e.step) for e in steps] == [(ep, s) for ep in (1, 2, 3) for s in range(1, steps[0].steps + 1)]
-    assert _kinds(chained).split().count("started") == 1
+    assert event_kinds(chained).split().count("started") == 1
     # The state carries everything (weights, optimizer, RNG, the epoch's order and running sums): the same numbers.
     assert [(e.loss, e.acc, e.lr) for e in steps] == [(e.loss, e.acc, e.lr) for e in whole if e.kind == "step"]
     ends = [(e.train_loss, e.train_acc, e.val_acc, e.val_loss) for e in chained if e.kind == "epoch_end"]
@@ -96,7 +78,7 @@ def test_a_run_paused_after_every_step_trains_exactly_as_one_without_pauses(tiny
 
 
 def test_a_time_budget_counts_the_time_inside_calls_not_between_them(tiny_config, colours):
-    config = _config(tiny_config, epochs=None, time_budget_s=3.0)
+    config = train_config(tiny_config, epochs=None, time_budget_s=3.0)
     events, calls = _chained(config, colours, seconds_per_call=1.0, gap_s=1.5)
     assert events[-1].kind == "finished" and events[-1].out_of_time
     assert calls >= 3  # counted with the gaps, the budget would have run out in the second call
@@ -106,7 +88,7 @@ def test_a_time_budget_counts_the_time_inside_calls_not_between_them(tiny_config
 
 
 def test_the_state_a_finished_run_keeps_holds_cpu_tensors_and_plain_data(tiny_config, colours):
-    trainer = Trainer(_config(tiny_config, epochs=2), colours)
+    trainer = Trainer(train_config(tiny_config, epochs=2), colours)
     list(trainer.run())
     path = trainer.out_dir / STATE_FILE
     state = torch.load(path, weights_only=True)  # nothing but data: no pickled classes
@@ -116,17 +98,17 @@ def test_the_state_a_finished_run_keeps_holds_cpu_tensors_and_plain_data(tiny_co
 
 
 def test_a_linear_run_keeps_only_its_head_and_a_continued_one_computes_its_features_again(tiny_config, colours):
-    trainer = Trainer(_config(tiny_config, mode="linear", epochs=2), colours)
+    trainer = Trainer(train_config(tiny_config, mode="linear", epochs=2), colours)
     list(trainer.run())
     state = LoopState.load(trainer.out_dir)
     assert state.cache is None and all(key.startswith("classifier.") for key in state.weights)
     events = list(runners.continue_training(trainer.out_dir, colours, 2).events())
-    assert "caching" in _kinds(events) and events[-1].kind == "finished"
+    assert "caching" in event_kinds(events) and events[-1].kind == "finished"
     assert [e.epoch for e in events if e.kind == "epoch_end"] == [3, 4]
 
 
 def test_a_finished_run_continues_for_more_epochs_on_the_schedule_of_the_longer_run(tiny_config, colours):
-    config = _config(tiny_config, epochs=2)
+    config = train_config(tiny_config, epochs=2)
     trainer = Trainer(config, colours)
     first = list(trainer.run())
     assert first[-1].kind == "finished"
@@ -144,7 +126,7 @@ def test_a_finished_run_continues_for_more_epochs_on_the_schedule_of_the_longer_
 
 def test_a_stopped_run_continues_with_the_epoch_it_stopped_in(tiny_config, colours):
     cancel = CancelToken()
-    trainer = Trainer(_config(tiny_config, epochs=2), colours)
+    trainer = Trainer(train_config(tiny_config, epochs=2), colours)
     for event in trainer.run(cancel):
         if event.kind == "step" and (event.epoch, event.step) == (2, 2):
             cancel.cancel()
@@ -156,7 +138,7 @@ def test_a_stopped_run_continues_with_the_epoch_it_stopped_in(tiny_config, colou
 
 
 def test_a_time_budget_run_continues_for_epochs(tiny_config, colours):
-    trainer = Trainer(_config(tiny_config, epochs=None, time_budget_s=1.0), colours)
+    trainer = Trainer(train_config(tiny_config, epochs=None, time_budget_s=1.0), colours)
     first = list(trainer.run())
     assert first[-1].kind == "finished"
     events = list(runners.continue_training(trainer.out_dir, colours, 1).events())
@@ -166,9 +148,9 @@ def test_a_time_budget_run_continues_for_epochs(tiny_config, colours):
 
 
 def test_continuing_on_other_classes_is_refused(tiny_config, colours, tmp_path):
-    trainer = Trainer(_config(tiny_config, epochs=1), colours)
+    trainer = Trainer(train_config(tiny_config, epochs=1), colours)
     list(trainer.run())
-    other, _ = data.load_image_folder(_colour_images(tmp_path / "other", per_class=4))
+    other, _ = data.load_image_folder(colour_images(tmp_path / "other", per_class=4))
     other = data.LabeledFiles(("a", "b", "c"), other.train)
     with pytest.raises(ValueError, match="data it was trained on"):
         runners.continue_training(trainer.out_dir, other, 1)
@@ -185,11 +167,11 @@ def test_a_run_without_a_saved_state_says_what_to_do(tmp_path, colours):
         runners.continue_training(tmp_path, colours, 1)
 
 
-def test_the_command_line_continues_a_run_for_more_epochs(folder, start_from, capsys):
-    argv = ["train", str(folder), "--model", str(start_from), "--mode", "finetune", "--epochs", "1"]
+def test_the_command_line_continues_a_run_for_more_epochs(colour_folder, tiny_checkpoint, capsys):
+    argv = ["train", str(colour_folder), "--model", str(tiny_checkpoint), "--mode", "finetune", "--epochs", "1"]
     assert main([*argv, "--image-size", "16", "--batch-size", "8", "--json"]) == 0
     first = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    assert main(["train", str(folder), "--resume", first.name, "--epochs", "2", "--json"]) == 0
+    assert main(["train", str(colour_folder), "--resume", first.name, "--epochs", "2", "--json"]) == 0
     out, err = capsys.readouterr()
     *lines, last = out.strip().splitlines()
     events = [json.loads(line) for line in lines]
@@ -205,27 +187,21 @@ def test_the_command_line_continues_a_run_for_more_epochs(folder, start_from, ca
         (["--model", "densenet121"], "leave out --model"),
     ],
 )
-def test_the_command_line_refuses_new_settings_for_a_continued_run(folder, capsys, extra, message):
-    assert main(["train", str(folder), "--resume", "some-run", *extra]) == 2
+def test_the_command_line_refuses_new_settings_for_a_continued_run(colour_folder, capsys, extra, message):
+    assert main(["train", str(colour_folder), "--resume", "some-run", *extra]) == 2
     assert message in capsys.readouterr().err
 
 
-def test_the_command_line_names_a_run_it_cannot_find(folder, capsys):
-    assert main(["train", str(folder), "--resume", "no-such-run"]) == 2
+def test_the_command_line_names_a_run_it_cannot_find(colour_folder, capsys):
+    assert main(["train", str(colour_folder), "--resume", "no-such-run"]) == 2
     assert "no-such-run" in capsys.readouterr().err
 
 
-def _page() -> FinetuneTab:
-    with gr.Blocks():
-        state = finetune_data.session_state()
-        return build_finetune_tab(model_choices(None), predict_model=gr.Dropdown(), reuse=gr.Dropdown(), state=state)
-
-
 def test_the_page_continues_its_last_run_for_more_epochs(tmp_path):
-    tab, state = _page(), _checked(_images(tmp_path / "d", 6))
+    tab, state = finetune_page(), checked_dataset(images_by_hand(tmp_path / "d", 6))
     with pytest.raises(gr.Error, match="Train a run first"):
         next(continue_training(tab, state, 2))
-    *_, first = start_training(tab, state, *SETTINGS)  # one epoch
+    *_, first = start_training(tab, state, *ONE_EPOCH_PAGE_SETTINGS)  # one epoch
     assert "Finished" in first[tab.log]
     *_, last = continue_training(tab, first[tab.state], 2.0)
     log = last[tab.log]
@@ -245,7 +221,7 @@ def test_a_budget_that_runs_out_as_an_epoch_begins_leaves_that_epoch_to_the_cont
 ):
     # The budget runs out at the first step of epoch 2: epoch 2 took no step, so it is not counted as run, and a
     # continuation for 2 more epochs trains epochs 2 and 3.
-    config = _config(tiny_config, epochs=None, time_budget_s=600.0)
+    config = train_config(tiny_config, epochs=None, time_budget_s=600.0)
     trainer = Trainer(config, colours)
     monkeypatch.setattr(RunClock, "out_of_time", lambda self, steps_done: trainer.state.epoch >= 2)
     first = list(trainer.run())

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from model_helpers import trained_looking
+from helpers import trained_looking
 from PIL import Image
 from safetensors.torch import save_file
 

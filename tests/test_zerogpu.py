@@ -19,12 +19,10 @@ from pathlib import Path
 import gradio as gr
 import pytest
 import torch
-from conftest import AppServer, _repo_root
 from gradio_client import Client, handle_file
+from helpers import REPO_ROOT, colour_zip, train_config
 from PIL import Image
-from test_train import _colour_images, _colour_zip, _config
 
-from densenet_demo.data import datasets as data
 from densenet_demo.hosting import gpu
 from densenet_demo.training import build, runners
 from densenet_demo.training.config import default_batch_size
@@ -33,11 +31,6 @@ from densenet_demo.ui import classify
 
 FAKE_SPACES = Path(__file__).resolve().parent / "fake_spaces"
 CALL_S = 30  # the GPU call cap of the app under the double: its 25% reserve (7.5 s) holds on a loaded 2-core CPU
-
-
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory) -> data.LabeledFiles:
-    return data.load_image_folder(_colour_images(tmp_path_factory.mktemp("colours"), per_class=8))[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +131,7 @@ def chain(monkeypatch):
 
 
 def test_a_chained_run_reads_as_one_run(chain, tiny_config, colours):
-    run = runners.start(_config(tiny_config, epochs=3), colours)
+    run = runners.start(train_config(tiny_config, epochs=3), colours)
     assert isinstance(run, runners.GPUCallsRun)
     events = list(run.events())
     assert chain["calls"] > 2
@@ -151,7 +144,7 @@ def test_a_chained_run_reads_as_one_run(chain, tiny_config, colours):
 
 def test_stop_between_calls_ends_the_run_here_and_keeps_the_best_checkpoint(chain, tiny_config, colours):
     events = []
-    run = runners.start(_config(tiny_config, epochs=3), colours)
+    run = runners.start(train_config(tiny_config, epochs=3), colours)
 
     def stop_after_an_epoch():
         if any(e.kind == "epoch_end" for e in events):
@@ -167,7 +160,7 @@ def test_stop_between_calls_ends_the_run_here_and_keeps_the_best_checkpoint(chai
 
 def test_stop_inside_a_call_reaches_the_call(chain, tiny_config, colours, monkeypatch):
     monkeypatch.setattr(runners, "RESERVE_FRACTION", 0.25)  # one long call
-    run = runners.start(_config(tiny_config, epochs=200), colours)
+    run = runners.start(train_config(tiny_config, epochs=200), colours)
     for event in run.events():
         if event.kind == "epoch_end" and event.epoch == 2:
             run.stop()  # the relay turns it into the stop file the call looks for
@@ -175,7 +168,7 @@ def test_stop_inside_a_call_reaches_the_call(chain, tiny_config, colours, monkey
 
 
 def test_a_refused_call_ends_the_run_with_the_message_and_it_can_be_continued(chain, tiny_config, colours):
-    run = runners.start(_config(tiny_config, epochs=8), colours)
+    run = runners.start(train_config(tiny_config, epochs=8), colours)
     chain["refuse_at"] = 6
     events = list(run.events())
     assert events[-1].kind == "failed" and "No GPU was available" in events[-1].message
@@ -273,18 +266,17 @@ def _calls(log: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def zero(tmp_path_factory):
-    root = tmp_path_factory.mktemp("zerogpu")
+def zero(tmp_path_factory, start_app):
+    root = tmp_path_factory.mktemp("zerogpu_calls")
     log, control = root / "calls.jsonl", root / "control.json"
-    server = AppServer.started(root, env=_zerogpu_env(log, control))
-    yield server, log, control, Client(server.url, verbose=False)
-    server.stop()
+    server = start_app("zerogpu", env=_zerogpu_env(log, control))
+    return server, log, control, Client(server.url, verbose=False)
 
 
 @pytest.fixture(scope="module")
 def squares(tmp_path_factory) -> Path:
     """A small zip of class folders: a run of a few seconds an epoch on a CPU."""
-    return _colour_zip(tmp_path_factory.mktemp("squares"), per_class=16)
+    return colour_zip(tmp_path_factory.mktemp("squares"), per_class=16)
 
 
 def _positions(outputs) -> list[tuple[int, int]]:
@@ -339,7 +331,7 @@ def test_a_run_longer_than_one_call_goes_on_seamlessly_and_continues_from_the_ap
     env = {**os.environ, **_zerogpu_env(log, control), "DENSENET_DEMO_WEIGHTS": str(server.weights_dir)}
     result = subprocess.run(
         [sys.executable, "-m", "densenet_demo", "train", str(squares), "--resume", run, "--epochs", "1", "--json"],
-        cwd=_repo_root(), env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]

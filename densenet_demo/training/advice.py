@@ -37,6 +37,7 @@ from ..weights import pretrained
 from . import timing
 from .build import pick_device
 from .config import TrainConfig, default_batch_size
+from .settings import parse_duration
 
 __all__ = ["DataTraits", "Estimate", "Suggestion", "duration", "estimate_time", "look_at", "suggest_settings"]
 
@@ -254,10 +255,12 @@ def _scratch_suggestion(
     note = "the smallest model that sees them" if model == "densenet_fashion" else "its stem shrinks them 4x"
     if not traits.grayscale and model == "densenet121":
         note = "the fastest colour model here"
+    # The budget is at least 30 s: a quick epoch fits many more than BUDGET_EPOCHS into it, and the text says so.
+    epochs = max(1, round((parse_duration(budget) - _STARTUP_S) / epoch)) if epoch > 0 else BUDGET_EPOCHS
     reason = (
         f"small {kind} images (about {traits.median_side:.0f} px): {model} from scratch at {size} px, {note}: "
         f"{t.images_per_s:.0f} images/s measured here, a first result in about {duration(first)}, "
-        f"{budget} for about {BUDGET_EPOCHS} epochs"
+        f"{budget} for about {epochs} epochs"
     )
     return Suggestion(model, "scratch", size, batch, "quick", budget, traits.grayscale, reason, epoch)
 

@@ -46,7 +46,7 @@ AMP_CHOICES = ("auto", "off", "bf16", "fp16")
 RECIPE_HELP = {
     "quick": "AdamW, short linear warm-up then cosine to 0, label smoothing 0.1, from scratch BatchNorm statistics "
     "recomputed before each validation: a good model in a few epochs or a time budget (measured on digit scans and "
-    "texture photos, bench/quick_finetune.py)",
+    "texture photos, bench/recipe_sweep.py)",
     "paper": "the DenseNet paper's: SGD with Nesterov momentum 0.9, lr 0.1 (scratch) divided by 10 at 50% and 75% "
     "of the run, no warm-up, no label smoothing; made for hundreds of epochs",
 }
@@ -59,7 +59,7 @@ _RECIPES: dict[str, dict[str, dict[str, Any]]] = {
         # Fine-tuning: few epochs at a small lr (Adam 1e-3 for the new head, 1e-4 for the pretrained backbone).
         "finetune": {"epochs": 5, "lr": 1e-3, "optimizer": "adamw", "schedule": "cosine", "warmup": 0.05},
         # From scratch: AdamW 2e-3 with 10% warm-up beat the paper's SGD 0.1 + steps and Adam 1e-3 at equal time
-        # on real scans and photos (bench/quick_finetune.py; README); warm-up keeps Adam's first steps sane.
+        # on real scans and photos (bench/recipe_sweep.py; docs/training.md); warm-up keeps Adam's first steps sane.
         "scratch": {"epochs": 5, "lr": 2e-3, "optimizer": "adamw", "schedule": "cosine", "warmup": 0.1},
     },
     "paper": {

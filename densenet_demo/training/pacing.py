@@ -191,7 +191,7 @@ class CallDeadline:
 def mid_epoch_step(epochs: int, steps_per_epoch: int, *, budget_s: float | None) -> int | None:
     """The step of epoch 1 after which to validate as well, so that a short run shows a first result at half an
     epoch: for runs under a time budget and runs of at most 5 epochs, with 10 steps or more per epoch. A quick
-    run from scratch is often as good at half an epoch as a plain loop after a whole one (bench/quick_finetune.py)."""
+    run from scratch is often as good at half an epoch as a plain loop after a whole one (bench/recipe_sweep.py)."""
     if (budget_s is None and epochs > 5) or steps_per_epoch < 10:
         return None
     return steps_per_epoch // 2
