@@ -8,8 +8,8 @@ import re
 
 import numpy as np
 import pytest
-from conftest import chromium
 from gradio_client import Client
+from helpers import chromium, pick
 from PIL import Image
 from playwright.sync_api import expect
 
@@ -39,14 +39,6 @@ def _fill(page, locator: str, value: str) -> None:
     box.press("Enter")
 
 
-def _pick(page, elem_id: str, value: str) -> None:
-    """Choose a value in a Gradio dropdown by typing it and taking the option that starts with it."""
-    box = page.locator(f"#{elem_id} input")
-    box.click()
-    box.fill(value)
-    page.get_by_role("option", name=re.compile("^" + re.escape(value))).first.click()
-
-
 def _settled_count(page, images) -> int:
     """The number of images once it stops changing (three seconds apart)."""
     count = -1
@@ -59,7 +51,7 @@ def _settled_count(page, images) -> int:
 def _train_briefly(page, model: str | None = None) -> None:
     """Start a short run (2 epochs at 32 px) of the page's data and wait for its end."""
     if model:
-        _pick(page, "train-model", model)
+        pick(page, "train-model", model, type_it=True)
         page.locator("input[value='Random init']:visible").check()
         page.locator("input[value='scratch']:visible").check()
     page.get_by_placeholder("e.g. 60s, 2m; empty: train for the epochs").fill("")  # epochs, not a suggested budget

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import COLOURS, TINY_CONFIG, colour_images
 
 from densenet_demo.data import datasets as data
 from densenet_demo.training.config import TrainConfig
@@ -20,19 +20,6 @@ from densenet_demo.training.loop import Trainer
 from densenet_demo.training.mislabels import CrossFit, cross_fit_probabilities, self_confidence_rank
 from densenet_demo.training.review import ReviewError, review_run
 from densenet_demo.weights import checkpoints, run_data
-
-COLOURS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (200, 40, 40)}
-
-
-def _colours(root: Path, per_class: int = 10) -> Path:
-    """Noisy squares of three colours: a tiny model tells them apart in a few epochs."""
-    rng = np.random.default_rng(0)
-    for name, colour in COLOURS.items():
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            pixels = np.array(colour) * rng.uniform(0.7, 1.2) + rng.normal(0, 20, (24, 24, 3))
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name / f"{name}{i}.png")
-    return root
 
 
 def _train(tiny_config, folder: Path, out: Path) -> Trainer:
@@ -47,21 +34,12 @@ def _train(tiny_config, folder: Path, out: Path) -> Trainer:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_config_module):
+def trained(tmp_path_factory):
     """A tiny run on 30 colour squares, 9 of them for validation; (trainer, data folder, run folder)."""
     root = tmp_path_factory.mktemp("review")
-    folder = _colours(root / "colours")
-    trainer = _train(tiny_config_module, folder, root / "run")
+    folder = colour_images(root / "colours", per_class=10)
+    trainer = _train(TINY_CONFIG, folder, root / "run")
     return trainer, folder, root / "run"
-
-
-@pytest.fixture(scope="module")
-def tiny_config_module():
-    from densenet_demo.config import DenseNetConfig
-
-    return DenseNetConfig(
-        growth_rate=4, block_config=(2, 2), num_init_features=8, bn_size=2, compression=0.5, stem="cifar", num_classes=3
-    )
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +54,7 @@ def test_a_run_records_the_files_it_trained_and_validated_on_beside_its_checkpoi
     assert record.root == folder.resolve() and record.class_names == ("blue", "green", "red")
     assert sorted(record.train) == sorted(trainer.train_items) and sorted(record.val) == sorted(trainer.val_items)
     stored = json.loads((run / run_data.DATA_FILE).read_text())
-    assert stored["train"][0][0] in {f"{c}/{c}{i}.png" for c in COLOURS for i in range(10)}  # relative to the root
+    assert stored["train"][0][0] in {f"{c}/{i}.png" for c in COLOURS for i in range(10)}  # relative to the root
 
 
 def test_the_record_stays_on_this_machine_a_download_holds_only_the_model(trained, tmp_path):
@@ -86,7 +64,7 @@ def test_the_record_stays_on_this_machine_a_download_holds_only_the_model(traine
             checkpoints.CHECKPOINT_META,
             checkpoints.CHECKPOINT_WEIGHTS,
         ]
-    assert "blue0.png" not in (run / checkpoints.CHECKPOINT_META).read_text()  # no file list in what is shared
+    assert "blue/0.png" not in (run / checkpoints.CHECKPOINT_META).read_text()  # no file list in what is shared
 
 
 def test_the_review_counts_the_validation_images_as_the_run_did(trained, reviewed):
@@ -151,7 +129,7 @@ def test_the_same_data_given_again_elsewhere_is_known_by_its_place_in_the_folder
 
 
 def test_data_gone_from_the_machine_asks_for_it_without_naming_server_paths(tiny_config, tmp_path):
-    folder = _colours(tmp_path / "colours", per_class=4)
+    folder = colour_images(tmp_path / "colours", per_class=4)
     _train(tiny_config, folder, tmp_path / "run")
     shutil.rmtree(folder)
     with pytest.raises(ReviewError, match="no longer on this machine") as e:
