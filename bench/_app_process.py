@@ -19,11 +19,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(argv: list[str], weights_dir: str, timeout_s: float = 120) -> tuple[subprocess.Popen, str, float]:
-    """Run ``python *argv`` from the project root; return it, its URL and the seconds until its first HTTP 200."""
+def start_app(
+    argv: list[str], weights_dir: str, timeout_s: float = 120, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str, float]:
+    """Run ``python *argv`` from the project root (``env`` added to the environment); return it, its URL and the
+    seconds until its first HTTP 200."""
     port = _free_port()
     env = {
         **os.environ,
+        **(env or {}),
         "GRADIO_SERVER_PORT": str(port),
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_ANALYTICS_ENABLED": "False",

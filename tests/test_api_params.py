@@ -25,8 +25,11 @@ def test_every_endpoint_names_its_parameters_and_only_the_inputs_are_required(cl
         assert required == REQUIRED.get(name, []), name
     defaults = {p["parameter_name"]: p["parameter_default"] for p in endpoints["/predict"]["parameters"][1:]}
     assert defaults == {
-        "model": "densenet121", "weights_choice": "ImageNet", "weights_file": None, "top_k": 5, "show_cam": True
+        "model": "densenet121", "weights_choice": "ImageNet", "weights_file": None, "top_k": 5, "show_cam": True,
+        "backend": "auto",
     }  # fmt: skip
+    tool = {p["parameter_name"]: p["parameter_default"] for p in endpoints["/classify_image"]["parameters"][1:]}
+    assert tool == {"model": "densenet121", "weights_choice": "ImageNet", "top_k": 5, "backend": "auto"}
 
 
 def test_predict_needs_only_the_image(client, tmp_path):
