@@ -12,6 +12,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 # The inputs a call cannot do without; every other parameter has a default.
 REQUIRED = {"/predict": ["files"], "/classify_image": ["image"], "/load_hub_model": ["repo"], "/push_to_hub": ["repo"]}
+REQUIRED["/delete_run"] = ["model"]  # a deletion names its run: no default run to delete
 
 
 def test_every_endpoint_names_its_parameters_and_only_the_inputs_are_required(client):
