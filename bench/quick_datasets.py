@@ -8,10 +8,13 @@
   photo and validation crops from the bottom quarter (``train/`` + ``val/`` folders), so no validation pixel
   was seen in training.
 - ``example``: the project's generated example dataset (``examples.make_example_dataset``).
+
+``swap_labels`` mislabels a share of a class-folder dataset on purpose (the review's precision: review_precision.py).
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +38,23 @@ def write_digits(target: Path, image_size: int = 32, mode: str = "L") -> Path:
         image = Image.fromarray(np.round(pixels * 255 / 16).astype(np.uint8), "L")
         image.resize((image_size, image_size), Image.Resampling.BICUBIC).convert(mode).save(folder / f"{i:04d}.png")
     return target
+
+
+def swap_labels(folder: Path, fraction: float, seed: int = 0) -> dict[str, str]:
+    """Move a seeded ``fraction`` of the images of ``folder/<class>/`` into another class's folder, drawn uniformly
+    among the others. Returns {new path relative to ``folder``: the true class} for each image moved."""
+    files = sorted(p for p in folder.glob("*/*") if p.is_file())
+    classes = sorted({p.parent.name for p in files})
+    rng = random.Random(seed)
+    moved = {}
+    for file in rng.sample(files, round(fraction * len(files))):
+        other = rng.choice([c for c in classes if c != file.parent.name])
+        target = folder / other / file.name
+        if target.exists():  # the same name in the other class: keep both
+            target = target.with_stem(f"{file.parent.name}-{file.stem}")
+        file.rename(target)
+        moved[target.relative_to(folder).as_posix()] = file.parent.name
+    return moved
 
 
 def write_textures(

@@ -1,13 +1,20 @@
-"""Serving /predict under load: latency and throughput for each prediction concurrency limit.
+"""Serving /predict under load: latency and throughput for each backend, prediction concurrency limit and
+onnxruntime thread count, the PyTorch backend measured as the baseline in the same run.
 
-    python bench/serve.py [--model densenet_bc100_k12] [--limits 1,2,4] [--requests 64] [--sequential 30]
+    python bench/serve.py [--model densenet121] [--backends torch,onnxruntime] [--limits 1,2,4] [--threads default,1,2]
+                          [--requests 64] [--sequential 30] [--repeats 2]
 
-For each limit, starts `python app.py` with `PREDICT_CONCURRENCY` set to it (a fresh process, its own weights
-folder, loopback only), warms the model up, then measures through `gradio_client`:
+For each (limit, threads), starts `python app.py` with `PREDICT_CONCURRENCY` set to the limit and
+`DENSENET_DEMO_ORT_THREADS` to the threads (a fresh process, loopback only; one weights folder for the whole
+bench, so a graph exported by the first start is loaded from the cache by the next), and for each backend
+(`/predict`'s `backend` argument) warms up until that backend answers (the first start exports the graph in the
+background meanwhile), then measures through `gradio_client`:
 - sequential: one request at a time, p50/p95 latency;
 - concurrent: all --requests submitted at once; throughput (requests/s over the wall time) and p50/p95
   latency from submit to result (queue wait included).
-Prints one JSON object. One 224x224 JPEG per request, top-5, Grad-CAM off (classification alone).
+The backends alternate --repeats times (torch, onnxruntime, torch, onnxruntime, ...): the figures are medians over
+the repeats, and each backend's ratio to torch's at the same settings. Prints one JSON object. One 224x224 JPEG
+per request, top-5, Grad-CAM off (classification alone); the client runs on the same cores as the server.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._app_process import start_app, stop_app  # noqa: E402
 
 # The app with another prediction concurrency limit: the module constant is read when the page is built.
+BY = {"torch": "by PyTorch", "onnxruntime": "by ONNX Runtime", "int8": "by int8", "auto": "by ONNX Runtime"}
 _LAUNCH = (
     "import sys; import densenet_demo.ui as ui; from densenet_demo.ui import predict_tab; "
     "predict_tab.PREDICT_CONCURRENCY = int(sys.argv[1]); ui.launch(ui.build_app())"
@@ -45,70 +53,113 @@ def _summary(latencies_s: list[float]) -> dict[str, float]:
     return {"p50_ms": round(statistics.median(ms), 1), "p95_ms": round(_percentile(ms, 0.95), 1)}
 
 
-def _measure(url: str, image: Path, model: str, requests: int, sequential: int) -> dict:
-    from gradio_client import Client, handle_file
+def _client_call(client, args: tuple) -> tuple[float, bool, str]:
+    """(seconds, answered with classes, info); a request that fails counts as not answered, the bench goes on."""
+    start = time.perf_counter()
+    try:
+        label, _, _, info = client.predict(*args, api_name="/predict")
+    except Exception as e:  # a timeout or a refusal under load is a figure, not the bench's end
+        return time.perf_counter() - start, False, f"{type(e).__name__}: {e}"
+    return time.perf_counter() - start, bool(label.get("confidences")), info
 
-    client = Client(url, verbose=False)
-    args = ([handle_file(str(image))], model, "Random init", None, 5, False)
-    for _ in range(3):  # the first builds and caches the predictor
-        client.predict(*args, api_name="/predict")
 
-    def timed_call() -> tuple[float, bool]:
-        t = time.perf_counter()
-        label = client.predict(*args, api_name="/predict")[0]
-        return time.perf_counter() - t, bool(label.get("confidences"))
+def _warm_up(client, args: tuple, backend: str, timeout_s: float = 900) -> int:
+    """Requests until ``backend`` answers (its graph exported or loaded in the background); returns how many."""
+    deadline, n = time.monotonic() + timeout_s, 0
+    while time.monotonic() < deadline:
+        n += 1
+        if BY[backend] in _client_call(client, args)[2] and n >= 3:
+            return n
+        time.sleep(0.5)
+    raise SystemExit(f"{backend} did not answer within {timeout_s:.0f} s")
 
-    one_by_one = [timed_call()[0] for _ in range(sequential)]
 
+def _measure(client, args: tuple, requests: int, sequential: int) -> dict:
+    one_by_one = [_client_call(client, args)[0] for _ in range(sequential)]
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=requests) as pool:
-        outcomes = list(pool.map(lambda _: timed_call(), range(requests)))
+        outcomes = list(pool.map(lambda _: _client_call(client, args), range(requests)))
     wall = time.perf_counter() - start
-    latencies = [seconds for seconds, _ in outcomes]
-    answered = sum(ok for _, ok in outcomes)
     return {
-        "sequential": {
-            "requests": sequential,
-            "requests_per_s": round(sequential / sum(one_by_one), 1),
-            **_summary(one_by_one),
-        },
+        "sequential": {"requests_per_s": sequential / sum(one_by_one), **_summary(one_by_one)},
         "concurrent": {
-            "requests": requests,
-            "answered": answered,
-            "wall_s": round(wall, 2),
-            "requests_per_s": round(requests / wall, 1),
-            **_summary(latencies),
+            "answered": sum(ok for _, ok, _ in outcomes),
+            "requests_per_s": requests / wall,
+            **_summary([seconds for seconds, _, _ in outcomes]),
         },
     }
 
 
+def _median_of(runs: list[dict]) -> dict:
+    """Per figure, the median over the repeats."""
+    return {
+        part: {key: round(statistics.median(r[part][key] for r in runs), 1) for key in runs[0][part]}
+        for part in ("sequential", "concurrent")
+    }
+
+
+def _one_setting(url: str, image: Path, args: argparse.Namespace, backends: list[str]) -> dict:
+    from gradio_client import Client, handle_file
+
+    # As many workers as requests at once (the client's default is 40), and time enough for a loaded machine.
+    client = Client(url, verbose=False, max_workers=max(40, args.requests), httpx_kwargs={"timeout": 900})
+    calls = {b: ([handle_file(str(image))], args.model, "Random init", None, 5, False, b) for b in backends}
+    warm = {b: _warm_up(client, calls[b], b) for b in backends}
+    runs: dict[str, list[dict]] = {b: [] for b in backends}
+    for _ in range(args.repeats):
+        for backend in backends:
+            runs[backend].append(_measure(client, calls[backend], args.requests, args.sequential))
+    figures = {b: {**_median_of(runs[b]), "warm_up_requests": warm[b]} for b in backends}
+    if "torch" in figures:
+        base = figures["torch"]
+        for f in figures.values():
+            f["ratio_to_torch"] = {
+                "sequential_p50": round(f["sequential"]["p50_ms"] / base["sequential"]["p50_ms"], 3),
+                "concurrent_requests_per_s": round(
+                    f["concurrent"]["requests_per_s"] / base["concurrent"]["requests_per_s"], 3
+                ),
+            }
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="densenet_bc100_k12")
+    parser.add_argument("--model", default="densenet121")
+    parser.add_argument("--backends", default="torch,onnxruntime", help="/predict's backend argument, alternated")
     parser.add_argument("--limits", default="1,2,4", help="prediction concurrency limits to compare")
+    parser.add_argument(
+        "--threads", default="1,2", help="onnxruntime intra-op threads per session to compare ('default': the app's)"
+    )
     parser.add_argument("--requests", type=int, default=64, help="submitted at once")
     parser.add_argument("--sequential", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=2, help="alternations of the backends per setting")
     args = parser.parse_args()
     weights_dir = tempfile.mkdtemp(prefix="bench_serve_weights_")
     image = Path(weights_dir) / "photo.jpg"
     Image.radial_gradient("L").convert("RGB").resize((224, 224)).save(image, quality=90)
-
-    results = {}
+    backends = args.backends.split(",")
+    load_before = os.getloadavg()[0]
+    results: dict[str, dict] = {}
     for limit in [int(x) for x in args.limits.split(",")]:
-        proc, url, _ = start_app(["-c", _LAUNCH, str(limit)], weights_dir)
-        try:
-            results[str(limit)] = _measure(url, image, args.model, args.requests, args.sequential)
-        finally:
-            stop_app(proc)
+        for threads in args.threads.split(","):
+            # "default": the app's own choice (its cores shared among the limit's requests: serving/backends.py)
+            env = {} if threads == "default" else {"DENSENET_DEMO_ORT_THREADS": str(int(threads))}
+            proc, url, _ = start_app(["-c", _LAUNCH, str(limit)], weights_dir, env=env)
+            try:
+                key = f"limit {limit}, onnxruntime threads {threads}"
+                results[key] = _one_setting(url, image, args, backends)
+                print(json.dumps({key: results[key]}), file=sys.stderr)  # kept should a later setting fail
+            finally:
+                stop_app(proc)
     print(
         json.dumps(
             {
                 "benchmark": "serve",
                 "model": args.model,
                 "image": "224x224 JPEG, top-5, Grad-CAM off",
-                "by_concurrency_limit": results,
+                "results": results,
                 "cpu_threads": os.cpu_count(),
-                "torch_threads": __import__("torch").get_num_threads(),
+                "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             },
             indent=2,
         )

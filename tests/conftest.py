@@ -31,6 +31,7 @@ from densenet_demo.data import datasets as data
 from densenet_demo.model import DenseNet
 from densenet_demo.serving import predict
 
+AUTO_BACKEND_ENV = "DENSENET_DEMO_AUTO_BACKEND"
 _CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache")  # written by running the tests at all: not a leak
 _CHECKOUT_BEFORE = pytest.StashKey[set]()
 
@@ -107,6 +108,14 @@ def _collector_skips_what_is_loaded():
     changes: frozen objects are still freed when no longer referenced, and whatever a test makes is collected."""
     gc.collect()
     gc.freeze()
+
+
+@pytest.fixture(autouse=True)
+def _auto_backend_is_pytorch(monkeypatch):
+    """``auto`` answers from PyTorch and exports nothing: each test (and each app server) has its own weights
+    folder, so every one would export its models again in the background (DenseNet-121: ~30 s of both cores).
+    The tests of the backends themselves (test_backends.py) set it back."""
+    monkeypatch.setenv(AUTO_BACKEND_ENV, "torch")
 
 
 @pytest.fixture(autouse=True)

@@ -286,6 +286,8 @@ class AppServer:
             "GRADIO_SERVER_PORT": str(port),
             "GRADIO_ANALYTICS_ENABLED": "False",
             "DENSENET_DEMO_WEIGHTS": str(weights_dir),
+            # auto answers from PyTorch and exports nothing (conftest._auto_backend_is_pytorch); env may set it back
+            "DENSENET_DEMO_AUTO_BACKEND": "torch",
             "PYTHONUNBUFFERED": "1",
             **(env or {}),
         }

@@ -15,13 +15,13 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 # The inputs a call cannot do without; every other parameter has a default.
 REQUIRED = {
     "/predict": ["files"], "/classify_image": ["image"], "/delete_run": ["model"], "/load_hub_model": ["repo"],
-    "/push_to_hub": ["repo"],
+    "/push_to_hub": ["repo"], "/review": ["run"],
 }  # fmt: skip
 # The documented API (docs/api.md); the page's own handlers are private.
 DOCUMENTED = {
     "/predict", "/classify_image", "/architecture_table", "/architecture", "/load_dataset", "/suggest_settings",
     "/train", "/stop", "/continue_training", "/list_runs", "/delete_run", "/download_run", "/estimate", "/export_onnx",
-    "/export_run_onnx", "/load_hub_model", "/push_to_hub",
+    "/export_run_onnx", "/load_hub_model", "/push_to_hub", "/review",
 }  # fmt: skip
 
 
@@ -45,8 +45,11 @@ def test_every_endpoint_names_its_parameters_and_only_the_inputs_are_required(cl
         assert required == REQUIRED.get(name, []), name
     defaults = {p["parameter_name"]: p["parameter_default"] for p in endpoints["/predict"]["parameters"][1:]}
     assert defaults == {
-        "model": "densenet121", "weights_choice": "ImageNet", "weights_file": None, "top_k": 5, "show_cam": True
+        "model": "densenet121", "weights_choice": "ImageNet", "weights_file": None, "top_k": 5, "show_cam": True,
+        "backend": "auto",
     }  # fmt: skip
+    tool = {p["parameter_name"]: p["parameter_default"] for p in endpoints["/classify_image"]["parameters"][1:]}
+    assert tool == {"model": "densenet121", "weights_choice": "ImageNet", "top_k": 5, "backend": "auto"}
 
 
 def test_predict_needs_only_the_image(client, tmp_path):

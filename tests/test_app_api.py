@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from gradio_client import Client, handle_file
 from helpers import colour_zip
@@ -23,6 +25,29 @@ def test_predict_returns_labels_with_probabilities(client, photo):
     assert len(gallery) == 1  # one Grad-CAM overlay
     assert "photo.png" in str(table)
     assert "random init" in info.lower()
+
+
+def test_the_onnxruntime_backend_answers_once_prepared_and_the_note_says_who_answered(client, photo):
+    """The first request starts the export and PyTorch answers it; later ones are onnxruntime's, same classes."""
+    args = ([handle_file(str(photo))], "densenet_fashion", "Random init", None, 3, False)
+    label, _, _, info = client.predict(*args, "onnxruntime", api_name="/predict")
+    assert "by PyTorch" in info and "ONNX Runtime is being prepared in the background" in info
+    deadline = time.monotonic() + 180
+    while "by ONNX Runtime" not in info and time.monotonic() < deadline:
+        time.sleep(1)
+        later, _, _, info = client.predict(*args, "onnxruntime", api_name="/predict")
+    assert "by ONNX Runtime" in info and "being prepared" not in info
+    assert [c["label"] for c in later["confidences"]] == [c["label"] for c in label["confidences"]]
+    *_, info = client.predict(*args, "torch", api_name="/predict")
+    assert "by PyTorch" in info and "ℹ️" not in info
+
+
+def test_an_unknown_backend_gets_a_message_naming_the_choices(client, photo):
+    with pytest.raises(
+        Exception, match=r"'cuda'.* not in the list of choices: \['auto', 'torch', 'onnxruntime', 'int8'\]"
+    ):
+        client.predict([handle_file(str(photo))], "densenet_fashion", "Random init", None, 3, False, "cuda",
+                       api_name="/predict")  # fmt: skip
 
 
 def test_architecture_for_preset_and_custom_config(client):

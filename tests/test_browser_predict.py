@@ -79,6 +79,26 @@ def test_each_model_gets_its_natural_weights_and_random_ones_are_flagged_above_t
     expect(page.locator("#predict-label")).to_contain_text("RANDOM WEIGHTS")
 
 
+def test_the_speed_choice_shows_each_backends_latency_and_what_is_being_prepared(page, photo):
+    """ONNX Runtime asked for: PyTorch answers while the graph is made in the background; the page follows its
+    preparation without a click and shows its measured latency; the next answer is ONNX Runtime's."""
+    pick(page, "predict-model", "densenet40_k12", type_it=True)  # no other test asks for its graph
+    page.locator("#predict-photo input[type=file]").set_input_files(str(photo))
+    speed, info = page.locator("#predict-speed"), page.locator("#predict-info")
+    expect(speed.get_by_role("radio", name="Auto")).to_be_checked()
+    speed.get_by_role("radio", name="ONNX Runtime").click()
+    page.locator("#predict-button").click()
+    expect(info).to_contain_text("by PyTorch", timeout=60_000)
+    expect(info).to_contain_text("ONNX Runtime is being prepared in the background")
+    expect(speed).to_contain_text(re.compile(r"PyTorch · \d+ ms"))
+    expect(page.locator("#predict-speed-info")).to_contain_text("being prepared")
+    expect(speed).to_contain_text(re.compile(r"ONNX Runtime · \d+ ms"), timeout=180_000)
+    expect(page.locator("#predict-speed-info")).not_to_contain_text("being prepared")
+    page.locator("#predict-button").click()
+    expect(info).to_contain_text("by ONNX Runtime")
+    _no_error_badges(page)
+
+
 def test_no_image_gives_one_message_without_error_panels_and_the_table_has_headers(page):
     table = page.locator("#predict-table")
     for header in ("image", "top-1", "top-k", "latency ms"):

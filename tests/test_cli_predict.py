@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,10 +62,10 @@ def test_json_prints_one_object_per_image(checkpoint, images, capsys):
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["image"] for r in records] == images
     for record in records:
-        assert set(record) == {"image", "model", "weights", "top_k", "latency_ms"}
+        assert set(record) == {"image", "model", "weights", "top_k", "latency_ms", "backend"}
         assert len(record["top_k"]) == 2 and set(record["top_k"][0]) == {"label", "probability"}
         assert record["top_k"][0]["probability"] >= record["top_k"][1]["probability"]
-        assert record["weights"] == "checkpoint tiny-run" and record["latency_ms"] > 0
+        assert record["weights"] == "checkpoint tiny-run" and record["latency_ms"] > 0 and record["backend"] == "torch"
 
 
 def test_json_reports_a_bad_image_as_an_error_object(checkpoint, images, tmp_path, capsys):
@@ -77,7 +81,7 @@ def test_cam_writes_a_png(checkpoint, images, tmp_path, capsys):
     out = tmp_path / "cam.png"
     assert main(["predict", images[0], "--model", checkpoint, "--cam", str(out)]) == 0
     with Image.open(out) as cam:
-        assert cam.format == "PNG" and cam.size == (256, 256) and cam.mode == "RGB"  # enlarged to be read
+        assert cam.format == "PNG" and cam.size == (256, 256) and cam.mode == "RGB"  # enlarged: OVERLAY_MIN_SIDE
     assert "Grad-CAM" in capsys.readouterr().err
 
 
@@ -129,3 +133,48 @@ def test_offline_imagenet_warns_and_still_classifies(images, monkeypatch, capsys
     out, err = capsys.readouterr()
     assert "RANDOM weights" in err and "densenet121-a639ec97.pth" in err
     assert images[0] in out and "random init" in out
+
+
+def test_the_backend_choices_are_the_engines(capsys):
+    from densenet_demo.cli.predict import BACKENDS
+    from densenet_demo.serving.backends import BACKENDS as ENGINE_BACKENDS
+
+    assert BACKENDS == ENGINE_BACKENDS
+
+
+def test_auto_without_a_cached_graph_answers_from_pytorch_and_exports_nothing(
+    checkpoint, images, monkeypatch, capsys, _private_weights_dir
+):
+    monkeypatch.delenv("DENSENET_DEMO_AUTO_BACKEND")
+    assert main(["predict", *images, "--model", checkpoint, "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert {json.loads(line)["backend"] for line in out.splitlines()} == {"torch"} and err == ""
+    assert not (_private_weights_dir / "onnx").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_backend_onnxruntime_caches_its_graph_and_a_later_auto_run_uses_it(checkpoint, images, tmp_path):
+    """Three one-shot processes: the first exports and caches, the next two load; all agree with PyTorch."""
+    env = {k: v for k, v in os.environ.items() if k != "DENSENET_DEMO_AUTO_BACKEND"}
+    env["DENSENET_DEMO_WEIGHTS"] = str(tmp_path / "weights")
+
+    def predict_with(backend: str) -> tuple[list[dict], str]:
+        argv = [sys.executable, "-m", "densenet_demo", "predict", *images, "--model", checkpoint, "--json"]
+        done = subprocess.run(
+            [*argv, "--backend", backend], capture_output=True, text=True, env=env, timeout=240,
+            cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()], done.stderr
+
+    first, err = predict_with("onnxruntime")
+    assert "preparing onnxruntime" in err and {r["backend"] for r in first} == {"onnxruntime"}
+    assert len(list((tmp_path / "weights" / "onnx").glob("*.onnx"))) == 1
+    later, err = predict_with("auto")
+    assert err == "" and {r["backend"] for r in later} == {"onnxruntime"}
+    reference, _ = predict_with("torch")
+    for got, expected in zip(later, reference, strict=True):
+        assert [t["label"] for t in got["top_k"]] == [t["label"] for t in expected["top_k"]]
+        for a, b in zip(got["top_k"], expected["top_k"], strict=True):
+            assert abs(a["probability"] - b["probability"]) < 1e-4

@@ -42,6 +42,7 @@ def test_an_mcp_client_lists_the_tools_with_their_descriptions(mcp_url):
     classify, table = tools["classify_image"], tools["architecture_table"]
     assert "most likely classes" in classify.description and "top_k" in classify.inputSchema["properties"]
     assert classify.inputSchema["required"] == ["image"]  # everything else has a default
+    assert '"onnxruntime"' in classify.inputSchema["properties"]["backend"]["description"]
     assert "channels grow" in table.description and "required" not in table.inputSchema
     chosen = _session(mcp_url + "?tools=classify_image,architecture_table", lambda s: s.list_tools()).tools
     assert sorted(tool.name for tool in chosen) == ["architecture_table", "classify_image"]  # the agents' pair
@@ -68,11 +69,13 @@ def test_an_mcp_client_classifies_an_image(mcp_url):
     Image.new("RGB", (64, 48), (200, 30, 30)).save(buffer, format="PNG")
     image = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
     args = {"image": image, "model": "densenet_bc100_k12", "weights_choice": "Random init", "top_k": 3}
+    args["backend"] = "torch"
     result = _session(mcp_url, lambda s: s.call_tool("classify_image", args))
     text = _text(result)
     assert not result.isError, text
     label, info = ast.literal_eval(text)  # Gradio hands the outputs over as one text: (top classes, note)
     assert len(label["confidences"]) == 3 and "densenet_bc100_k12" in info and "random weights" in info.lower()
+    assert "by PyTorch" in info
 
 
 @pytest.mark.e2e

@@ -12,7 +12,7 @@ import torch
 from helpers import train_config
 
 from densenet_demo.model import DenseNet
-from densenet_demo.serving import export
+from densenet_demo.serving import onnx_graph
 from densenet_demo.tracing import TRACING
 from densenet_demo.training.events import Finished, Step
 from densenet_demo.training.loop import Trainer
@@ -39,7 +39,7 @@ def test_a_training_step_waits_while_an_export_traces(tiny_config, colours):
 def test_an_export_waits_while_a_step_runs(tiny_config):
     net = DenseNet(tiny_config).eval()
     with TRACING:  # as a training step holds it
-        thread, out = _in_thread(lambda: [export._to_onnx_bytes(net, torch.randn(1, 3, 16, 16), None)])
+        thread, out = _in_thread(lambda: [onnx_graph._to_onnx_bytes(net, torch.randn(1, 3, 16, 16), None)])
         time.sleep(0.5)
         assert out == [] and thread.is_alive()
     thread.join(timeout=300)

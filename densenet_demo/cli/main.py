@@ -1,4 +1,4 @@
-"""Command line: ``python -m densenet_demo presets|arch|predict|train|export|push ...``.
+"""Command line: ``python -m densenet_demo presets|arch|predict|train|review|export|push ...``.
 
 The same engine as the web app; each command's module (``cli/<command>.py``) parses its arguments, calls the
 engine, and prints. Exit codes: 0 success, 1 some inputs failed (e.g. one bad image among several, an export that
@@ -13,12 +13,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import arch, export, predict, presets, push, train
+from . import arch, export, predict, presets, push, review, train
 from .common import EXIT_OK, EXIT_USAGE, UsageError
 
 __all__ = ["build_parser", "main"]
 
-COMMANDS = (presets, arch, predict, train, export, push)  # each adds its parser and handler, in --help's order
+COMMANDS = (presets, arch, predict, train, review, export, push)  # each adds its parser and handler, in --help's order
 
 
 def build_parser() -> argparse.ArgumentParser:

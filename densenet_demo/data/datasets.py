@@ -62,6 +62,9 @@ class DatasetReport:
     counts: dict[str, int] = field(default_factory=dict)  # images per class (train + given val)
     val_counts: dict[str, int] | None = None  # per class in a given val/ folder; None when split later
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    # The folder the files were read from (a zip's: where it was extracted); None for uploads and classes by hand.
+    # A path on this machine: kept out of to_dict() and summary(), which people and the API see.
+    root: Path | None = field(default=None, repr=False)
 
     @property
     def n_images(self) -> int:
@@ -182,7 +185,7 @@ def _walk(root: Path) -> list[tuple[PurePosixPath, Path]]:
 def _load_entries(
     entries: list[tuple[PurePosixPath, Path]], *, source: str, root: Path | None, detect_layout: bool = True
 ) -> tuple[LabeledFiles, DatasetReport]:
-    report = DatasetReport(source=source)
+    report = DatasetReport(source=source, root=root.resolve() if root is not None else None)
 
     def skip(rel: PurePosixPath, reason: str) -> None:
         report.skipped.append((str(rel), reason))

@@ -13,28 +13,35 @@ the app) does not pay for them.
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import json
 import logging
 import os
-import threading
 import time
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from ..tracing import TRACING
 from ..weights import checkpoints
+from .onnx_graph import (
+    ABS_TOLERANCE,
+    CHECK_BATCH,
+    INPUT_NAME,
+    MIN_OPSET,
+    OUTPUT_NAME,
+    ExportError,
+    checked_graph,
+    validate_opset,
+)
 from .predict import Predictor, get_predictor
 
 __all__ = [
     "ABS_TOLERANCE",
     "EXPORT_FORMATS",
+    "MIN_OPSET",
     "ExportError",
     "ExportResult",
     "bundle_readme",
@@ -45,19 +52,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("onnx",)
-ABS_TOLERANCE = 1e-4  # max |Δlogit| allowed between onnxruntime and PyTorch (fp32), per unit of logit scale
-MIN_OPSET = 18  # the dynamo exporter's lowest; below it torch converts afterwards, which fails for DenseNet
-CHECK_BATCH = 3  # the export-time check runs this batch, then batch 1 (the batch dimension must really vary)
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 BUNDLE_MODEL, BUNDLE_META, BUNDLE_README = "model.onnx", "model.json", "README.md"
 SHARED_FILE_MODE = 0o644  # an export is made to be handed on; the temp file it starts as is private (0600)
-
-# torch.export traces through global state and each export takes seconds of every core: one at a time.
-_export_lock = threading.Lock()
-
-
-class ExportError(RuntimeError):
-    """The export failed or did not reproduce PyTorch's outputs; no file was written."""
 
 
 @dataclass(frozen=True)
@@ -95,16 +91,12 @@ def export_onnx(
         raise ValueError(f"the output file must end in .onnx, got {str(out)!r}")
     if out.is_dir():
         raise ValueError(f"{out} is a folder; give a file name ending in .onnx")
-    _check_opset(opset)
+    validate_opset(opset)
     predictor = model if isinstance(model, Predictor) else get_predictor(model, weights)
     start = time.perf_counter()
-    with _export_lock:
-        net = _export_copy(predictor)
-        example = _check_batch(predictor, CHECK_BATCH)
-        data = _to_onnx_bytes(net, example, opset)
-        opset_used = _opset_of(data)
-        max_diff, tolerance = _check_against_torch(net, data, [example, example[:1]])
-    metadata = onnx_metadata(predictor, opset=opset_used, max_abs_diff=max_diff, tolerance=tolerance)
+    graph = checked_graph(predictor.model, predictor.preprocessing, opset)
+    data, opset_used, max_diff = graph.data, graph.opset, graph.max_abs_diff
+    metadata = onnx_metadata(predictor, opset=opset_used, max_abs_diff=max_diff, tolerance=graph.tolerance)
     bundle = out.with_suffix(".zip")
     _write_outputs(out, bundle, data, metadata)
     seconds = time.perf_counter() - start
@@ -117,110 +109,13 @@ def export_onnx(
         bundle_path=bundle,
         opset=opset_used,
         max_abs_diff=max_diff,
-        tolerance=tolerance,
+        tolerance=graph.tolerance,
         size_bytes=len(data),
         bundle_size_bytes=bundle.stat().st_size,
         seconds=seconds,
         metadata=metadata,
         notice=predictor.notice,
     )
-
-
-def _check_opset(opset: int | None) -> None:
-    if opset is None:
-        return
-    import onnx
-
-    newest = onnx.defs.onnx_opset_version()
-    if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
-        raise ValueError(f"opset must be a whole number from {MIN_OPSET} to {newest}, got {opset!r}")
-
-
-def _export_copy(predictor: Predictor) -> torch.nn.Module:
-    """A private CPU copy of the predictor's model, eval mode, memory-efficient path off (the shared one stays)."""
-    net = copy.deepcopy(predictor.model).to("cpu").eval()
-    net.set_grad_checkpointing(False)  # checkpointing is a training trade-off; the graph must not carry it
-    net.requires_grad_(False)
-    return net
-
-
-def _check_batch(predictor: Predictor, n: int) -> torch.Tensor:
-    """``n`` random images already normalised like real inputs; seeded, so a failed check can be repeated."""
-    p = predictor.preprocessing
-    pixels = torch.rand(n, p.in_channels, p.image_size, p.image_size, generator=torch.Generator().manual_seed(0))
-    mean = torch.tensor(p.mean).view(1, -1, 1, 1)
-    std = torch.tensor(p.std).view(1, -1, 1, 1)
-    return (pixels - mean) / std
-
-
-def _to_onnx_bytes(net: torch.nn.Module, example: torch.Tensor, opset: int | None) -> bytes:
-    """The serialized ONNX model, weights inside, batch dimension dynamic."""
-    try:
-        import onnx
-        import onnxscript  # noqa: F401  # the dynamo exporter builds its graph with it: fail here, clearly
-    except ImportError as e:
-        raise ExportError(
-            f"ONNX export needs the onnx and onnxscript packages ({e}); pip install onnx onnxscript"
-        ) from None
-    batch = torch.export.Dim("batch", min=1)
-    try:
-        with TRACING:  # torch's tracing state is the process's: a training step elsewhere waits (tracing.py)
-            program = torch.onnx.export(
-                net,
-                (example,),
-                dynamo=True,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_shapes=({0: batch},),
-                opset_version=opset,
-                external_data=False,
-                verbose=False,
-            )
-    except torch.onnx.OnnxExporterError as e:
-        raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
-    proto = program.model_proto
-    external = [t.name for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
-    if external:
-        raise ExportError(f"the exported model keeps {len(external)} tensors outside the file; refusing to save it")
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as e:
-        raise ExportError(f"the exported model is not valid ONNX: {str(e).splitlines()[0]}") from None
-    return proto.SerializeToString()
-
-
-def _opset_of(data: bytes) -> int:
-    import onnx
-
-    proto = onnx.load_model_from_string(data)
-    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def _check_against_torch(net: torch.nn.Module, data: bytes, batches: list[torch.Tensor]) -> tuple[float, float]:
-    """Max |Δlogit| between onnxruntime and PyTorch over ``batches``, and the tolerance; ``ExportError`` if over."""
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise ExportError(f"checking the export needs onnxruntime ({e}); pip install onnxruntime") from None
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    max_diff, scale = 0.0, 1.0
-    for batch in batches:
-        with torch.no_grad():
-            expected = net(batch).numpy()
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: batch.numpy()})[0]
-        if got.shape != expected.shape:
-            raise ExportError(
-                f"onnxruntime returned shape {got.shape} for batch {len(batch)}, PyTorch {expected.shape}"
-            )
-        max_diff = max(max_diff, float(np.abs(got - expected).max()))
-        scale = max(scale, float(np.abs(expected).max()))
-    tolerance = ABS_TOLERANCE * scale
-    if not max_diff <= tolerance:  # also catches NaN
-        raise ExportError(
-            f"onnxruntime's logits differ from PyTorch's by up to {max_diff:.3g} (allowed {tolerance:.3g}); "
-            "the export was not written. Try another --opset, or report the model that fails."
-        )
-    return max_diff, tolerance
 
 
 def onnx_metadata(predictor: Predictor, *, opset: int, max_abs_diff: float, tolerance: float) -> dict[str, Any]:

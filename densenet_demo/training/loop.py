@@ -121,6 +121,7 @@ class Trainer:
         self.record = RunRecord(
             self.run_id, self.out_dir, self.config, self.class_names, report, len(self.train_items),
             len(self.val_items), writes=self.parallel.is_main, keeps_state=self.parallel.world_size == 1,
+            split=(tuple(self.train_items), tuple(self.val_items)),
         )  # fmt: skip
         self._parts: RunParts | None = None  # what the run trains with, once it has started
         self._cancel_hooks: list[Any] = []  # Stop acts inside a step too (training/cancel.py); removed at the end

@@ -1,5 +1,6 @@
-"""What a training run leaves behind and says at its end: the best epoch's checkpoint in the run's folder, the
-state to continue from, and its last event (``Finished``, ``Cancelled`` or ``Failed``).
+"""What a training run leaves behind and says at its end: the best epoch's checkpoint in the run's folder (with the
+record of the files it learns from, for its review), the state to continue from, and its last event (``Finished``,
+``Cancelled`` or ``Failed``).
 
 The ``Trainer`` (training/loop.py) holds one ``RunRecord``; of several processes only the main one writes the
 checkpoint, and only a run of one process keeps a state (``LoopState.keep``): its ranks would each need theirs.
@@ -17,8 +18,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from ..data.datasets import DatasetReport
+from ..data.datasets import DatasetReport, Item
 from ..weights import resolver as W
+from ..weights.run_data import DATA_FILE, record_run_data
 from .build import RunParts
 from .config import TrainConfig
 from .events import Cancelled, Failed, Finished
@@ -43,6 +45,7 @@ class RunRecord:
     n_val: int
     writes: bool = True  # the main process: the one that writes the checkpoint
     keeps_state: bool = True  # a run of one process: one that can go on
+    split: tuple[tuple[Item, ...], tuple[Item, ...]] = ((), ())  # the (train, val) files, for data.json
 
     def save(self, p: RunParts, metrics: dict[str, Any]) -> None:
         """The checkpoint (``weights.save_checkpoint``, atomic), with what the run was."""
@@ -59,6 +62,11 @@ class RunRecord:
             metrics={**metrics, "n_train": self.n_train, "n_val": self.n_val},
             extra=extra,
         )
+        # With the first checkpoint, which files the run learns from (weights/run_data.py); a run continued (or
+        # going on in another call) trains on the same files, so the first record stands.
+        if not (self.out_dir / DATA_FILE).is_file():
+            root = self.report.root if self.report is not None else None
+            record_run_data(self.out_dir, self.class_names, *self.split, root)
 
     def keep(self, state: LoopState, p: RunParts | None, device: torch.device) -> None:
         """At a run's end: its state beside the checkpoint, so that it can be continued for more epochs from

@@ -70,6 +70,7 @@ class Job:
                 "train": [[str(path), label] for path, label in files.train],
                 "val": None if files.val is None else [[str(path), label] for path, label in files.val],
                 "report": None if self.report is None else self.report.to_dict(),
+                "data_root": None if self.report is None or self.report.root is None else str(self.report.root),
                 "run_id": self.run_id,
                 "out_dir": self.out_dir,
             }
@@ -86,7 +87,8 @@ class Job:
         report = d["report"]
         if report is not None:
             skipped = [(s["path"], s["reason"]) for s in report["skipped"]]
-            report = DatasetReport(**{**report, "skipped": skipped})
+            root = Path(d["data_root"]) if d.get("data_root") else None  # for the run's record of its data
+            report = DatasetReport(**{**report, "skipped": skipped}, root=root)
         files = LabeledFiles(tuple(d["class_names"]), items(d["train"]), val)
         return cls(TrainConfig.from_dict(d["config"]), files, report, d["run_id"], d["out_dir"])
 

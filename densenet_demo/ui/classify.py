@@ -23,6 +23,7 @@ from ..config import PRESETS
 from ..data.images import ImageError
 from ..hosting import gpu
 from ..serving import predict
+from ..serving.backends import GRAPH_BACKENDS, LABELS, BackendStatus, check_backend
 from ..units import percent
 from ..weights import hub
 from ..weights import resolver as weights
@@ -101,6 +102,7 @@ class Result(NamedTuple):
     table: pd.DataFrame
     info: str
     warning: str
+    backends: list[BackendStatus]  # the model's backends and their measured latency, for the Speed choice
 
 
 def classify_paths(
@@ -111,11 +113,16 @@ def classify_paths(
     top_k: float,
     show_cam: bool,
     state: dict[str, Any] | None,
+    backend: str = "auto",
 ) -> Result:
-    """Classify ``paths`` with the selected model: the checks, the engine call (hosting/gpu.py), the page's answer."""
+    """Classify ``paths`` with the selected model and backend: the checks, the engine call (hosting/gpu.py, or here
+    for the onnxruntime backends, which run on this machine's CPU), the page's answer."""
     if not paths:
         raise gr.Error("Add an image first: upload, paste or take one with the webcam, or pick an example.")
-    done = _classify_files(*selection(model, weights_choice, weights_file, state), paths, int(top_k), show_cam)
+    with user_messages():
+        check_backend(backend)
+    name, weights_arg = selection(model, weights_choice, weights_file, state)
+    done = _classify_files(name, weights_arg, paths, int(top_k), show_cam, backend, _run_dataset(name, backend, state))
     results = [r for part in done for r in part.results]
     good = [r for r in results if isinstance(r, predict.Prediction)]
     errors = [str(r) for r in results if not isinstance(r, predict.Prediction)]
@@ -140,40 +147,53 @@ def classify_paths(
         ],
         columns=TABLE_COLUMNS,
     )
-    label, notice = done[0].weights_label, done[0].notice
+    label, notice, last = done[0].weights_label, done[0].notice, done[-1]
     first = f"latency {good[0].latency_ms:.0f} ms for the first"
     shown = dict((v, name) for name, v in model_choices(state)).get(model, model) if model.startswith("run:") else model
-    lines = [f"**{len(good)} image(s)** classified with **{shown}** ({label}); {first}."]
+    by = LABELS[last.backend]
+    lines = [f"**{len(good)} image(s)** classified with **{shown}** ({label}) by {by}; {first}."]
+    if last.backend_note:
+        lines.append(f"ℹ️ {names_only(last.backend_note)}")
     if notice:
         lines.append(f"⚠️ {names_only(notice)}")
     lines += [f"❌ {e}" for e in errors]
-    return Result(dict(good[0].labels), gallery, table, "\n\n".join(lines), random_warning(label, model))
+    warning = random_warning(label, model)
+    return Result(dict(good[0].labels), gallery, table, "\n\n".join(lines), warning, last.backends)
 
 
 def _classify_files(
-    name: str, weights_arg: str | None, paths: list[str], top_k: int, show_cam: bool
+    name: str,
+    weights_arg: str | None,
+    paths: list[str],
+    top_k: int,
+    show_cam: bool,
+    backend: str,
+    dataset: Any,
 ) -> list[predict.Classified]:
     """The images classified where GPU work runs (hosting/gpu.py): here, or on ZeroGPU in calls of at most the
-    cap each."""
-    per_call, names = gpu.images_per_call(), [Path(p).name for p in paths]
+    cap each. The onnxruntime backends run here, on the CPU, in one go: a GPU call would only add its wait."""
+    on_cpu = backend in GRAPH_BACKENDS
+    per_call, names = (len(paths) if on_cpu else gpu.images_per_call()), [Path(p).name for p in paths]
     done = []
     with user_messages(gpu.GPUUnavailable):
         for i in range(0, len(paths), per_call):
-            part = paths[i : i + per_call]
-            seconds = gpu.prediction_seconds(len(part))
-            done.append(
-                gpu.run(
-                    predict.classify_files,
-                    name,
-                    weights_arg,
-                    part,
-                    top_k=top_k,
-                    names=names[i : i + per_call],
-                    gradcam=bool(show_cam),
-                    seconds=seconds,
-                )  # fmt: skip
-            )
+            part, kwargs = paths[i : i + per_call], {"names": names[i : i + per_call], "backend": backend}
+            kwargs |= {"top_k": top_k, "gradcam": bool(show_cam), "dataset": dataset}
+            if on_cpu:
+                done.append(predict.classify_files(name, weights_arg, part, **kwargs))
+            else:
+                seconds = gpu.prediction_seconds(len(part))
+                done.append(gpu.run(predict.classify_files, name, weights_arg, part, seconds=seconds, **kwargs))
     return done
+
+
+def _run_dataset(model: str, backend: str, state: dict[str, Any] | None) -> Any:
+    """The session's dataset, offered for int8's calibration of a run (the engine takes it only if it is the
+    run's own: same classes, same counts)."""
+    dataset = (state or {}).get("dataset")
+    if backend != "int8" or not model.startswith("run:") or not dataset:
+        return None
+    return dataset[0]
 
 
 def random_warning(weights_label: str, model: str) -> str:

@@ -179,7 +179,7 @@ def add_class(
     if not name:
         raise gr.Error("Name the class first.")
     if not files:
-        raise gr.Error(f"Add some images for '{name}'.")
+        raise gr.Error(f"Add some images for '{name}': upload them, or capture them with the camera.")
     by_hand[name] = list(by_hand.get(name, [])) + list(files)
     text = "\n".join(f"- **{html.escape(c)}**: {len(v)} image(s)" for c, v in by_hand.items())
     return by_hand, text, "", None

@@ -14,12 +14,15 @@ from ..hosting.training_queue import TrainingQueue
 from ..training import runners
 from ..training.config import example_config
 from ..weights import resolver as weights
+from .capture import build_classes_by_hand
 from .common import WEIGHTS_LABELS, describe, user_errors
 from .continue_run import build_continue_controls, wire_continue
+from .data_review import build_class_gallery, class_samples
 from .exports import export_run
-from .finetune_data import SOURCE_CHOICES, add_class, ensure_dataset, folder_summary, load_dataset, session_of
+from .finetune_data import SOURCE_CHOICES, ensure_dataset, folder_summary, load_dataset, session_of
 from .hub_controls import build_push_controls
 from .multigpu import build_gpu_option, gpu_run
+from .review_view import build_review_view, runs_to_review
 from .training_run import FinetuneTab, follow_run, stop_training
 from .training_settings import (
     SETTING_NAMES,
@@ -74,15 +77,10 @@ def build_finetune_tab(
             )
             folder_info = gr.Markdown(elem_id="train-folder-summary")
             relpaths = gr.Textbox(visible="hidden", elem_id="folder-relpaths")
-            by_hand = gr.State({})
-            with gr.Accordion("Classes by hand", open=False):
-                with gr.Row():
-                    class_name = gr.Textbox(label="Class name")
-                    class_files = gr.File(label="Its images", file_count="multiple", file_types=["image"])
-                add = gr.Button("Add class")
-                classes = gr.Markdown()
+            by_hand = build_classes_by_hand(state)  # uploads and webcam frames (capture.py)
             load = gr.Button("Check dataset", elem_id="train-load")
             report = gr.Markdown(elem_id="train-report")
+            class_gallery = build_class_gallery()  # a few images of each class, after the check (data_review.py)
         with gr.Column():
             model = gr.Dropdown(
                 [m for m in models if not m[1].startswith("run:")], value=ex.model, label="Model", elem_id="train-model"
@@ -126,6 +124,7 @@ def build_finetune_tab(
             more = build_continue_controls()  # "Continue training": the last run, more epochs (continue_run.py)
     shown = _build_results()
     build_push_controls(state, predict_model)  # "Push to Hub" for the last run (hub_controls.py)
+    review = build_review_view(state)  # the run's mistakes and likely mislabels (review_view.py)
 
     tab = FinetuneTab(
         state=state,
@@ -151,12 +150,6 @@ def build_finetune_tab(
         [model, weights_choice, mode, epochs, lr, optimizer, schedule, size, zip_file, folder],
         api_visibility="private",
     )
-    add.click(
-        add_class,
-        [class_name, class_files, by_hand],
-        [by_hand, classes, class_name, class_files],
-        api_visibility="private",
-    )
     folder.change(folder_summary, [folder, relpaths], folder_info, api_visibility="private")
     data_inputs = [source, zip_file, folder, relpaths, by_hand, state]
     recipe_fields = [epochs, lr, optimizer, schedule, extra.label_smoothing]
@@ -165,13 +158,14 @@ def build_finetune_tab(
     named |= extra._asdict()
     settings = [named[name] for name in SETTING_NAMES]  # the order of /train and /estimate
     checked = load.click(load_dataset, data_inputs, [report, state], api_name="load_dataset")
+    checked.success(class_samples, state, class_gallery, api_visibility="private")
     _wire_suggestion(checked, state, named, recipe_fields, suggestion_line, estimate_line)
     # Settings follow the mode (and the recipe) a person picks: the fields show the recipe's values for it.
     for chooser in (mode, extra.recipe):
         chooser.input(mode_values, [mode, extra.recipe], recipe_fields, api_visibility="private")
     estimate.click(estimate_text, [state, *settings], estimate_line, api_name="estimate")
     # Start checks the data itself when this choice has not been checked yet (the example needs no extra click).
-    start.click(ensure_dataset, data_inputs, [report, state], api_visibility="private").success(
+    started = start.click(ensure_dataset, data_inputs, [report, state], api_visibility="private").success(
         functools.partial(start_training, tab),
         [state, *settings, all_gpus],
         tab.training_outputs(),
@@ -179,6 +173,7 @@ def build_finetune_tab(
         api_description=describe(start_training),
         concurrency_limit=None,  # it waits its turn in the trainings queue, not in Gradio's (training_turn.py)
     )
+    started.then(runs_to_review, state, review.run, api_visibility="private")  # the new run, ready to review
     wire_continue(tab, more)
     stop.click(stop_training, state, tab.log, api_name="stop", queue=False)
     shown["export_button"].click(

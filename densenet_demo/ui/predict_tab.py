@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..config import PRESETS
 from ..data import examples
-from ..serving import export
+from ..serving import backends, export
 from ..weights import hub
 from ..weights import resolver as weights
 from .classify import (
@@ -31,6 +31,7 @@ from .common import MODEL_API, WEIGHTS_LABELS, api_type, names_only, weights_lab
 from .exports import export_folder
 from .hub_models import build_hub_loader
 from .run_controls import build_run_controls
+from .speed import POLL_S, SPEED_CHOICES, SPEED_INFO, speed_choices, speed_note, speed_status
 
 __all__ = [
     "PredictTab",
@@ -69,6 +70,7 @@ class PredictTab(NamedTuple):
     gallery: gr.Gallery
     table: gr.Dataframe
     top_k: gr.Slider
+    speed: gr.Radio
 
 
 def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.Dropdown) -> PredictTab:
@@ -134,6 +136,9 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
                 top_k = gr.Slider(1, 10, value=5, step=1, label="Top-k")
                 api_type(top_k, {"type": "integer", "description": "classes per image, 1 to 10"})
                 show_cam = gr.Checkbox(value=True, label="Grad-CAM (stills)")
+            speed = gr.Radio(SPEED_CHOICES, value="auto", label="Speed", info=SPEED_INFO, elem_id="predict-speed")
+            speed_info = gr.Markdown(speed_note([]), elem_id="predict-speed-info")
+            poll = gr.Timer(POLL_S, active=False)
             button = gr.Button("Classify", variant="primary", elem_id="predict-button")
             with gr.Row():
                 export_button = gr.Button("Export ONNX", size="sm", elem_id="predict-export-button")
@@ -160,6 +165,62 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
                 elem_id="predict-table",
             )
             live = gr.State()  # the last webcam frame's time, for the frame rate
+    _follow_selection(model, weights_choice, weights_file, export_file, warning)
+    images.change(_previews, images, previews, api_visibility="private", show_progress="hidden")
+    settings = [model, weights_choice, weights_file, top_k]
+    backends.share_cores(PREDICT_CONCURRENCY)  # read now, as the limits below: bench/serve.py sets it
+    speed_view = [speed, speed_info, poll]
+    gr.on(
+        [model.change, weights_choice.change, poll.tick],
+        speed_status,
+        [model, weights_choice, weights_file, state],
+        speed_view,
+        api_visibility="private",
+        show_progress="hidden",
+    )
+    button.click(
+        classify,
+        [photo, images, *settings, show_cam, speed, state],
+        [warning, label, info, gallery, table, *speed_view],
+        api_visibility="private",  # the page's button; programs call /predict or /classify_image
+        concurrency_limit=PREDICT_CONCURRENCY,
+        concurrency_id="predict",
+    )
+    camera.stream(
+        classify_frame,
+        [camera, *settings, speed, live, state],
+        [warning, label, info, live],
+        api_visibility="private",
+        stream_every=LIVE_FRAME_EVERY_S,
+        # Gradio's stream default ("multiple"): "always_last" ends the stream after its first frame (Gradio 6.31).
+        concurrency_limit=PREDICT_CONCURRENCY,
+        concurrency_id="predict",
+        show_progress="hidden",
+    )
+    # The files-only endpoint that API clients call; no button of its own.
+    gr.on(
+        [],
+        predict_images,
+        [images, *settings, show_cam, speed, state],
+        [label, gallery, table, info],
+        api_name="predict",
+        concurrency_limit=PREDICT_CONCURRENCY,
+        concurrency_id="predict",
+    )
+    export_button.click(
+        export_onnx,
+        [model, weights_choice, weights_file, state],
+        export_file,
+        api_name="export_onnx",
+        concurrency_limit=1,
+    )
+    return PredictTab(model, weights_choice, photo, images, warning, label, info, gallery, table, top_k, speed)
+
+
+def _follow_selection(
+    model: gr.Dropdown, weights_choice: gr.Radio, weights_file: gr.File, export_file: gr.File, warning: gr.Markdown
+) -> None:
+    """Another model or weights: the weights that go with it, its warning, no stale export, the file box."""
     model.change(natural_weights, model, weights_choice, api_visibility="private")
     # An export belongs to the model it was made of: another selection hides it.
     gr.on(
@@ -180,45 +241,6 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
     weights_choice.change(
         lambda c: gr.update(visible=c == "Checkpoint file"), weights_choice, weights_file, api_visibility="private"
     )
-    images.change(_previews, images, previews, api_visibility="private", show_progress="hidden")
-    settings = [model, weights_choice, weights_file, top_k]
-    button.click(
-        classify,
-        [photo, images, *settings, show_cam, state],
-        [warning, label, info, gallery, table],
-        api_visibility="private",  # the page's button; programs call /predict or /classify_image
-        concurrency_limit=PREDICT_CONCURRENCY,
-        concurrency_id="predict",
-    )
-    camera.stream(
-        classify_frame,
-        [camera, *settings, live, state],
-        [warning, label, info, live],
-        api_visibility="private",
-        stream_every=LIVE_FRAME_EVERY_S,
-        # Gradio's stream default ("multiple"): "always_last" ends the stream after its first frame (Gradio 6.31).
-        concurrency_limit=PREDICT_CONCURRENCY,
-        concurrency_id="predict",
-        show_progress="hidden",
-    )
-    # The files-only endpoint that API clients call; no button of its own.
-    gr.on(
-        [],
-        predict_images,
-        [images, *settings, show_cam, state],
-        [label, gallery, table, info],
-        api_name="predict",
-        concurrency_limit=PREDICT_CONCURRENCY,
-        concurrency_id="predict",
-    )
-    export_button.click(
-        export_onnx,
-        [model, weights_choice, weights_file, state],
-        export_file,
-        api_name="export_onnx",
-        concurrency_limit=1,
-    )
-    return PredictTab(model, weights_choice, photo, images, warning, label, info, gallery, table, top_k)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +254,7 @@ def predict_images(
     weights_file: str | None = None,
     top_k: float = 5,
     show_cam: bool = True,
+    backend: str = "auto",
     state: dict[str, Any] | None = None,
 ) -> tuple[dict[str, float], list[tuple[Any, str]], pd.DataFrame, str]:
     """Classify image files with a DenseNet: the top-k classes of the first image, each image with its top
@@ -243,10 +266,13 @@ def predict_images(
         weights_choice: "ImageNet" (the model's own: ImageNet where it has them), "Random init" or "Checkpoint file".
         weights_file: with "Checkpoint file": the Fine-tune tab's .zip, or a .safetensors / .pth file.
         top_k: classes per image, 1 to 10.
-        show_cam: draw each image's Grad-CAM overlay for its top class.
+        show_cam: draw each image's Grad-CAM overlay for its top class (computed with PyTorch).
+        backend: "auto" (onnxruntime on a CPU once the model's checked graph is ready, PyTorch until then),
+            "torch", "onnxruntime" or "int8" (quantized; kept only where it keeps the answers). The note says which
+            one answered, and why when it is not the one asked for.
     """
     paths = [files] if isinstance(files, str) else list(files or [])
-    result = classify_paths(paths, model, weights_choice, weights_file, top_k, show_cam, state)
+    result = classify_paths(paths, model, weights_choice, weights_file, top_k, show_cam, state, backend)
     return result.label, result.gallery, result.table, result.info
 
 
@@ -258,23 +284,28 @@ def classify(
     weights_file: str | None = None,
     top_k: float = 5,
     show_cam: bool = True,
+    backend: str = "auto",
     state: dict[str, Any] | None = None,
 ) -> tuple[Any, ...]:
     """The Classify button: the photo and the files together. A user error is one warning, not an error per panel."""
     paths = ([photo] if photo else []) + list(files or [])
     try:
-        result = classify_paths(paths, model, weights_choice, weights_file, top_k, show_cam, state)
+        result = classify_paths(paths, model, weights_choice, weights_file, top_k, show_cam, state, backend)
     except gr.Error as e:  # one warning, one log line; the results of an earlier request are cleared
         logger.info("/classify refused: %s", e.message)
         gr.Warning(e.message)
-        return gr.skip(), None, "", [], pd.DataFrame(columns=TABLE_COLUMNS)
+        return gr.skip(), None, "", [], pd.DataFrame(columns=TABLE_COLUMNS), gr.skip(), gr.skip(), gr.skip()
     columns = max(1, min(3, len(result.gallery)))  # one image gets the whole width, not a third of it
+    preparing = any(s.state == "preparing" for s in result.backends)
     return (
         result.warning,
         gr.update(value=result.label, label=_label_title(result.warning)),
         result.info,
         gr.update(value=result.gallery, columns=columns, label=_gallery_title(show_cam)),
         result.table,
+        gr.update(choices=speed_choices(result.backends)),
+        speed_note(result.backends),
+        gr.Timer(active=preparing),
     )
 
 
@@ -284,6 +315,7 @@ def classify_frame(
     weights_choice: str,
     weights_file: str | None,
     top_k: float,
+    backend: str,
     last: float | None,
     state: dict[str, Any] | None = None,
 ) -> tuple[Any, ...]:
@@ -293,13 +325,14 @@ def classify_frame(
     try:
         predictor = get_predictor(model, weights_choice, weights_file, state)
         with user_messages():
-            (result,) = predictor.predict([frame], top_k=int(top_k), names=["webcam"])
+            (result,) = predictor.predict([frame], top_k=int(top_k), names=["webcam"], backend=backend)
     except gr.Error as e:
         return gr.skip(), gr.skip(), f"Live: {e.message}", last
     now = time.monotonic()
     rate = f"{1.0 / (now - last):.1f} frames/s, " if last and now > last else ""
     warning = random_warning(predictor.weights_label, model)
-    info = f"**Live** with **{model}** ({predictor.weights_label}): {rate}{result.latency_ms:.0f} ms per frame."
+    by = {value: label for label, value in SPEED_CHOICES}[result.backend]
+    info = f"**Live** with **{model}** ({predictor.weights_label}, {by}): {rate}{result.latency_ms:.0f} ms per frame."
     return warning, gr.update(value=dict(result.labels), label=_label_title(warning)), info, now
 
 
