@@ -75,7 +75,7 @@ def _upload(app_server, path: Path) -> str:
 
 
 def _predict_args(files: list, model: str = "densenet_bc100_k12") -> list:
-    return [files, model, "Random init", None, 3, False]
+    return [files, model, "Random init", None, 3, False, "auto"]
 
 
 def _assert_refused(app_server, api_name: str, data: list, named: str) -> None:
@@ -154,7 +154,7 @@ def test_a_request_naming_a_server_file_as_its_upload_is_refused(app_server, pri
 def test_a_request_naming_a_server_file_as_its_weights_is_refused(app_server, photo):
     # The image is uploaded as a browser would; the weights "file" is a path the client never uploaded.
     args = [[_file_data(_upload(app_server, photo))], "densenet_bc100_k12", "Checkpoint file"]
-    _assert_refused(app_server, "predict", [*args, _file_data("/etc/passwd"), 3, False], "/etc/passwd")
+    _assert_refused(app_server, "predict", [*args, _file_data("/etc/passwd"), 3, False, "auto"], "/etc/passwd")
 
 
 @pytest.mark.e2e
