@@ -20,24 +20,29 @@ def _free_port() -> int:
 
 
 def start_app(
-    argv: list[str], weights_dir: str, timeout_s: float = 120, env: dict[str, str] | None = None
+    argv: list[str],
+    weights_dir: str,
+    timeout_s: float = 120,
+    *,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
 ) -> tuple[subprocess.Popen, str, float]:
-    """Run ``python *argv`` from the project root (``env`` added to the environment); return it, its URL and the
-    seconds until its first HTTP 200."""
+    """Run ``python *argv`` from the project root; return it, its URL and the seconds until its first HTTP 200.
+
+    ``env``: more variables for it; ``log``: a file for its output (else it is dropped)."""
     port = _free_port()
     env = {
         **os.environ,
-        **(env or {}),
         "GRADIO_SERVER_PORT": str(port),
         "GRADIO_SERVER_NAME": "127.0.0.1",
         "GRADIO_ANALYTICS_ENABLED": "False",
         "DENSENET_DEMO_WEIGHTS": weights_dir,
+        **(env or {}),
     }
     url = f"http://127.0.0.1:{port}/"
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, *argv], cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    output = open(log, "w") if log is not None else subprocess.DEVNULL  # noqa: SIM115  (the child holds it)
+    proc = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     while time.perf_counter() - start < timeout_s:
         if proc.poll() is not None:
             raise SystemExit(f"the app exited with {proc.returncode}")

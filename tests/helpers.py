@@ -228,13 +228,15 @@ def finetune_page() -> FinetuneTab:
     """The Fine-tune tab built in a throwaway Blocks: its handlers run in-process, no server."""
     import gradio as gr
 
+    from densenet_demo.hosting.training_queue import TrainingQueue
     from densenet_demo.ui import finetune_data
     from densenet_demo.ui.common import model_choices
     from densenet_demo.ui.finetune_tab import build_finetune_tab
 
     with gr.Blocks():
         state = finetune_data.session_state()
-        return build_finetune_tab(model_choices(None), predict_model=gr.Dropdown(), reuse=gr.Dropdown(), state=state)
+        dropdowns = {"predict_model": gr.Dropdown(), "reuse": gr.Dropdown()}
+        return build_finetune_tab(model_choices(None), **dropdowns, state=state, trainings=TrainingQueue())
 
 
 def images_by_hand(root: Path, per_class: int) -> dict[str, list[str]]:

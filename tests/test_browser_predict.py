@@ -242,3 +242,19 @@ def test_checkpoint_from_upload_extracts_a_zip_once_and_finds_its_folder(tmp_pat
     first = predict.checkpoint_from_upload(archive)
     assert first.name == "digits-roundtrip" and (first / checkpoints.CHECKPOINT_META).is_file()
     assert predict.checkpoint_from_upload(archive) == first  # the same upload, the same folder (and cache entry)
+
+
+def test_a_bad_file_in_the_image_box_gets_its_reason_and_clears_the_last_results(page, photo, tmp_path):
+    pick(page, "predict-model", SMALL, type_it=True)
+    page.locator("#predict-photo input[type=file]").set_input_files(str(photo))
+    page.locator("#predict-button").click()
+    expect(page.locator("#predict-table")).to_contain_text("photo.png", timeout=60_000)
+    fake = tmp_path / "text.jpg"
+    fake.write_text("this is text, not a photo")
+    page.locator("#predict-photo").get_by_role("button", name="Remove Image").click()
+    page.locator("#predict-photo input[type=file]").set_input_files(str(fake))
+    page.locator("#predict-button").click()
+    expect(page.get_by_text("text.jpg: not an image").first).to_be_visible()
+    expect(page.locator("#predict-table")).not_to_contain_text("photo.png")  # the last image's results are gone
+    expect(page.locator("#predict-label")).not_to_contain_text("%")
+    _no_error_badges(page)

@@ -1,5 +1,5 @@
 """The app as an MCP server (on unless GRADIO_MCP_SERVER=false): an MCP client over streamable HTTP lists its
-tools, classifies an image and reads an architecture table through them."""
+tools (only the two written for agents), classifies an image and reads an architecture table through them."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from mcp.client.streamable_http import streamable_http_client
 from PIL import Image
 
-from densenet_demo.ui.app import mcp_server_enabled
+from densenet_demo.ui.app import MCP_TOOLS, mcp_server_enabled
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,20 @@ def test_an_mcp_client_lists_the_tools_with_their_descriptions(mcp_url):
     assert "channels grow" in table.description and "required" not in table.inputSchema
     chosen = _session(mcp_url + "?tools=classify_image,architecture_table", lambda s: s.list_tools()).tools
     assert sorted(tool.name for tool in chosen) == ["architecture_table", "classify_image"]  # the agents' pair
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(300)
+def test_an_mcp_client_sees_only_the_agent_tools_and_cannot_call_the_pages_endpoints(mcp_url):
+    tools = _session(mcp_url, lambda s: s.list_tools()).tools
+    assert sorted(tool.name for tool in tools) == sorted(MCP_TOOLS) == ["architecture_table", "classify_image"]
+    for tool in tools:
+        assert len(tool.description) > 80 and "Args:" not in tool.description  # a description, parameters apart
+        assert all(p.get("description") for p in tool.inputSchema["properties"].values()), tool.name
+    # The API's other endpoints (they follow a page's session) are no tools: calling one by name is refused.
+    for name in ("predict_images", "stop_training", "delete_run", "load_dataset", "partial", "_lambda_"):
+        result = _session(mcp_url, lambda s, name=name: s.call_tool(name, {}))
+        assert result.isError and "Unknown tool" in _text(result), name
 
 
 @pytest.mark.e2e

@@ -183,6 +183,24 @@ def test_a_bad_image_gets_one_clear_message_and_the_next_request_is_served(clien
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("case", ["zero-byte file", "text renamed .jpg", "truncated JPEG", "decompression-bomb PNG"])
+def test_the_one_image_input_gives_a_bad_image_its_reason_too(client, corpus, case):
+    path, reason = corpus["bad"][case]
+    with pytest.raises(Exception, match=rf"{path.name}: .*({reason})") as error:
+        client.predict(handle_file(str(path)), QUICK_MODEL, "Random init", 3, api_name="/classify_image")
+    assert "upstream" not in str(error.value) and len(str(error.value)) < 400
+    _still_serving(client, corpus)
+
+
+@pytest.mark.e2e
+def test_the_one_image_input_reads_odd_images_as_the_files_input_does(client, corpus):
+    for case, (path, _) in corpus["odd"].items():
+        label, note = client.predict(handle_file(str(path)), QUICK_MODEL, "Random init", 10, api_name="/classify_image")
+        files_label, *_ = _predict(client, [path])
+        assert label["confidences"] == files_label["confidences"], case
+
+
+@pytest.mark.e2e
 def test_bad_images_among_good_ones_are_named_and_the_good_ones_classified(client, corpus):
     bad = [p for p, _ in corpus["bad"].values()]
     label, _, table, info = _predict(client, [corpus["plain"], *bad], top_k=3)

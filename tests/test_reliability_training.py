@@ -217,11 +217,11 @@ def test_two_users_training_at_once_the_second_waits_and_both_finish(server, zip
     while "Started" not in (jobs[0].outputs()[-1][3] if jobs[0].outputs() else ""):
         time.sleep(0.05)
     jobs.append(_submit(second, mode="linear", epochs=1))
-    waiting = []  # the second job's status while the first is still training
+    waiting = []  # what the second page shows while the first is still training: its place in the trainings queue
     while not jobs[0].done():
-        waiting.append(jobs[1].status().code.name)
+        waiting += [str(jobs[1].outputs()[-1][2])] if jobs[1].outputs() else []
         time.sleep(0.05)
-    assert "IN_QUEUE" in waiting, waiting
+    assert any("Waiting for the trainer: 1st in line (1 training running, 1 waiting)" in text for text in waiting)
     logs = [_log(job) for job in jobs]
     assert all("Finished: best val acc" in log for log in logs)
     runs = {_run_dir(server, log) for log in logs}

@@ -15,6 +15,17 @@ def test_the_folder_is_made_on_first_use_reused_and_made_again_if_removed(tmp_pa
     assert session.folder().is_dir()
 
 
+def test_a_session_dropped_without_expiring_takes_its_folder_with_it(tmp_path):
+    import gc
+
+    kept, dropped = Session(tmp_path), Session(tmp_path)
+    kept_folder, dropped_folder = kept.folder(), dropped.folder()
+    (dropped_folder / "upload.png").write_bytes(b"x")
+    del dropped
+    gc.collect()
+    assert not dropped_folder.exists() and kept_folder.is_dir()
+
+
 def test_a_new_dataset_removes_the_previous_extraction_unless_a_run_reads_it(tmp_path):
     session = Session(tmp_path)
     first = session.extraction_folder()

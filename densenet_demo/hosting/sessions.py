@@ -2,9 +2,10 @@
 
 One ``Session`` per browser session. It makes its folder on first use (and again if something removed it),
 keeps one extracted zip at a time so that loading again and again cannot fill the disk, never removes data
-a run is still reading, and removes everything when the session expires. Its ``owner`` token marks the runs
-it trains as its own (see ``runs``); on a shared server they go when the session does. A server that was killed cannot
-expire its sessions; ``sweep_stale_sessions`` at the next launch removes what they left.
+a run is still reading, and removes everything when the session expires, or when the session itself is dropped
+without expiring (a copy of the page's state that a refused request never handed back). Its ``owner`` token marks
+the runs it trains as its own (see ``runs``); on a shared server they go when the session does. A server that was
+killed cannot expire its sessions; ``sweep_stale_sessions`` at the next launch removes what they left.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import secrets
 import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 from . import runs
@@ -41,6 +43,10 @@ class Session:
         """The session's own folder, created on first use and again if it was removed meanwhile."""
         if self._folder is None or not self._folder.is_dir():
             self._folder = Path(tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=self.root))
+            # The folder lives as long as this object: a handler works on a copy of the page's state, and when it
+            # refuses (a zip with '../' entries from a new page), the session it made is dropped, never to expire.
+            # Only in this process (a forked GPU worker drops its copies), and not at exit (the next launch sweeps).
+            weakref.finalize(self, _remove_folder, self._folder, os.getpid()).atexit = False
         return self._folder
 
     def extraction_folder(self) -> Path:
@@ -66,6 +72,11 @@ class Session:
         if self._folder is not None:
             shutil.rmtree(self._folder, ignore_errors=True)
             self._folder = self._extracted = None
+
+
+def _remove_folder(folder: Path, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def sweep_stale_sessions(root: str | os.PathLike | None = None, max_age_s: float = STATE_TTL_S) -> list[Path]:

@@ -20,6 +20,7 @@ import torch
 
 from ..data.images import Preprocessing
 from ..model import DenseNet
+from ..tracing import TRACING
 
 __all__ = [
     "ABS_TOLERANCE",
@@ -155,17 +156,18 @@ def _to_onnx_bytes(net: torch.nn.Module, example: torch.Tensor, opset: int | Non
         ) from None
     batch = torch.export.Dim("batch", min=1)
     try:
-        program = torch.onnx.export(
-            net,
-            (example,),
-            dynamo=True,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
-            opset_version=opset,
-            external_data=False,
-            verbose=False,
-        )
+        with TRACING:  # torch's tracing state is the process's: a training step elsewhere waits (tracing.py)
+            program = torch.onnx.export(
+                net,
+                (example,),
+                dynamo=True,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                opset_version=opset,
+                external_data=False,
+                verbose=False,
+            )
     except torch.onnx.OnnxExporterError as e:
         raise ExportError(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     proto = program.model_proto

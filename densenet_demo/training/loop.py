@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..data.datasets import DatasetError, DatasetReport, LabeledFiles
 from ..data.images import Preprocessing
 from ..model import DenseNet
+from ..tracing import TRACING
 from ..weights import resolver as W
 from . import events
 from .build import RunParts, build_parts, pick_amp_dtype, pick_device
@@ -260,29 +261,26 @@ class Trainer:
         p.schedule.apply(clock.progress(at.steps_done))
         x, y = place.to_device(x, y)
         p.recent.add(x)
-        with place.autocast():
-            logits = p.forward(x, p.wrapped)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-        p.optimizer.zero_grad(set_to_none=True)
-        p.scaler.scale(loss).backward()
-        p.scaler.step(p.optimizer)
-        p.scaler.update()
+        with TRACING:  # torch's tracing state is the process's: an ONNX export waits for the step (tracing.py)
+            with place.autocast():
+                logits = p.forward(x, p.wrapped)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            p.optimizer.zero_grad(set_to_none=True)
+            p.scaler.scale(loss).backward()
+            p.scaler.step(p.optimizer)
+            p.scaler.update()
         at.steps_done += 1
         metrics.add(loss, logits, y)
         clock.step_done(len(y))
         read = metrics.read() if metrics.due() or step == p.steps_per_epoch else metrics.last
         return events.Step(
-            epoch=epoch,
-            step=step,
-            steps=p.steps_per_epoch,
-            loss=read.loss,
-            acc=read.acc,
+            epoch=epoch, step=step, steps=p.steps_per_epoch, loss=read.loss, acc=read.acc,
             lr=p.optimizer.param_groups[-1]["lr"],
             images_per_s=metrics.seen * p.ranks / max(time.monotonic() - epoch_start, 1e-9),
             gpu_memory_mb=place.peak_memory_mb(),
             eta_s=clock.eta_s(at.steps_done),
             progress=min(1.0, clock.progress(at.steps_done)),
-        )
+        )  # fmt: skip
 
     def _mid_epoch(self, p: RunParts, step: int, started: float) -> events.Evaluated:
         val, improved = self._validate(p, p.metrics.read().acc)

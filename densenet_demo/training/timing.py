@@ -33,6 +33,7 @@ from safetensors.torch import save_file
 
 from ..data.datasets import LabeledFiles
 from ..data.images import Preprocessing
+from ..tracing import TRACING
 from ..weights import checkpoints
 from .build import build_model, make_optimizer, pick_amp_dtype, pick_device
 from .config import TrainConfig
@@ -160,11 +161,11 @@ def _time_steps(cfg: TrainConfig, model: torch.nn.Module, channels: int, size: i
             torch.cuda.synchronize(device)
 
     def step() -> None:
-        with placement.autocast():
+        with TRACING, placement.autocast():  # an ONNX export and a step take turns (tracing.py)
             loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
 
     def evaluate() -> None:
         with torch.inference_mode(), placement.autocast():

@@ -81,8 +81,8 @@ def architecture_table(model: str = "densenet121", image_size: float | None = No
     Returns:
         A summary (variant, depth, growth rate, parameters, MACs, training memory) and the table, one row per layer.
     """
-    if model not in PRESETS:
-        raise gr.Error(f"Unknown model {model[:100]!r}: choose one of {', '.join(PRESETS)}.")
+    if not isinstance(model, str) or model not in PRESETS:
+        raise gr.Error(f"Unknown model {str(model)[:100]!r}: choose one of {', '.join(PRESETS)}.")
     fields = config_fields(PRESETS[model].config)
     summary, table, _, _ = show_architecture(model, *fields[:8], image_size, "none", fields[8])
     return summary, table

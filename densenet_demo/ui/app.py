@@ -9,27 +9,32 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import warnings
 from typing import Any
 
 import gradio as gr
 
-from ..hosting import runs, sessions
+from ..hosting import request_log, runs, sessions
+from ..hosting.training_queue import TrainingQueue
 from ..weights import checkpoints
 from .agent_tools import wire_agent_tools
+from .app_blocks import DemoBlocks
 from .architecture_tab import build_architecture_tab, reuse_dropdown
-from .common import model_choices, reuse_choices
+from .common import list_runs, model_choices
 from .finetune_data import session_state
 from .finetune_tab import build_finetune_tab
 from .predict_tab import build_predict_tab
 
-__all__ = ["build_app", "launch", "mcp_server_enabled", "LAUNCH_SETTINGS", "QUEUE_MAX_SIZE"]
+__all__ = ["build_app", "launch", "mcp_server_enabled", "LAUNCH_SETTINGS", "MCP_TOOLS", "QUEUE_MAX_SIZE"]
 
 # Server settings that Gradio's defaults leave open (see the README's reliability section).
 MAX_FILE_SIZE = "200mb"  # one upload; a zip of a few thousand photos fits
 QUEUE_MAX_SIZE = 64  # a flood gets "queue full" instead of growing memory without bound
 DELETE_CACHE = (3600, 6 * 3600)  # every hour, delete uploads older than six hours
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MCP_ENV = "GRADIO_MCP_SERVER"  # Gradio's own switch for launch(mcp_server=...)
+# The MCP server's tools: the two endpoints written for agents (agent_tools.py). The others stay API endpoints:
+# they follow the page's session (a dataset, a run), which an MCP call does not keep from one call to the next.
+MCP_TOOLS = ("classify_image", "architecture_table")
 
 # Gradio's directory upload hands the server each file with only its bare name, which loses the
 # class folders. This script copies each file's webkitRelativePath into a hidden textbox before the
@@ -66,7 +71,7 @@ LAUNCH_SETTINGS: dict[str, Any] = {
 def build_app() -> gr.Blocks:
     """The page: three tabs, each wired to the engine. No model is built here."""
     models = model_choices()
-    with gr.Blocks(title="DenseNet demo", delete_cache=DELETE_CACHE) as app:
+    with DemoBlocks(title="DenseNet demo", delete_cache=DELETE_CACHE, mcp_tools=MCP_TOOLS) as app:
         gr.Markdown(
             "# DenseNet, hands on\n"
             "Classify images, fine-tune on your own, and read how a DenseNet's channels grow "
@@ -77,26 +82,13 @@ def build_app() -> gr.Blocks:
         with gr.Tab("Predict", id="predict"):
             predict = build_predict_tab(models, state, reuse)
         with gr.Tab("Fine-tune", id="finetune"):
-            build_finetune_tab(models, predict_model=predict.model, reuse=reuse, state=state)
+            build_finetune_tab(models, predict_model=predict.model, reuse=reuse, state=state, trainings=TrainingQueue())
         with gr.Tab("Architecture", id="architecture"):
             architecture = build_architecture_tab(reuse, state)
         wire_agent_tools(predict, architecture, state)  # /classify_image, /architecture_table: the MCP tools
         # A page opened later sees the runs (its session may use) trained since the app started.
-        app.load(
-            lambda s: {predict.model: gr.update(choices=model_choices(s)), reuse: gr.update(choices=reuse_choices(s))},
-            state,
-            [predict.model, reuse],
-            api_name="list_runs",  # API clients read their session's runs here: (label, run:<id>) choices
-        )
+        app.load(list_runs, state, [predict.model, reuse], api_name="list_runs")
     return app
-
-
-def configure_logging() -> None:
-    """Warnings and failures (with their tracebacks) to stderr, and the app's own notes, unless already set up."""
-    if logging.getLogger().handlers:  # the host (a test, a notebook, Spaces' runner) has set up logging
-        return
-    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
-    logging.getLogger("densenet_demo").setLevel(logging.INFO)
 
 
 def mcp_server_enabled() -> bool:
@@ -113,7 +105,10 @@ def launch(app: gr.Blocks, **overrides: Any) -> None:
 
     The runs' sharing rule and caps (``runs.settings``) apply from here; over a cap, runs go before serving.
     """
-    configure_logging()
+    request_log.configure_logging()
+    # classify_image's session input gives an MCP call the runs every caller may use; Gradio warns about any
+    # tool with a session input at each launch, which says nothing to the host.
+    warnings.filterwarnings("ignore", message="This MCP server includes a tool that has a gr.State input")
     runs.note_launch(server_name=overrides.get("server_name"), share=bool(overrides.get("share")))
     sessions.sweep_stale_sessions()
     checkpoints.sweep_partial_files()

@@ -5,7 +5,11 @@ the answer as the page shows it. Engine errors become messages that name files, 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
+import secrets
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +17,7 @@ from typing import Any, NamedTuple
 
 import gradio as gr
 import pandas as pd
+from gradio.data_classes import ImageData
 
 from ..config import PRESETS
 from ..data.images import ImageError
@@ -32,6 +37,7 @@ __all__ = [
     "classify_paths",
     "get_predictor",
     "model_name",
+    "open_files_here",
     "random_warning",
     "selection",
     "user_messages",
@@ -44,6 +50,48 @@ RANDOM_WARNING = (
     "⚠️ **Random weights: these classes mean nothing.** {model} has not learned anything yet; pick ImageNet "
     "weights (densenet121/161/169/201) or a fine-tuned run."
 )
+
+
+def open_files_here(image: gr.Image) -> gr.Image:
+    """``image`` (a ``type="filepath"`` input: Predict's Image box, ``/classify_image``) hands its file to the app's
+    own checks unopened (``data/images.py``: empty, not an image, truncated, a decompression bomb, each answered
+    with its reason), as the multi-image input's files go.
+
+    ``gr.Image`` opens the file while preparing it, and a bad file failed there with Gradio's generic error,
+    before the app could say what was wrong (and the page kept the previous results). A subclass would do, but
+    Gradio writes a ``.pyi`` stub next to the module of every component class it sees defined; so this one
+    component's ``preprocess`` is replaced instead.
+    """
+    image.preprocess = types.MethodType(_file_unopened, image)  # type: ignore[method-assign]
+    return image
+
+
+def _file_unopened(image: gr.Image, payload: ImageData | None) -> str | None:
+    if payload is None:
+        return None
+    if payload.url and payload.url.startswith("data:"):
+        return str(_data_url_file(payload.url, Path(image.GRADIO_CACHE)))
+    if payload.path is None:
+        raise gr.Error("The image came without a file: upload it (gradio_client: handle_file(path)).")
+    return str(payload.path)
+
+
+def _data_url_file(url: str, cache: Path) -> Path:
+    """A ``data:image/...;base64,...`` URL's bytes in a file of their own (checked like any upload afterwards)."""
+    header, _, data = url.partition(",")
+    if not header.endswith(";base64"):
+        raise gr.Error("The image's data URL is not base64: send data:image/png;base64,... or upload the file.")
+    try:
+        content = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise gr.Error("The image's data URL could not be decoded (invalid base64).") from None
+    subtype = header.removeprefix("data:").removesuffix(";base64").partition("/")[2]
+    suffix = subtype if subtype.isalnum() and len(subtype) <= 5 else "img"
+    folder = cache / secrets.token_hex(10)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"image.{suffix}"
+    path.write_bytes(content)
+    return path
 
 
 class Result(NamedTuple):
@@ -202,5 +250,5 @@ def user_messages(*extra: type[Exception]) -> Iterator[None]:
     try:
         yield
     except (ValueError, weights.CheckpointError, ImageError, OSError, *extra) as e:
-        logger.info("Predict request refused: %s", e)
+        logger.debug("refused, in full: %s", e)  # the INFO line is the request's (app_blocks.py), paths shortened
         raise gr.Error(names_only(str(e))) from None

@@ -8,6 +8,7 @@ session loaded (``HUB_MODELS``, see hub_models.py).
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,8 +29,10 @@ __all__ = [
     "WEIGHTS_LABELS",
     "api_type",
     "check_run",
+    "describe",
     "hub_choices",
     "limits_note",
+    "list_runs",
     "model_choices",
     "names_only",
     "owner",
@@ -100,6 +103,19 @@ def model_choices(state: dict[str, Any] | None = None) -> list[tuple[str, str]]:
 def reuse_choices(state: dict[str, Any] | None = None) -> list[tuple[str, str]]:
     """Where the Architecture tab's feature-reuse heatmap may take its weights from."""
     return [("none", "none"), ("ImageNet weights (when available)", "imagenet")] + run_choices(state)
+
+
+def describe(handler: Any) -> str:
+    """A handler's docstring, up to its arguments: its endpoint's description where Gradio cannot read it (a
+    ``functools.partial`` shows Python's own doc of partial)."""
+    return (inspect.getdoc(handler) or "").split("\n\nArgs:")[0]
+
+
+def list_runs(state: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fine-tuned runs this session may use, newest first, as (label, ``run:<id>``) choices: the Predict tab's
+    model list (runs, then presets) and the Architecture tab's heatmap weights. A page opened later sees the runs
+    trained since the app started."""
+    return gr.update(choices=model_choices(state)), gr.update(choices=reuse_choices(state))
 
 
 def unknown_model(model: str) -> gr.Error:

@@ -41,6 +41,6 @@ def export_run(state: dict[str, Any] | None) -> Any:
     try:
         result = export.export_onnx(f"run:{run_id}", out=export_folder() / f"{run_id}.onnx")
     except (ValueError, OSError, weights.CheckpointError, export.ExportError) as e:
-        logger.info("ONNX export of run %s refused: %s", run_id, e)
+        logger.debug("ONNX export of run %s refused, in full: %s", run_id, e)
         raise gr.Error(names_only(str(e))) from None
     return gr.update(value=str(result.bundle_path), visible=True)

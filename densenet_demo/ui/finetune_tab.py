@@ -10,11 +10,12 @@ from typing import Any
 import gradio as gr
 
 from ..config import PRESETS
+from ..hosting.training_queue import TrainingQueue
 from ..training import runners
 from ..training.config import example_config
 from ..weights import resolver as weights
 from .capture import build_classes_by_hand
-from .common import WEIGHTS_LABELS, user_errors
+from .common import WEIGHTS_LABELS, describe, user_errors
 from .continue_run import build_continue_controls, wire_continue
 from .data_review import build_class_gallery, class_samples
 from .exports import export_run
@@ -35,6 +36,7 @@ from .training_settings import (
     suggest_settings,
     takes_page_settings,
 )
+from .training_turn import STOPPED_WHILE_WAITING, take_turn, turn_over
 from .training_view import per_class_frame, progress_html
 
 __all__ = ["build_finetune_tab", "start_training"]
@@ -45,11 +47,16 @@ _EXAMPLE_SETTINGS = example_config()
 
 
 def build_finetune_tab(
-    models: list[tuple[str, str]], predict_model: gr.Dropdown, reuse: gr.Dropdown, state: gr.State
+    models: list[tuple[str, str]],
+    predict_model: gr.Dropdown,
+    reuse: gr.Dropdown,
+    state: gr.State,
+    trainings: TrainingQueue,
 ) -> FinetuneTab:
     """The tab's layout and events; call inside ``gr.Tab``. A finished run refreshes ``predict_model`` and ``reuse``.
 
     ``state``: the session (``finetune_data.session_state``), shared with the other tabs: its runs are its own.
+    ``trainings``: the server's trainings queue (one training at a time, one per session).
     """
     ex = _EXAMPLE_SETTINGS
     gr.Markdown(
@@ -135,6 +142,7 @@ def build_finetune_tab(
         **{name: shown[name] for name in ("loss", "acc", "progress", "log", "confusion", "per_class", "download")},
         predict_model=predict_model,
         reuse=reuse,
+        trainings=trainings,
     )
     source.change(
         functools.partial(_source_defaults, tab),
@@ -149,21 +157,9 @@ def build_finetune_tab(
     named |= dict(image_size=size, memory_efficient=memory_efficient, amp=amp, optimizer=optimizer, schedule=schedule)
     named |= extra._asdict()
     settings = [named[name] for name in SETTING_NAMES]  # the order of /train and /estimate
-    # Check dataset, then the settings measured for it on this machine (/suggest_settings); fields a person has
-    # set stay as they are (``touched``), and the line above Start says what was suggested and why.
-    suggestion, touched = gr.JSON(visible=False), gr.State([])
     checked = load.click(load_dataset, data_inputs, [report, state], api_name="load_dataset")
     checked.success(class_samples, state, class_gallery, api_visibility="private")
-    checked.success(suggest_settings, state, [suggestion, state], api_name="suggest_settings").success(
-        apply_suggestion,
-        [suggestion, touched, extra.recipe],
-        [*(named[name] for name in SUGGESTED), suggestion_line, estimate_line, *recipe_fields],
-        api_visibility="private",
-    )
-    for name in ("model", "weights_choice", "mode", "image_size", "batch_size", "time_budget", "augment", "epochs"):
-        # A person's own choice is kept by later suggestions; an estimate for other settings is stale.
-        named[name].input(mark_touched(name), touched, touched, api_visibility="private", queue=False)
-        named[name].input(lambda: "", None, estimate_line, api_visibility="private", queue=False)
+    _wire_suggestion(checked, state, named, recipe_fields, suggestion_line, estimate_line)
     # Settings follow the mode (and the recipe) a person picks: the fields show the recipe's values for it.
     for chooser in (mode, extra.recipe):
         chooser.input(mode_values, [mode, extra.recipe], recipe_fields, api_visibility="private")
@@ -174,8 +170,8 @@ def build_finetune_tab(
         [state, *settings, all_gpus],
         tab.training_outputs(),
         api_name="train",
-        concurrency_limit=1,
-        concurrency_id="train",
+        api_description=describe(start_training),
+        concurrency_limit=None,  # it waits its turn in the trainings queue, not in Gradio's (training_turn.py)
     )
     started.then(runs_to_review, state, review.run, api_visibility="private")  # the new run, ready to review
     wire_continue(tab, more)
@@ -184,6 +180,29 @@ def build_finetune_tab(
         export_run, state, shown["export_file"], api_name="export_run_onnx", concurrency_limit=1
     )
     return tab
+
+
+def _wire_suggestion(
+    checked: Any,
+    state: gr.State,
+    named: dict[str, Any],
+    recipe_fields: list[Any],
+    suggestion_line: gr.Markdown,
+    estimate_line: gr.Markdown,
+) -> None:
+    """After Check dataset (``checked``), the settings measured for it on this machine (/suggest_settings); fields
+    a person has set stay as they are (``touched``), and the line above Start says what was suggested and why."""
+    suggestion, touched = gr.JSON(visible=False), gr.State([])
+    checked.success(suggest_settings, state, [suggestion, state], api_name="suggest_settings").success(
+        apply_suggestion,
+        [suggestion, touched, named["recipe"]],
+        [*(named[name] for name in SUGGESTED), suggestion_line, estimate_line, *recipe_fields],
+        api_visibility="private",
+    )
+    for name in ("model", "weights_choice", "mode", "image_size", "batch_size", "time_budget", "augment", "epochs"):
+        # A person's own choice is kept by later suggestions; an estimate for other settings is stale.
+        named[name].input(mark_touched(name), touched, touched, api_visibility="private", queue=False)
+        named[name].input(lambda: "", None, estimate_line, api_visibility="private", queue=False)
 
 
 def _build_results() -> dict[str, Any]:
@@ -255,7 +274,9 @@ def start_training(
     settings: dict[str, Any],
     all_gpus: bool = False,  # the "use all N GPUs" box: a torchrun child process, one process per GPU
 ) -> Iterator[dict[Any, Any]]:
-    """Train on the loaded dataset, yielding live updates: curves, progress, log, then the results."""
+    """Train on the session's dataset (/load_dataset first) with these settings, streaming live updates: the loss
+    and accuracy curves, the progress line, the log, then the confusion matrix, per-class accuracy and the best
+    checkpoint. A session trains one run at a time; while others train, it waits its turn, its place shown."""
     state = dict(state or {})
     if state.get("dataset") is None:
         raise gr.Error("Check a dataset first (step 1), then press Start.")
@@ -264,9 +285,16 @@ def start_training(
     config = config_from_page(settings)
     note = _weights_note(settings["model"], settings["weights_choice"], settings["mode"])
     files, report = state["dataset"]
-    with user_errors(ValueError, weights.CheckpointError):
-        if all_gpus:  # one process per GPU
-            run = gpu_run(config, files, report, session_of(state))
-        else:  # one loop here; GPU calls on ZeroGPU (hosting/gpu.py)
-            run = runners.start(config, files, report=report)
-    yield from follow_run(tab, state, run, note)
+    ticket = yield from take_turn(tab.trainings, state, session_of(state).owner, tab.show(state))
+    if ticket is None:
+        yield tab.show(state)(STOPPED_WHILE_WAITING)
+        return
+    try:
+        with user_errors(ValueError, weights.CheckpointError):
+            if all_gpus:  # one process per GPU
+                run = gpu_run(config, files, report, session_of(state))
+            else:  # one loop here; GPU calls on ZeroGPU (hosting/gpu.py)
+                run = runners.start(config, files, report=report)
+        yield from follow_run(tab, state, run, note)
+    finally:
+        turn_over(ticket, state)

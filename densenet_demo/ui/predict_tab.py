@@ -3,6 +3,7 @@ fine-tuned run; top-k per image, Grad-CAM, a table, and an ONNX download of the 
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from .classify import (
     classify_paths,
     get_predictor,
     model_name,
+    open_files_here,
     random_warning,
     user_messages,
 )
@@ -43,6 +45,8 @@ __all__ = [
     "TABLE_COLUMNS",
     "WEIGHTS_CHOICES",
 ]
+
+logger = logging.getLogger(__name__)
 
 # Prediction requests served at once (the model cache is shared, read-only). bench/serve.py on 2 CPU cores:
 # 2 serves 24% more requests/s than 1, and 4 no more than 2 while holding twice the activations in memory.
@@ -93,12 +97,14 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
                 visible=False,
                 elem_id="predict-checkpoint",
             )
-            photo = gr.Image(
-                sources=["upload", "clipboard", "webcam"],
-                type="filepath",
-                label="Image: upload, paste (Ctrl+V) or take a photo with the webcam",
-                height=280,
-                elem_id="predict-photo",
+            photo = open_files_here(
+                gr.Image(
+                    sources=["upload", "clipboard", "webcam"],
+                    type="filepath",
+                    label="Image: upload, paste (Ctrl+V) or take a photo with the webcam",
+                    height=280,
+                    elem_id="predict-photo",
+                )
             )
             gr.Examples(
                 [[str(p)] for p in sorted(EXAMPLE_PHOTOS.glob("*.jpg"))],
@@ -176,7 +182,7 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
         classify,
         [photo, images, *settings, show_cam, speed, state],
         [warning, label, info, gallery, table, *speed_view],
-        api_name="classify",
+        api_visibility="private",  # the page's button; programs call /predict or /classify_image
         concurrency_limit=PREDICT_CONCURRENCY,
         concurrency_id="predict",
     )
@@ -285,7 +291,8 @@ def classify(
     paths = ([photo] if photo else []) + list(files or [])
     try:
         result = classify_paths(paths, model, weights_choice, weights_file, top_k, show_cam, state, backend)
-    except gr.Error as e:
+    except gr.Error as e:  # one warning, one log line; the results of an earlier request are cleared
+        logger.info("/classify refused: %s", e.message)
         gr.Warning(e.message)
         return gr.skip(), None, "", [], pd.DataFrame(columns=TABLE_COLUMNS), gr.skip(), gr.skip(), gr.skip()
     columns = max(1, min(3, len(result.gallery)))  # one image gets the whole width, not a third of it

@@ -5,7 +5,7 @@ How each event reads is training_view.py."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -13,6 +13,7 @@ import gradio as gr
 
 from .. import plots
 from ..hosting import memory, runs, sessions
+from ..hosting.training_queue import TrainingQueue
 from ..training.events import (
     Caching,
     Cancelled,
@@ -30,6 +31,7 @@ from ..training.runners import TrainingRun
 from ..weights import resolver as weights
 from .common import limits_note, model_choices, reuse_choices, user_errors
 from .finetune_data import session_of
+from .training_turn import run_started, stop_waiting
 from .training_view import curves, event_line, outcome_line, per_class_frame, progress_html, skipped_lines
 
 __all__ = ["FinetuneTab", "follow_run", "stop_training"]
@@ -59,6 +61,11 @@ class FinetuneTab(NamedTuple):
     download: gr.File
     predict_model: gr.Dropdown  # the Predict tab's model list: a new run appears there
     reuse: gr.Dropdown  # the Architecture tab's feature-reuse list, likewise
+    trainings: TrainingQueue  # the server's trainings queue: Start and Continue wait their turn in it
+
+    def show(self, state: dict[str, Any]) -> Callable[[str], dict[Any, Any]]:
+        """A line in the progress bar's place (a training waiting its turn), with the session's state."""
+        return lambda text: {self.state: state, self.progress: progress_html(0, text)}
 
     def training_outputs(self) -> list[Any]:
         """What a training run updates, in the order the ``/train`` endpoint has always returned them."""
@@ -83,6 +90,7 @@ def follow_run(tab: FinetuneTab, state: dict[str, Any], run: TrainingRun, note: 
     with user_errors(weights.CheckpointError):
         runs.begin_run(run.run_id, session.owner)
     state["run"], session.run_in_progress = run, True
+    run_started(state, run)  # a Stop while it was being built stops it now
     stream = run.events()
     view = _RunView(tab, state, session, run, [note] if note else [])
     try:
@@ -218,9 +226,12 @@ def _finish(
 
 
 def stop_training(state: dict[str, Any] | None) -> str:
-    """Ask the session's run to stop: it leaves its step at the next layer (several processes: together, at the
-    end of a step) and keeps the best checkpoint so far."""
+    """Stop the session's training: a running one leaves its step at the next layer (several processes: together,
+    at the end of a step) and keeps the best checkpoint so far; a waiting one leaves the trainings queue."""
     state = state or {}
+    waiting = stop_waiting(state)  # a training still waiting its turn, or starting
+    if waiting is not None:
+        return waiting
     session, run = state.get("session"), state.get("run")
     if session is None or run is None or not session.run_in_progress:
         return "Nothing is training."
