@@ -25,9 +25,11 @@ from densenet_demo.training.config import TrainConfig
 from densenet_demo.training.data import FeatureCache
 from densenet_demo.training.events import Cancelled, CancelToken, EpochEnd, Failed, Finished, Started, Step
 from densenet_demo.training.loop import Trainer
-from densenet_demo.weights import checkpoints
+from densenet_demo.weights import checkpoints, run_data
 
 ROOT = Path(__file__).resolve().parent.parent
+# One checkpoint and the record of the files it trained on (data.json, for its review), written by one process.
+RUN_FILES = sorted([checkpoints.CHECKPOINT_META, checkpoints.CHECKPOINT_WEIGHTS, run_data.DATA_FILE])
 SETTINGS = ["--image-size", "16", "--batch-size", "8", "--lr", "0.03", "--seed", "0"]
 
 
@@ -200,7 +202,7 @@ def test_two_processes_write_one_checkpoint_and_one_stream_of_events(two_process
     assert "linear scaling rule would use 0.06" in started["lr_scaling"]
     (run,) = (weights_dir / "runs").iterdir()  # one checkpoint, from rank 0
     assert result.stdout.strip().splitlines()[-1] == str(run) == events[-1]["checkpoint_dir"]
-    assert sorted(p.name for p in run.iterdir()) == [checkpoints.CHECKPOINT_META, checkpoints.CHECKPOINT_WEIGHTS]
+    assert sorted(p.name for p in run.iterdir()) == RUN_FILES
 
 
 @pytest.mark.e2e
@@ -270,7 +272,7 @@ def test_a_failing_rank_ends_the_run_with_its_message_and_no_half_written_checkp
     assert failed["message"].startswith("process 1 of 2 failed: ") and "injected failure on rank 1" in failed["message"]
     (run,) = (weights_dir / "runs").iterdir()  # epoch 1's checkpoint, whole, and nothing half-written beside it
     assert failed["checkpoint_dir"] == str(run)
-    assert sorted(p.name for p in run.iterdir()) == [checkpoints.CHECKPOINT_META, checkpoints.CHECKPOINT_WEIGHTS]
+    assert sorted(p.name for p in run.iterdir()) == RUN_FILES
     assert checkpoints.load_checkpoint(run)[1].metrics["epoch"] == 1
 
 

@@ -21,13 +21,13 @@ from PIL import Image
 
 from densenet_demo.data import examples
 from densenet_demo.hosting import runs
-from densenet_demo.weights import checkpoints
+from densenet_demo.weights import checkpoints, run_data
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
 RUN_FILES = sorted(
-    [checkpoints.CHECKPOINT_META, checkpoints.CHECKPOINT_WEIGHTS, runs.OWNER_FILE]
-)  # a run trained on the page
+    [checkpoints.CHECKPOINT_META, checkpoints.CHECKPOINT_WEIGHTS, runs.OWNER_FILE, run_data.DATA_FILE]
+)  # a run trained on the page (data.json: the files it trained on, for its review)
 
 MODEL = "densenet_bc100_k12"
 CORRUPT = "circle_truncated.png"
