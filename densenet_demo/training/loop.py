@@ -194,7 +194,8 @@ class Trainer:
         checkpoint kept, until the epochs are done, the time is up or early stopping says so."""
         cfg, at = self.config, self.state
         started = time.monotonic()
-        torch.manual_seed(cfg.seed)
+        with TRACING:  # torch.manual_seed enters torch's process-wide tracing state too (tracing.py)
+            torch.manual_seed(cfg.seed)
         yield events.Preparing(f"building {cfg.model_name} ({cfg.weights} weights) on {self.device}")
         self._anywhere = cancel if self.parallel.stops_anywhere else CancelToken()
         p = self._parts = build_parts(
