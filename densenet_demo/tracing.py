@@ -6,7 +6,8 @@ writes it while it traces, and so does every function torch keeps out of its com
 ``torch.fx.traceback.annotate``. Two threads doing so at once break each other (torch 2.14): a training on a
 shared server failed with ``KeyError: 'custom'`` while another visitor's ONNX export ran. So an export and a
 training step (or a timing step, or a run's seeding) take turns: a step waits for an export (seconds), an
-export for at most one step. Other calls into such functions from other threads at once remain exposed (docs/reliability.md).
+export for at most one step. Other calls into such functions from other threads at once remain exposed
+(docs/reliability.md).
 """
 
 from __future__ import annotations
