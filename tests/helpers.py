@@ -9,6 +9,7 @@ fake_spaces/) are not helpers either: a test names them, it does not import them
 from __future__ import annotations
 
 import functools
+import json
 import os
 import re
 import shutil
@@ -343,6 +344,23 @@ class AppServer:
             self.process.kill()
             self.process.wait()
         self._log.close()
+
+
+def upload(server: AppServer, path: Path) -> str:
+    """Upload a file as the browser does (multipart POST to Gradio's /upload); the server-side path it was given."""
+    boundary = "densenet-demo-test-boundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{path.name}"\r\n\r\n'.encode()
+        + path.read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    request = urllib.request.Request(
+        f"{server.url}gradio_api/upload",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as r:
+        return json.load(r)[0]
 
 
 def predict_call(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from gradio_client import handle_file
+from helpers import upload
 
 from densenet_demo.serving import predict
 
@@ -55,23 +56,6 @@ def _call(app_server, api_name: str, data: list) -> tuple[str, str]:
 
 def _file_data(path: str) -> dict:
     return {"path": path, "meta": {"_type": "gradio.FileData"}}
-
-
-def _upload(app_server, path: Path) -> str:
-    """Upload a file as the browser does (multipart POST to /upload); the server-side path it was given."""
-    boundary = "reliability-test-boundary"
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{path.name}"\r\n\r\n'.encode()
-        + path.read_bytes()
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    request = urllib.request.Request(
-        f"{app_server.url}gradio_api/upload",
-        data=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as r:
-        return json.load(r)[0]
 
 
 def _predict_args(files: list, model: str = "densenet_bc100_k12") -> list:
@@ -135,7 +119,7 @@ def test_the_file_route_refuses_a_private_file_and_the_weights_folder(app_server
 
 @pytest.mark.e2e
 def test_an_upload_is_served_back_and_a_path_out_of_it_is_not(app_server, photo):
-    served = _upload(app_server, photo)
+    served = upload(app_server, photo)
     status, body = _get(f"{app_server.url}gradio_api/file={served}")
     assert status == 200 and body == photo.read_bytes()  # the route works, so the refusals are refusals
     status, body = _get(f"{app_server.url}gradio_api/file={served}/../../../../etc/passwd")
@@ -153,7 +137,7 @@ def test_a_request_naming_a_server_file_as_its_upload_is_refused(app_server, pri
 @pytest.mark.e2e
 def test_a_request_naming_a_server_file_as_its_weights_is_refused(app_server, photo):
     # The image is uploaded as a browser would; the weights "file" is a path the client never uploaded.
-    args = [[_file_data(_upload(app_server, photo))], "densenet_bc100_k12", "Checkpoint file"]
+    args = [[_file_data(upload(app_server, photo))], "densenet_bc100_k12", "Checkpoint file"]
     _assert_refused(app_server, "predict", [*args, _file_data("/etc/passwd"), 3, False, "auto"], "/etc/passwd")
 
 

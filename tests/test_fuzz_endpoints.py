@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers import AppServer
+from helpers import AppServer, upload
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -61,22 +61,6 @@ class Fuzzed:
                 value = "densenet_bc100_k12"  # a model that needs no download
             values.append(value)
         return values
-
-
-def upload(server: AppServer, path: Path) -> str:
-    boundary = "fuzz-boundary"
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{path.name}"\r\n\r\n'.encode()
-        + path.read_bytes()
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    request = urllib.request.Request(
-        f"{server.url}gradio_api/upload",
-        data=body,
-        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
-    )
-    with urllib.request.urlopen(request, timeout=30) as r:
-        return json.load(r)[0]
 
 
 def _post(url: str, payload: dict) -> tuple[int, dict]:
