@@ -83,8 +83,9 @@ def test_a_time_budget_counts_the_time_inside_calls_not_between_them(tiny_config
     assert events[-1].kind == "finished" and events[-1].out_of_time
     assert calls >= 3  # counted with the gaps, the budget would have run out in the second call
     progress = [e.progress for e in events if e.kind == "step"]
-    # The lr's clock went on across the calls (a validation's measured time may move the end by a little).
-    assert progress[-1] > 0.5 and all(b > a - 0.05 for a, b in zip(progress, progress[1:], strict=False))
+    # The lr's clock went on across the calls: a call starting its clock again would drop it by a third or more.
+    # (A validation's measured time moves the end by a little, more on a loaded machine: 0.15 of slack.)
+    assert progress[-1] > 0.5 and all(b > a - 0.15 for a, b in zip(progress, progress[1:], strict=False))
 
 
 def test_the_state_a_finished_run_keeps_holds_cpu_tensors_and_plain_data(tiny_config, colours):
