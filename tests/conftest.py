@@ -8,12 +8,18 @@ from helpers, never from here or from one another.
 from __future__ import annotations
 
 import os
+import tempfile
 
 # The suite runs on pytest-xdist workers (pyproject.toml: -n 2), one per core: each worker and the processes it
 # starts (app servers, the CLI) get one OpenMP thread, so that two workers' threads do not wait on each other's
 # cores. Set before torch is imported.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+# hypothesis keeps its caches (constants, unicode tables) in ./.hypothesis unless told otherwise: outside the checkout.
+os.environ.setdefault(
+    "HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), f"densenet-demo-hypothesis-{os.getuid()}")
+)
 
 import gc
 import subprocess
