@@ -1,17 +1,21 @@
 """Serving /predict under load: latency and throughput for each backend, prediction concurrency limit and
 onnxruntime thread count, the PyTorch backend measured as the baseline in the same run.
 
-    python bench/serve.py [--model densenet121] [--backends torch,onnxruntime] [--limits 1,2,4] [--threads default,1,2]
-                          [--requests 64] [--sequential 30] [--repeats 2]
+    python bench/serve.py [--model densenet121] [--backends torch,onnxruntime] [--limits 1,2,4] [--threads 1,2]
+                          [--requests 64] [--sequential 30] [--repeats 2] [--client gradio_client|http]
 
 For each (limit, threads), starts `python app.py` with `PREDICT_CONCURRENCY` set to the limit and
 `DENSENET_DEMO_ORT_THREADS` to the threads (a fresh process, loopback only; one weights folder for the whole
 bench, so a graph exported by the first start is loaded from the cache by the next), and for each backend
 (`/predict`'s `backend` argument) warms up until that backend answers (the first start exports the graph in the
-background meanwhile), then measures through `gradio_client`:
+background meanwhile), then measures through the client:
 - sequential: one request at a time, p50/p95 latency;
 - concurrent: all --requests submitted at once; throughput (requests/s over the wall time) and p50/p95
   latency from submit to result (queue wait included).
+The client (--client): `gradio_client` (the default), or `http`: plain HTTP on Gradio's documented call API
+(upload, `POST /gradio_api/call/predict`, read its event stream), as curl or any language would call it.
+gradio_client waits for each of the server's messages in 50 ms polls: an endpoint that returns its input at once
+takes it ~80 ms on this machine, so sequential figures under that are only seen over plain HTTP.
 The backends alternate --repeats times (torch, onnxruntime, torch, onnxruntime, ...): the figures are medians over
 the repeats, and each backend's ratio to torch's at the same settings. Prints one JSON object. One 224x224 JPEG
 per request, top-5, Grad-CAM off (classification alone); the client runs on the same cores as the server.
@@ -53,11 +57,63 @@ def _summary(latencies_s: list[float]) -> dict[str, float]:
     return {"p50_ms": round(statistics.median(ms), 1), "p95_ms": round(_percentile(ms, 0.95), 1)}
 
 
+class GradioClient:
+    """/predict through gradio_client."""
+
+    def __init__(self, url: str, image: Path, requests: int) -> None:
+        from gradio_client import Client, handle_file
+
+        # As many workers as requests at once (the client's default is 40), and time enough for a loaded machine.
+        self.client = Client(url, verbose=False, max_workers=max(40, requests), httpx_kwargs={"timeout": 900})
+        self.image = handle_file(str(image))
+
+    def predict(self, model: str, backend: str) -> tuple[dict, str]:
+        label, _, _, info = self.client.predict([self.image], *_settings(model, backend), api_name="/predict")
+        return label, info
+
+
+class HttpClient:
+    """/predict in plain HTTP: the image uploaded, the call posted, its event stream read to the end."""
+
+    def __init__(self, url: str, image: Path, requests: int) -> None:
+        import httpx
+
+        limits = httpx.Limits(max_connections=2 * requests, max_keepalive_connections=2 * requests)
+        self.http, self.api, self.image = httpx.Client(timeout=900, limits=limits), f"{url}gradio_api/", image
+
+    def predict(self, model: str, backend: str) -> tuple[dict, str]:
+        with self.image.open("rb") as f:
+            uploaded = self.http.post(self.api + "upload", files={"files": (self.image.name, f, "image/jpeg")})
+        uploaded.raise_for_status()
+        photo = {"path": uploaded.json()[0], "meta": {"_type": "gradio.FileData"}}
+        call = self.http.post(self.api + "call/predict", json={"data": [[photo], *_settings(model, backend)]})
+        call.raise_for_status()
+        event = ""
+        with self.http.stream("GET", f"{self.api}call/predict/{call.json()['event_id']}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    event = line.removeprefix("event: ")
+                elif line.startswith("data: ") and event in ("complete", "error"):
+                    data = json.loads(line.removeprefix("data: "))
+                    if event == "error":
+                        raise RuntimeError(str(data))
+                    return data[0], data[3]
+        raise RuntimeError(f"the stream ended without a result (last event {event!r})")
+
+
+CLIENTS = {"gradio_client": GradioClient, "http": HttpClient}
+
+
+def _settings(model: str, backend: str) -> list:
+    """/predict's arguments after the files: random weights (nothing to download), top-5, Grad-CAM off."""
+    return [model, "Random init", None, 5, False, backend]
+
+
 def _client_call(client, args: tuple) -> tuple[float, bool, str]:
     """(seconds, answered with classes, info); a request that fails counts as not answered, the bench goes on."""
     start = time.perf_counter()
     try:
-        label, _, _, info = client.predict(*args, api_name="/predict")
+        label, info = client.predict(*args)
     except Exception as e:  # a timeout or a refusal under load is a figure, not the bench's end
         return time.perf_counter() - start, False, f"{type(e).__name__}: {e}"
     return time.perf_counter() - start, bool(label.get("confidences")), info
@@ -99,11 +155,8 @@ def _median_of(runs: list[dict]) -> dict:
 
 
 def _one_setting(url: str, image: Path, args: argparse.Namespace, backends: list[str]) -> dict:
-    from gradio_client import Client, handle_file
-
-    # As many workers as requests at once (the client's default is 40), and time enough for a loaded machine.
-    client = Client(url, verbose=False, max_workers=max(40, args.requests), httpx_kwargs={"timeout": 900})
-    calls = {b: ([handle_file(str(image))], args.model, "Random init", None, 5, False, b) for b in backends}
+    client = CLIENTS[args.client](url, image, args.requests)
+    calls = {b: (args.model, b) for b in backends}
     warm = {b: _warm_up(client, calls[b], b) for b in backends}
     runs: dict[str, list[dict]] = {b: [] for b in backends}
     for _ in range(args.repeats):
@@ -132,6 +185,7 @@ def main() -> None:
     )
     parser.add_argument("--requests", type=int, default=64, help="submitted at once")
     parser.add_argument("--sequential", type=int, default=30)
+    parser.add_argument("--client", choices=sorted(CLIENTS), default="gradio_client", help="how requests are sent")
     parser.add_argument("--repeats", type=int, default=2, help="alternations of the backends per setting")
     args = parser.parse_args()
     weights_dir = tempfile.mkdtemp(prefix="bench_serve_weights_")
@@ -157,6 +211,7 @@ def main() -> None:
                 "benchmark": "serve",
                 "model": args.model,
                 "image": "224x224 JPEG, top-5, Grad-CAM off",
+                "client": args.client,
                 "results": results,
                 "cpu_threads": os.cpu_count(),
                 "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],

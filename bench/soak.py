@@ -260,16 +260,31 @@ def _server_sample(pid: int, tmp: Path, weights: Path) -> dict[str, float]:
     }
 
 
-def _open_kinds(pid: int) -> dict[str, int]:
-    """The process's open files by kind: socket, pipe, anon_inode, or the top folder of a file's path."""
-    kinds: Counter[str] = Counter()
+def _open_targets(pid: int) -> list[str]:
+    """What each of the process's file descriptors points at (``socket:[…]``, ``pipe:[…]``, a path)."""
+    targets = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
         except OSError:  # closed meanwhile
             continue
-        kinds[target.split(":")[0] if not target.startswith("/") else "/" + target.split("/")[1]] += 1
-    return dict(kinds.most_common())
+    return targets
+
+
+def _kind(target: str) -> str:
+    return target.split(":")[0] if not target.startswith("/") else "/" + target.split("/")[1]
+
+
+def _open_kinds(pid: int, before: list[str]) -> dict[str, Any]:
+    """The process's open files by kind (socket, pipe, anon_inode, or the top folder of a file's path), and the
+    folders of the files open now that were not open at the start (the ones to look at), most common first."""
+    targets = _open_targets(pid)
+    new_files = Counter(targets) - Counter(before)
+    folders = Counter(os.path.dirname(t) for t in new_files.elements() if t.startswith("/"))
+    return {
+        "by_kind": dict(Counter(_kind(t) for t in targets).most_common()),
+        "new_files_by_folder": dict(folders.most_common(10)),
+    }
 
 
 def _summary(samples: list[tuple[float, dict]], warmup: float, key: str) -> dict[str, Any]:
@@ -292,7 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     argv = ["-c", _LAUNCH, str(args.session_ttl)]
     proc, url, _ = start_app(argv, str(weights), env=server_env, log=work / "server.log")
     stats, samples, users, begin, stop = Stats(), [], [], time.monotonic(), threading.Event()
-    baseline = _server_sample(proc.pid, tmp, weights)
+    baseline, open_before = _server_sample(proc.pid, tmp, weights), _open_targets(proc.pid)
 
     def user_loop(seed: int) -> None:
         rng = random.Random(seed)
@@ -324,7 +339,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         while time.monotonic() < settled and len(os.listdir(f"/proc/{proc.pid}/fd")) > baseline["open_files"]:
             time.sleep(1)
         end["open_files"] = _server_sample(proc.pid, tmp, weights)["open_files"]
-        end["open_kinds"] = _open_kinds(proc.pid)
+        end["open_kinds"] = _open_kinds(proc.pid, open_before)
     finally:
         stop_app(proc)
     end["log_errors"] = len(re.findall(r" ERROR |Traceback", (work / "server.log").read_text(errors="replace")))
@@ -357,7 +372,8 @@ def _report(args: argparse.Namespace, stats: Stats, samples: list, baseline: dic
             "start": baseline["open_files"],
             **_summary(samples, args.warmup, "open_files"),
             "after_expiry": end["open_files"],
-            "after_expiry_by_kind": end["open_kinds"],
+            "after_expiry_by_kind": end["open_kinds"]["by_kind"],
+            "new_since_start_by_folder": end["open_kinds"]["new_files_by_folder"],
         },
         "disk_mb": {
             key: {"start": baseline[key], "peak": max(s[key] for _, s in samples), "after_expiry": end[key]}

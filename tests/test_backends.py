@@ -291,3 +291,11 @@ def test_onnxruntime_threads_share_the_cores_among_the_servers_predictions(monke
     assert backends.onnxruntime_threads() == 1  # never zero
     monkeypatch.setenv(backends.THREADS_ENV, "3")
     assert backends.onnxruntime_threads() == 3  # the host's setting wins
+
+
+def test_onnxruntime_sessions_let_idle_threads_sleep(graph_of_seed0):
+    """Spinning threads would take the cores from the PyTorch work that follows a prediction (Grad-CAM)."""
+    session = onnx_graph.onnxruntime_session(graph_of_seed0, threads=2)
+    options = session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2

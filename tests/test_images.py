@@ -241,3 +241,16 @@ def test_preprocessing_round_trips_through_a_dict():
     p = Preprocessing(160, 182, (0.1, 0.2, 0.3), (0.4, 0.5, 0.6), 3)
     assert Preprocessing.from_dict(p.to_dict()) == p
     assert p.to_tensor(Image.new("RGB", (300, 200))).dtype == torch.float32
+
+
+@pytest.mark.parametrize("mode, channels", [("RGB", 3), ("L", 1)])
+def test_eval_tensor_is_torchvisions_to_tensor_and_normalize_to_the_bit(mode, channels):
+    from torchvision.transforms.v2 import functional as TF
+
+    p = Preprocessing(64, 73, (0.485, 0.456, 0.406)[:channels], (0.229, 0.224, 0.225)[:channels], channels)
+    pixels = np.random.default_rng(0).integers(0, 256, (90, 120, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(mode)
+    expected = TF.normalize(TF.pil_to_tensor(p.view(image)).float().div_(255.0), list(p.mean), list(p.std))
+    got = p.to_tensor(image)
+    assert got.shape == (channels, 64, 64) and got.dtype == torch.float32 and got.is_contiguous()
+    assert torch.equal(got, expected)

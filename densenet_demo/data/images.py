@@ -240,11 +240,16 @@ class Preprocessing:
         return TF.center_crop(image, [self.image_size, self.image_size])
 
     def to_tensor(self, image: Image.Image) -> torch.Tensor:
-        """Eval transform of one decoded image: resize shorter side, centre crop, normalise -> (C, H, W)."""
-        from torchvision.transforms.v2 import functional as TF
+        """Eval transform of one decoded image: resize shorter side, centre crop, normalise -> (C, H, W).
 
-        t = TF.pil_to_tensor(self.view(image)).float().div_(255.0)
-        return TF.normalize(t, list(self.mean), list(self.std))
+        The arithmetic is torchvision's ToTensor + Normalize, done in NumPy: torch would wake its thread pool for
+        these few element-wise passes, and its threads, spinning afterwards, slow an onnxruntime forward pass
+        that follows (DenseNet-121, 2 cores: 63 -> 40 ms per image)."""
+        pixels = np.asarray(self.view(image), dtype=np.float32).reshape(self.image_size, self.image_size, -1)
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        chw = ((pixels / np.float32(255.0) - mean) / std).transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(chw))
 
     def train_transform(self, augment: str | bool = "flip"):
         """A torchvision transform for training: ``none``; ``light`` (random resized crops, 80-100% of the image);
