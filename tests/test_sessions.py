@@ -44,3 +44,13 @@ def test_close_removes_everything_the_session_wrote(tmp_path):
     (session.folder() / "run.zip").write_bytes(b"zip")
     session.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_gradios_upload_cache_is_emptied_on_the_sessions_clock(monkeypatch):
+    from densenet_demo.hosting import sessions
+    from densenet_demo.ui import app
+
+    assert app.delete_cache_schedule() == (600, sessions.STATE_TTL_S)  # 3 h: checked every 10 minutes
+    monkeypatch.setattr(sessions, "STATE_TTL_S", 20)
+    assert app.delete_cache_schedule() == (2, 20)
+    assert app.build_app().delete_cache == (2, 20)

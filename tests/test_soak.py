@@ -1,6 +1,6 @@
 """A short soak (bench/soak.py for a minute): simulated users predict, train, stop, export, upload junk and leave;
 every prediction is answered, nothing fails on the server, and once the sessions expire their runs and folders
-are gone and no file stays open."""
+are gone, Gradio's uploads with them, and no file stays open."""
 
 from __future__ import annotations
 
@@ -38,4 +38,6 @@ def test_a_short_soak_answers_every_prediction_and_leaves_nothing_behind(tmp_pat
     assert soak["server_log_errors"] == 0, Path(soak["work_dir"], "server.log").read_text()[-3000:]
     assert soak["session_folders_after_expiry"] == 0
     assert disk["runs_mb"]["after_expiry"] == 0 and disk["sessions_mb"]["after_expiry"] == 0, disk
+    assert disk["uploads_mb"]["peak"] > disk["uploads_mb"]["start"]  # the users uploaded: and then it went
+    assert disk["uploads_mb"]["after_expiry"] <= disk["uploads_mb"]["start"] + 1, disk
     assert soak["open_files"]["after_expiry"] <= soak["open_files"]["start"] + 2, soak["open_files"]

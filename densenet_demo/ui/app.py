@@ -30,7 +30,6 @@ __all__ = ["build_app", "launch", "mcp_server_enabled", "LAUNCH_SETTINGS", "MCP_
 # Server settings that Gradio's defaults leave open (see the README's reliability section).
 MAX_FILE_SIZE = "200mb"  # one upload; a zip of a few thousand photos fits
 QUEUE_MAX_SIZE = 64  # a flood gets "queue full" instead of growing memory without bound
-DELETE_CACHE = (3600, 6 * 3600)  # every hour, delete uploads older than six hours
 MCP_ENV = "GRADIO_MCP_SERVER"  # Gradio's own switch for launch(mcp_server=...)
 # The MCP server's tools: the two endpoints written for agents (agent_tools.py). The others stay API endpoints:
 # they follow the page's session (a dataset, a run), which an MCP call does not keep from one call to the next.
@@ -68,10 +67,19 @@ LAUNCH_SETTINGS: dict[str, Any] = {
 }
 
 
+def delete_cache_schedule() -> tuple[int, int]:
+    """Gradio's ``delete_cache`` (every N seconds, delete its cached files older than M) on the sessions' clock:
+    an upload outlives the session that sent it by at most a tenth of a session's life (checked every tenth of it,
+    at most every 10 minutes), so the disk comes back to where it started once the sessions have expired. The
+    examples and the components' default files are Gradio's to keep."""
+    life = max(1, int(sessions.STATE_TTL_S))
+    return max(1, min(600, life // 10)), life
+
+
 def build_app() -> gr.Blocks:
     """The page: three tabs, each wired to the engine. No model is built here."""
     models = model_choices()
-    with DemoBlocks(title="DenseNet demo", delete_cache=DELETE_CACHE, mcp_tools=MCP_TOOLS) as app:
+    with DemoBlocks(title="DenseNet demo", delete_cache=delete_cache_schedule(), mcp_tools=MCP_TOOLS) as app:
         gr.Markdown(
             "# DenseNet, hands on\n"
             "Classify images, fine-tune on your own, and read how a DenseNet's channels grow "
