@@ -280,17 +280,14 @@ def test_the_presets_calibration_holds_out_other_photos_than_it_calibrates_on():
     assert not any(torch.equal(a, b) for a in images.calibration[-8:] for b in images.held_out[-8:])
 
 
-def test_onnxruntime_threads_share_the_cores_among_the_servers_predictions(monkeypatch):
+def test_onnxruntime_sessions_take_every_core_unless_the_host_says_otherwise(monkeypatch):
     monkeypatch.delenv(backends.THREADS_ENV, raising=False)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
-    monkeypatch.setattr(backends, "_concurrent_requests", 1)
-    assert backends.onnxruntime_threads() == 4  # the command line: one prediction, every thread
-    backends.share_cores(2)
-    assert backends.onnxruntime_threads() == 2
-    backends.share_cores(8)
-    assert backends.onnxruntime_threads() == 1  # never zero
+    assert backends.onnxruntime_threads() == 4
     monkeypatch.setenv(backends.THREADS_ENV, "3")
     assert backends.onnxruntime_threads() == 3  # the host's setting wins
+    monkeypatch.setenv(backends.THREADS_ENV, "zero")
+    assert backends.onnxruntime_threads() == 4  # a setting that is not a count is ignored
 
 
 def test_onnxruntime_sessions_let_idle_threads_sleep(graph_of_seed0):

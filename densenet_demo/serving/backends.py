@@ -45,7 +45,6 @@ __all__ = [
     "Graphs",
     "check_backend",
     "onnxruntime_threads",
-    "share_cores",
 ]
 
 logger = logging.getLogger(__name__)
@@ -66,24 +65,17 @@ def check_backend(backend: str) -> str:
     return backend
 
 
-_concurrent_requests = 1  # how many predictions the server runs at once (share_cores); the CLI runs one
-
-
-def share_cores(concurrent_requests: int) -> None:
-    """The server runs this many predictions at once: each onnxruntime session then takes its share of the cores
-    (``onnxruntime_threads``). Called once, when the page is built; sessions made afterwards follow it."""
-    global _concurrent_requests
-    _concurrent_requests = max(1, int(concurrent_requests))
-
-
 def onnxruntime_threads() -> int:
-    """Intra-op threads per onnxruntime session: ``DENSENET_DEMO_ORT_THREADS``, else torch's thread count divided
-    among the requests the server runs at once (``share_cores``; measured with bench/serve.py: docs/serving.md).
-    One request at a time (the command line) gets every thread."""
+    """Intra-op threads per onnxruntime session: ``DENSENET_DEMO_ORT_THREADS``, else torch's (every core).
+
+    Not divided among the server's concurrent predictions: with idle threads sleeping (``onnx_graph``), two
+    predictions on two threads each served as many requests per second as on one thread each (14.0 against 14.3
+    at 64 at once, 2 cores), and one prediction alone answered in 78 instead of 105 ms (bench/serve.py --client
+    http: docs/serving.md)."""
     text = os.environ.get(THREADS_ENV, "").strip()
     if text.isdigit() and int(text) > 0:
         return int(text)
-    return max(1, torch.get_num_threads() // _concurrent_requests)
+    return max(1, torch.get_num_threads())
 
 
 def _auto_uses_graphs(device: torch.device) -> bool:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ..config import PRESETS
 from ..data import examples
-from ..serving import backends, export
+from ..serving import export
 from ..weights import hub
 from ..weights import resolver as weights
 from .classify import (
@@ -168,7 +168,6 @@ def build_predict_tab(models: list[tuple[str, str]], state: gr.State, reuse: gr.
     _follow_selection(model, weights_choice, weights_file, export_file, warning)
     images.change(_previews, images, previews, api_visibility="private", show_progress="hidden")
     settings = [model, weights_choice, weights_file, top_k]
-    backends.share_cores(PREDICT_CONCURRENCY)  # read now, as the limits below: bench/serve.py sets it
     speed_view = [speed, speed_info, poll]
     gr.on(
         [model.change, weights_choice.change, poll.tick],
