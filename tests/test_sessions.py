@@ -51,6 +51,8 @@ def test_gradios_upload_cache_is_emptied_on_the_sessions_clock(monkeypatch):
     from densenet_demo.ui import app
 
     assert app.delete_cache_schedule() == (600, sessions.STATE_TTL_S)  # 3 h: checked every 10 minutes
-    monkeypatch.setattr(sessions, "STATE_TTL_S", 20)
-    assert app.delete_cache_schedule() == (2, 20)
-    assert app.build_app().delete_cache == (2, 20)
+    monkeypatch.setattr(sessions, "STATE_TTL_S", 300)
+    assert app.delete_cache_schedule() == (30, 300)
+    monkeypatch.setattr(sessions, "STATE_TTL_S", 20)  # never under a minute: a request may wait before reading it
+    assert app.delete_cache_schedule() == (6, 60)
+    assert app.build_app().delete_cache == (6, 60)

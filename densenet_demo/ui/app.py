@@ -70,9 +70,10 @@ LAUNCH_SETTINGS: dict[str, Any] = {
 def delete_cache_schedule() -> tuple[int, int]:
     """Gradio's ``delete_cache`` (every N seconds, delete its cached files older than M) on the sessions' clock:
     an upload outlives the session that sent it by at most a tenth of a session's life (checked every tenth of it,
-    at most every 10 minutes), so the disk comes back to where it started once the sessions have expired. The
-    examples and the components' default files are Gradio's to keep."""
-    life = max(1, int(sessions.STATE_TTL_S))
+    at most every 10 minutes), so the disk comes back to where it started once the sessions have expired. Never
+    under a minute: a request may wait in the queue for a while before it reads its upload. The examples and the
+    components' default files are Gradio's to keep."""
+    life = max(60, int(sessions.STATE_TTL_S))
     return max(1, min(600, life // 10)), life
 
 
