@@ -56,3 +56,35 @@ def test_gradios_upload_cache_is_emptied_on_the_sessions_clock(monkeypatch):
     monkeypatch.setattr(sessions, "STATE_TTL_S", 20)  # never under a minute: a request may wait before reading it
     assert app.delete_cache_schedule() == (6, 60)
     assert app.build_app().delete_cache == (6, 60)
+
+
+def test_the_upload_cache_sweep_removes_old_files_and_folders_and_keeps_the_rest(tmp_path):
+    import os
+    import time
+
+    from densenet_demo.hosting.upload_cache import sweep
+
+    old, fresh, kept = tmp_path / "a1" / "old.zip", tmp_path / "b2" / "fresh.jpg", tmp_path / "c3" / "example.png"
+    placeholder = tmp_path / "tmpabc123"  # the empty file gr.File leaves per file it hands a handler
+    for path in (old, fresh, kept, placeholder):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"x" if path != placeholder else b"")
+    later = time.time() + 100  # everything is 100 s old then, except what changes meanwhile
+    assert sweep(tmp_path, 50, keep=[str(kept)], now=later) == 3
+    assert not old.exists() and not fresh.exists() and not placeholder.exists() and kept.exists()
+    assert not (tmp_path / "a1").exists() and (tmp_path / "c3").exists()  # emptied folders go, not the others
+    new = tmp_path / "d4" / "new.jpg"
+    new.parent.mkdir()
+    new.write_bytes(b"x")
+    assert sweep(tmp_path, 50, now=time.time()) == 0 and new.exists()  # younger than the age: stays
+    os.utime(kept, (0, 0))
+    assert sweep(tmp_path, 50, keep=[str(kept)], now=later + 1000) == 1 and kept.exists()
+
+
+def test_the_pages_example_files_are_kept_by_both_sweeps():
+    from densenet_demo.ui import app
+
+    page = app.build_app()
+    built = set().union(*page.temp_file_sets)
+    assert any(path.endswith("triangle_000.png") for path in built)  # a gr.File's example: Gradio left it out
+    assert built <= app._kept_files(page)

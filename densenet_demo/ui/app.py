@@ -10,11 +10,12 @@ import importlib.util
 import logging
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from ..hosting import request_log, runs, sessions
+from ..hosting import request_log, runs, sessions, upload_cache
 from ..hosting.training_queue import TrainingQueue
 from ..weights import checkpoints
 from .agent_tools import wire_agent_tools
@@ -97,7 +98,23 @@ def build_app() -> gr.Blocks:
         wire_agent_tools(predict, architecture, state)  # /classify_image, /architecture_table: the MCP tools
         # A page opened later sees the runs (its session may use) trained since the app started.
         app.load(list_runs, state, [predict.model, reuse], api_name="list_runs")
+    _keep_page_files(app)
     return app
+
+
+def _keep_page_files(app: gr.Blocks) -> None:
+    """The files Gradio cached while the page was built (the examples' images, default values) stay for the
+    server's life. Gradio keeps only some of them out of its ``delete_cache`` (not a ``gr.File``'s examples: the
+    generated shapes would vanish from the page after the cache's age); a component's ``keep_in_cache`` is what
+    both sweeps respect."""
+    built = set().union(*app.temp_file_sets)
+    holder = next(block for block in app.blocks.values() if hasattr(block, "keep_in_cache"))
+    holder.keep_in_cache.update(built)
+
+
+def _kept_files(app: gr.Blocks) -> set[str]:
+    """The cached files Gradio keeps for the page's components: examples, default values."""
+    return set().union(*(getattr(block, "keep_in_cache", set()) for block in list(app.blocks.values())))
 
 
 def mcp_server_enabled() -> bool:
@@ -127,4 +144,6 @@ def launch(app: gr.Blocks, **overrides: Any) -> None:
     runs.enforce_limits(limits=limits)
     logging.getLogger(__name__).info("runs: %s", limits)
     app.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=1)
+    if app.delete_cache:  # what Gradio's own sweep misses, on the same schedule (hosting/upload_cache.py)
+        upload_cache.start(Path(app.GRADIO_CACHE), *app.delete_cache, keep=lambda: _kept_files(app))
     app.launch(**{**LAUNCH_SETTINGS, "mcp_server": mcp_server_enabled(), **overrides})
