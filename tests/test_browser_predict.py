@@ -24,6 +24,7 @@ from densenet_demo.config import DenseNetConfig
 from densenet_demo.data.images import default_preprocessing
 from densenet_demo.model import DenseNet
 from densenet_demo.serving import predict
+from densenet_demo.training.config import example_config
 from densenet_demo.weights import checkpoints
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
@@ -161,7 +162,10 @@ def test_predict_still_classifies_after_a_failed_training_run(page, photo):
     page.get_by_role("tab", name="Fine-tune").click()
     page.locator("#train-load").click()
     expect(page.locator("#train-report")).to_contain_text("classes", timeout=60_000)
+    # The suggested settings land after the report: choosing before them would be overwritten on a loaded machine.
+    expect(page.locator("#train-model input")).to_have_value(re.compile(example_config().model_name))
     pick(page, "train-model", "densenet121", type_it=True)
+    expect(page.locator("#train-model input")).to_have_value(re.compile("^densenet121 "))
     _visible_radio(page, "ImageNet").check()  # offline: the ImageNet download fails and so does the run
     _visible_radio(page, "linear").check()
     page.locator("#train-start").click()
