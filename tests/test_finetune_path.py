@@ -151,3 +151,10 @@ def test_an_epoch_a_budget_cut_short_says_how_much_of_it_ran():
 def test_a_stop_before_any_validation_says_the_weights_are_kept_unvalidated():
     line = training_view.outcome_line(Cancelled(checkpoint_dir="/x/runs/r1", epoch=1, best_val_acc=None), 20)
     assert line.startswith("Stopped before the first validation") and "not validated" in line and "/x" not in line
+
+
+def test_a_burst_of_steps_draws_two_a_second_and_always_the_epochs_last(tmp_path):
+    view = _budget_view(tmp_path)
+    view.last_update = 0.0
+    drawn = [view.update(_step(1, step, progress=step / 60)) is not None for step in range(1, 11)]
+    assert drawn == [True] + [False] * 8 + [True]  # a torchrun child's events arrive together: one line per epoch

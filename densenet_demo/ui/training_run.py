@@ -137,12 +137,14 @@ class _RunView:
         return self.done / self.fraction if self.fraction > 0.02 else None
 
     def update(self, event: Event) -> dict[Any, Any] | None:
-        """The page's update for ``event``; None for a step too soon after the last (two updates a second)."""
+        """The page's update for ``event``; None for a step too soon after the last (two updates a second), unless
+        it ends its epoch (a torchrun child's events can arrive in a burst: its epoch still shows a step line)."""
         tab, history, live = self.tab, self.history, self.live
         update: dict[Any, Any] = {tab.state: self.state}
         if isinstance(event, (Caching, Step, Preparing, Validating)):
             now = time.monotonic()
-            if now - self.last_update < 0.5 and isinstance(event, (Caching, Step)):
+            last_of_epoch = isinstance(event, Step) and event.step == event.steps
+            if now - self.last_update < 0.5 and isinstance(event, (Caching, Step)) and not last_of_epoch:
                 return None  # a browser needs no more than two updates a second
             self.last_update = now
             fraction, text = event_line(event, self.total_epochs, self.processes)
