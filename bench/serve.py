@@ -3,6 +3,7 @@ onnxruntime thread count, the PyTorch backend measured as the baseline in the sa
 
     python bench/serve.py [--model densenet121] [--backends torch,onnxruntime] [--limits 1,2,4] [--threads 1,2]
                           [--requests 64] [--sequential 30] [--repeats 2] [--client gradio_client|http]
+                          [--run RUN_FOLDER]
 
 For each (limit, threads), starts `python app.py` with `PREDICT_CONCURRENCY` set to the limit and
 `DENSENET_DEMO_ORT_THREADS` to the threads (a fresh process, loopback only; one weights folder for the whole
@@ -11,7 +12,8 @@ bench, so a graph exported by the first start is loaded from the cache by the ne
 background meanwhile), then measures through the client:
 - sequential: one request at a time, p50/p95 latency;
 - concurrent: all --requests submitted at once; throughput (requests/s over the wall time) and p50/p95
-  latency from submit to result (queue wait included).
+  latency from submit to result (queue wait included), and where the cores went: the server's and the client's
+  CPU milliseconds per request.
 The client (--client): `gradio_client` (the default), or `http`: plain HTTP on Gradio's documented call API
 (upload, `POST /gradio_api/call/predict`, read its event stream), as curl or any language would call it.
 gradio_client waits for each of the server's messages in 50 ms polls: an endpoint that returns its input at once
@@ -19,6 +21,8 @@ takes it ~80 ms on this machine, so sequential figures under that are only seen 
 The backends alternate --repeats times (torch, onnxruntime, torch, onnxruntime, ...): the figures are medians over
 the repeats, and each backend's ratio to torch's at the same settings. Prints one JSON object. One 224x224 JPEG
 per request, top-5, Grad-CAM off (classification alone); the client runs on the same cores as the server.
+--run: a fine-tuned run (a folder of weights/runs/) served instead of --model, copied into the bench's weights
+folder without its graphs (the app makes its own); its int8 graph is calibrated on the images the run records.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -130,18 +135,31 @@ def _warm_up(client, args: tuple, backend: str, timeout_s: float = 900) -> int:
     raise SystemExit(f"{backend} did not answer within {timeout_s:.0f} s")
 
 
-def _measure(client, args: tuple, requests: int, sequential: int) -> dict:
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, every thread) the process has used so far; NaN where /proc is not there."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measure(client, args: tuple, requests: int, sequential: int, server_pid: int) -> dict:
     one_by_one = [_client_call(client, args)[0] for _ in range(sequential)]
-    start = time.perf_counter()
+    start, server_cpu, client_cpu = time.perf_counter(), _cpu_s(server_pid), time.process_time()
     with ThreadPoolExecutor(max_workers=requests) as pool:
         outcomes = list(pool.map(lambda _: _client_call(client, args), range(requests)))
     wall = time.perf_counter() - start
+    server_cpu, client_cpu = _cpu_s(server_pid) - server_cpu, time.process_time() - client_cpu
     return {
         "sequential": {"requests_per_s": sequential / sum(one_by_one), **_summary(one_by_one)},
         "concurrent": {
             "answered": sum(ok for _, ok, _ in outcomes),
             "requests_per_s": requests / wall,
             **_summary([seconds for seconds, _, _ in outcomes]),
+            # where the cores went: the server's CPU time per request (all its threads), and the client's
+            "server_cpu_ms_per_request": 1000 * server_cpu / requests,
+            "client_cpu_ms_per_request": 1000 * client_cpu / requests,
         },
     }
 
@@ -154,14 +172,14 @@ def _median_of(runs: list[dict]) -> dict:
     }
 
 
-def _one_setting(url: str, image: Path, args: argparse.Namespace, backends: list[str]) -> dict:
+def _one_setting(url: str, image: Path, args: argparse.Namespace, backends: list[str], server_pid: int) -> dict:
     client = CLIENTS[args.client](url, image, args.requests)
     calls = {b: (args.model, b) for b in backends}
     warm = {b: _warm_up(client, calls[b], b) for b in backends}
     runs: dict[str, list[dict]] = {b: [] for b in backends}
     for _ in range(args.repeats):
         for backend in backends:
-            runs[backend].append(_measure(client, calls[backend], args.requests, args.sequential))
+            runs[backend].append(_measure(client, calls[backend], args.requests, args.sequential, server_pid))
     figures = {b: {**_median_of(runs[b]), "warm_up_requests": warm[b]} for b in backends}
     if "torch" in figures:
         base = figures["torch"]
@@ -187,8 +205,13 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=30)
     parser.add_argument("--client", choices=sorted(CLIENTS), default="gradio_client", help="how requests are sent")
     parser.add_argument("--repeats", type=int, default=2, help="alternations of the backends per setting")
+    parser.add_argument("--run", default=None, help="a fine-tuned run's folder, served instead of --model")
     args = parser.parse_args()
     weights_dir = tempfile.mkdtemp(prefix="bench_serve_weights_")
+    if args.run:
+        run = Path(args.run).resolve()
+        shutil.copytree(run, Path(weights_dir) / "runs" / run.name, ignore=shutil.ignore_patterns("onnx"))
+        args.model = f"run:{run.name}"
     image = Path(weights_dir) / "photo.jpg"
     Image.radial_gradient("L").convert("RGB").resize((224, 224)).save(image, quality=90)
     backends = args.backends.split(",")
@@ -201,7 +224,7 @@ def main() -> None:
             proc, url, _ = start_app(["-c", _LAUNCH, str(limit)], weights_dir, env=env)
             try:
                 key = f"limit {limit}, onnxruntime threads {threads}"
-                results[key] = _one_setting(url, image, args, backends)
+                results[key] = _one_setting(url, image, args, backends, proc.pid)
                 print(json.dumps({key: results[key]}), file=sys.stderr)  # kept should a later setting fail
             finally:
                 stop_app(proc)

@@ -108,17 +108,20 @@ def wrong_inputs(block_fn: BlockFunction, values: Sequence[Any], session: Any = 
 
     ``session``: Gradio's state of the calling session, which holds the components as the page has updated them
     (a run added to a list of choices); without it, the components as built."""
-    names = parameter_names(block_fn)
     components = [_as_updated(component, session) for component in block_fn.inputs]
     if len(values) != len(block_fn.inputs):  # Gradio fills in the session's state; the client sends the others
+        names = parameter_names(block_fn)
         named = [name for name, c in zip(names, block_fn.inputs, strict=True) if not isinstance(c, gr.State)]
         return f"This endpoint takes {len(named)} value(s), in this order: {', '.join(named) or 'none'}."
-    problems = [
-        f"{name} takes {expected_value(component)}, not {_described(value)}"
-        for name, component, value in zip(names, components, values, strict=False)
+    wrong = [
+        (i, component, value)
+        for i, (component, value) in enumerate(zip(components, values, strict=True))
         if not isinstance(component, gr.State) and not _accepts(component, value)
     ]
-    return "; ".join(problems) + "." if problems else None
+    if not wrong:
+        return None
+    names = parameter_names(block_fn)  # the handler's signature, read only to name what is wrong
+    return "; ".join(f"{names[i]} takes {expected_value(c)}, not {_described(v)}" for i, c, v in wrong) + "."
 
 
 def _as_updated(component: Any, session: Any) -> Any:
