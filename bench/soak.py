@@ -243,7 +243,7 @@ def _du_mb(paths: list[Path]) -> float:
                 total += path.stat().st_size if path.is_file() and not path.is_symlink() else 0
             except OSError:
                 pass  # removed while counted
-    return round(total / 2**20, 1)
+    return round(total / 2**20, 3)  # to the KB: a short soak's uploads are a few tens of KB
 
 
 def _server_sample(pid: int, tmp: Path, weights: Path) -> dict[str, float]:
