@@ -29,7 +29,7 @@ from gradio.state_holder import SessionState, StateHolder
 from ..hosting.request_log import current_request, request_context, request_tag
 from .inputs import input_problem, wrong_inputs
 
-__all__ = ["FAILURE_MESSAGE", "DemoBlocks", "LightSessionState"]
+__all__ = ["FAILURE_MESSAGE", "DemoBlocks", "LightSessionState", "LightStateHolder"]
 
 logger = logging.getLogger(__name__)
 
