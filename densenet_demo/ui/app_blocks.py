@@ -115,12 +115,13 @@ class LightSessionState(SessionState):
     @property
     def components(self) -> Iterator[dict]:
         if self._not_configured:
-            done = self.config_values
-            self.config_values = {
-                key: done[key] if key in done else self.blocks_config.config_for_block(key, [], block)
-                for key in self._not_configured
-                if (block := self.blocks_config.blocks.get(key)) is not None or key in done
-            } | done
+            configs, blocks = {}, self.blocks_config.blocks
+            for key in self._not_configured:  # the page's order; a config set since is kept as it was set
+                if key in self.config_values:
+                    configs[key] = self.config_values[key]
+                elif key in blocks:
+                    configs[key] = self.blocks_config.config_for_block(key, [], blocks[key])
+            self.config_values = configs | self.config_values
             self._not_configured = []
         return SessionState.components.fget(self)
 
