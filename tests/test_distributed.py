@@ -21,6 +21,7 @@ from densenet_demo.model import DenseNet
 from densenet_demo.serving.predict import get_predictor
 from densenet_demo.training import distributed as D
 from densenet_demo.training import events, runners
+from densenet_demo.training.cancel import Stop
 from densenet_demo.training.config import TrainConfig
 from densenet_demo.training.data import FeatureCache
 from densenet_demo.training.events import Cancelled, CancelToken, EpochEnd, Failed, Finished, Started, Step
@@ -100,6 +101,30 @@ def test_summed_shares_give_the_whole_sets_counts_and_batch_rule():
         assert seen == [0, 1]
         gathered = alone.gather_cache(FeatureCache(torch.ones(3, 2), torch.tensor([0, 1, 2])))
         assert gathered.features.shape == (3, 2) and gathered.labels.tolist() == [0, 1, 2]
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_stop_set_after_the_ranks_agreed_on_a_batch_stops_at_the_next_agreement():
+    # A Stop signal can reach one rank just after the ranks agreed to take a batch: that rank must take it too
+    # (the others are already in its collectives), and every rank stops at the next agreement.
+    import torch.distributed as dist
+
+    def taken(batches) -> list[int]:
+        seen = []
+        with pytest.raises(Stop):
+            for batch in batches:
+                seen.append(batch)
+                if batch == 1:
+                    cancel.cancel()  # the signal, after batch 1 was agreed
+        return seen
+
+    cancel = CancelToken()
+    assert taken(D.Alone().epoch_batches(iter(range(5)), None, 1, cancel)) == [0, 1]
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        cancel = CancelToken()
+        assert taken(D.DataParallel(0, 1, 0, "gloo").lockstep(iter(range(5)), cancel)) == [0, 1]
     finally:
         dist.destroy_process_group()
 

@@ -39,6 +39,7 @@ from torch.utils.data import DistributedSampler, Sampler
 
 from ..data.datasets import DatasetError
 from ..hosting import gpu
+from .cancel import Stop, check_stop
 from .config import TrainConfig
 from .data import FeatureCache
 from .events import CancelToken, Failed
@@ -135,8 +136,11 @@ class Alone:
     def gather_cache(self, share: FeatureCache) -> FeatureCache:
         return share
 
-    def epoch_batches(self, batches: Iterable[Any], source: Any, epoch: int, cancel: CancelToken) -> Iterable[Any]:
-        return batches
+    def epoch_batches(self, batches: Iterable[Any], source: Any, epoch: int, cancel: CancelToken) -> Iterator[Any]:
+        """The epoch's batches; ``Stop`` before the next one once ``cancel`` is set."""
+        for batch in batches:
+            check_stop(cancel)
+            yield batch
 
     def sum(self, *values: float) -> tuple[float, ...]:
         return values
@@ -274,7 +278,9 @@ class DataParallel:
         return concat_trimmed(chunks, sizes.tolist()).to(tensor.device)
 
     def lockstep(self, batches: Iterable[Any], cancel: CancelToken) -> Iterator[Any]:
-        """Batches while every rank still has one; a Stop on any rank is set on this rank's token, too.
+        """Batches while every rank still has one; ``Stop`` on every rank at the same step once any rank's token is
+        set. Only the ranks' agreement stops a rank: a token set by a signal after the agreement waits for the next
+        one (a rank that stopped on its own token alone would leave the others waiting in the step's collectives).
 
         DDP needs the same number of backward passes on every rank: shares differ by at most one batch (when
         a whole batch failed to decode), and a rank whose share is longer drops its last batch of the epoch.
@@ -285,8 +291,9 @@ class DataParallel:
             flags = torch.tensor([batch is None, cancel.cancelled], dtype=torch.int32, device=self._device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
             ran_out, stop = bool(flags[0]), bool(flags[1])
-            if stop and not cancel.cancelled:
-                cancel.cancel()
+            if stop:
+                cancel.cancel()  # the rest of the run sees it too
+                raise Stop
             if ran_out:
                 return
             yield batch

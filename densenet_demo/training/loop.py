@@ -238,9 +238,8 @@ class Trainer:
         epoch_start, validated_at, taken = time.monotonic() - spent, 0, done
         batches = iterate_batches(p.train_source, cfg.batch_size, cfg.seed + epoch, at.skipped)
         batches = skip_batches(p.train_source, batches, cfg.seed + epoch, done, cfg.batch_size)
+        # A Stop comes from the epoch's batches: there, the processes of a torchrun run agree on the step it stops at.
         for step, (x, y) in enumerate(self.parallel.epoch_batches(batches, p.train_source, epoch, cancel), done + 1):
-            if cancel.cancelled:
-                raise Stop
             if clock.out_of_time(at.steps_done):
                 return _EpochSteps("out_of_time", epoch_start, validated_at, taken)
             validates = step == p.steps_per_epoch or (epoch == 1 and step == p.mid_step)
