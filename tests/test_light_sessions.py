@@ -1,15 +1,20 @@
 """The app's Gradio sessions are light: a new session (every plain-HTTP API call is one) computes no component
-config until something reads them, and what it then reads is what Gradio's own session holds. In-process."""
+config until something reads them, not even for the values a call sets in them, and what it then reads is what
+Gradio's own session holds. Its queue sums up events for Gradio's monitoring page every so many events, not after
+each one. In-process."""
 
 from __future__ import annotations
 
+import asyncio
+
 import gradio as gr
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from gradio.routes import App
 from gradio.state_holder import SessionState
 
-from densenet_demo.ui.app_blocks import DemoBlocks, LightSessionState, LightStateHolder
+from densenet_demo.ui.app_blocks import ANALYTICS_SUMMARY_EVERY, DemoBlocks, LightSessionState, LightStateHolder
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +75,49 @@ def test_the_served_app_makes_light_sessions_and_its_deep_link_still_holds_every
         answer = client.get("/gradio_api/deep_link", params={"session_hash": "a-session"})
     assert answer.status_code == 200 and answer.text.strip('"')
     assert len(list(session.components)) == len(list(SessionState(page).components))
+
+
+def test_a_calls_inputs_and_outputs_wait_in_the_session_until_something_reads_its_configs(page, monkeypatch):
+    echo = next(fn for fn in page.fns.values() if fn.api_name == "echo")
+    out_id = echo.outputs[0]._id
+    light, gradios = LightSessionState(page), SessionState(page)
+    made = _count_configs(monkeypatch)
+    answer = asyncio.run(page.process_api(block_fn=echo, inputs=["hi", 4], state=light))
+    assert answer["data"] == ["hi 4"] and made == []  # the inputs' and the output's values set, no config
+    asyncio.run(page.process_api(block_fn=echo, inputs=["hi", 4], state=gradios))
+    assert list(light.components) == list(gradios.components)
+    assert next(c for c in light.components if c["id"] == out_id)["props"]["value"] == "hi 4"
+    # Once read, a config is Gradio's: the next call's value is set in it as Gradio sets it.
+    for session in (light, gradios):
+        asyncio.run(page.process_api(block_fn=echo, inputs=["bye", 2], state=session))
+    assert list(light.components) == list(gradios.components)
+    assert next(c for c in light.components if c["id"] == out_id)["props"]["value"] == "bye 2"
+
+
+def test_the_queue_sums_up_for_the_monitoring_page_every_so_many_events_unless_the_host_says(monkeypatch):
+    monkeypatch.delenv("GRADIO_ANALYTICS_CACHE_FREQUENCY", raising=False)
+    assert DemoBlocks()._queue.ANAYLTICS_CACHE_FREQUENCY == ANALYTICS_SUMMARY_EVERY > 1
+    assert DemoBlocks().queue(max_size=3)._queue.ANAYLTICS_CACHE_FREQUENCY == ANALYTICS_SUMMARY_EVERY
+    monkeypatch.setenv("GRADIO_ANALYTICS_CACHE_FREQUENCY", "1")  # Gradio's own setting, the host's choice
+    assert DemoBlocks()._queue.ANAYLTICS_CACHE_FREQUENCY == 1
+
+
+@pytest.mark.e2e
+def test_the_monitoring_summary_counts_the_served_events_once_enough_have_run(monkeypatch):
+    monkeypatch.delenv("GRADIO_ANALYTICS_CACHE_FREQUENCY", raising=False)
+    with DemoBlocks() as app:
+        words, shout = gr.Textbox(), gr.Textbox()
+        gr.on([], lambda s: s.upper(), words, shout, api_name="shout")
+    app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        summaries = []
+        with httpx.Client(base_url=app.local_url, timeout=60) as client:
+            for i in range(ANALYTICS_SUMMARY_EVERY):
+                event = client.post("gradio_api/call/shout", json={"data": [f"word {i}"]}).json()["event_id"]
+                assert f'["WORD {i}"]' in client.get(f"gradio_api/call/shout/{event}").text
+                summaries.append(client.get("monitoring/summary").json()["functions"])
+    finally:
+        app.close()
+    assert summaries[-2] == {}  # not summed up after each event
+    assert summaries[-1]["shout"]["total_requests"] == ANALYTICS_SUMMARY_EVERY
+    assert summaries[-1]["shout"]["success_rate"] == 1.0

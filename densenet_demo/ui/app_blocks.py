@@ -13,23 +13,31 @@ Its sessions are light: Gradio (6.31) makes a session for every page that opens 
 call (``POST /gradio_api/call/...`` without a session hash: a new one each time), and fills each with the config
 of every component of the page (196 here) the moment it is made: about 16 ms of the server's event loop per API
 call on 2 cores and 315 KB kept per session, up to 10,000 sessions. Only Gradio's deep-link route reads those
-configs (all at once); here a session works them out when something first asks (``LightSessionState``).
+configs (all at once); here a session works them out when something first asks (``LightSessionState``), and
+the values each call sets in them (its inputs and outputs) wait there until then.
+
+Its queue sums up the served events for Gradio's monitoring page every ``ANALYTICS_SUMMARY_EVERY`` events, not
+after each one: Gradio (6.31) builds a pandas table of the last 10,000 events for it each time, 2 ms of the
+server's CPU per event at 1,000 kept and 8 ms at 10,000, so a busy Space paid more for each request the longer
+it served. ``GRADIO_ANALYTICS_CACHE_FREQUENCY``, where the host sets it, is Gradio's own and wins.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import gradio as gr
+from gradio.blocks import BlocksConfig
 from gradio.state_holder import SessionState, StateHolder
 
 from ..hosting.request_log import current_request, request_context, request_tag
 from .inputs import input_problem, wrong_inputs
 
-__all__ = ["FAILURE_MESSAGE", "DemoBlocks", "LightSessionState", "LightStateHolder"]
+__all__ = ["ANALYTICS_SUMMARY_EVERY", "FAILURE_MESSAGE", "DemoBlocks", "LightSessionState", "LightStateHolder"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +46,9 @@ FAILURE_MESSAGE = (
     "and if it fails again, tell the host the reference."
 )
 _PROCESS_API = inspect.signature(gr.Blocks.process_api)
+# Events between two summaries for Gradio's monitoring page (its own default: 1, a pandas table of up to 10,000
+# events after every event); the page shows figures at most this many events old.
+ANALYTICS_SUMMARY_EVERY = 50
 
 
 class DemoBlocks(gr.Blocks):
@@ -50,6 +61,13 @@ class DemoBlocks(gr.Blocks):
         self.mcp_tools = frozenset(mcp_tools)
         self._mcp_server: Any = None
         super().__init__(*args, **kwargs)
+
+    def queue(self, *args: Any, **kwargs: Any) -> DemoBlocks:
+        """Gradio's ``queue``, its monitoring summary made every ``ANALYTICS_SUMMARY_EVERY`` events (see the module)."""
+        super().queue(*args, **kwargs)
+        if "GRADIO_ANALYTICS_CACHE_FREQUENCY" not in os.environ:
+            self._queue.ANAYLTICS_CACHE_FREQUENCY = ANALYTICS_SUMMARY_EVERY  # (sic: Gradio's spelling)
+        return self
 
     @property
     def state_holder(self) -> StateHolder:
@@ -101,16 +119,27 @@ class DemoBlocks(gr.Blocks):
 
 
 class LightSessionState(SessionState):
-    """Gradio's ``SessionState`` whose per-component configs are worked out when first read, not when it is made.
+    """Gradio's ``SessionState`` whose per-component configs are worked out when first read, not when it is made
+    nor when a call sets a component's value in them.
 
     Everything else is Gradio's own: its ``__init__`` runs as it is, shown an app with no components, so that it
-    fills no configs; a config set or updated later is set as Gradio sets it; ``components`` (the deep link's
-    read) first works out every config not yet there, in the page's order.
+    fills no configs; a value set in a config not worked out yet waits beside it (``_Later``); a config set or
+    updated otherwise is set as Gradio sets it; ``components`` (the deep link's read) first works out every
+    config not yet there, in the page's order, with the values set since.
     """
 
     def __init__(self, blocks: Any) -> None:
         super().__init__(_WithoutComponents(blocks))
         self._not_configured = [key for key in self.blocks_config.blocks if key in blocks.blocks]
+
+    def _update_value_in_config(self, key: int, value: Any) -> None:
+        config = self.config_values.get(key)
+        if config is None:  # Gradio would work it out now, from the session's block, and set the value in it
+            self.config_values[key] = _Later(self.blocks_config.blocks[key], value)
+        elif isinstance(config, _Later):
+            config.value = value
+        else:
+            super()._update_value_in_config(key, value)
 
     @property
     def components(self) -> Iterator[dict]:
@@ -123,7 +152,26 @@ class LightSessionState(SessionState):
                     configs[key] = self.blocks_config.config_for_block(key, [], blocks[key])
             self.config_values = configs | self.config_values
             self._not_configured = []
+        for key, config in list(self.config_values.items()):
+            if isinstance(config, _Later):
+                self.config_values[key] = config.config(key)
         return SessionState.components.fget(self)
+
+
+class _Later:
+    """A session's config of a component, not worked out yet, and the value a call has set in it since."""
+
+    __slots__ = ("block", "value")
+
+    def __init__(self, block: Any, value: Any) -> None:
+        self.block, self.value = block, value
+
+    def config(self, key: int) -> dict:
+        """What Gradio's ``SessionState._update_value_in_config`` would have made: the config, the value in it."""
+        config = BlocksConfig.config_for_block(key, [], self.block)
+        if "props" in config:
+            config["props"]["value"] = self.value
+        return config
 
 
 class LightStateHolder(StateHolder):
