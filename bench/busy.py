@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -108,6 +109,7 @@ def main() -> None:
             client.predict(api_name="/stop")
     finally:
         stop_app(proc)
+        shutil.rmtree(work, ignore_errors=True)
     refusals = [seconds for reason, seconds in outcomes if reason not in ("accepted", "waiting in Gradio's queue")]
     idle_stats, busy_stats = _percentiles(idle), _percentiles(busy)
     result = {

@@ -6,8 +6,9 @@ onnxruntime thread count, the PyTorch backend measured as the baseline in the sa
                           [--run RUN_FOLDER]
 
 For each (limit, threads), starts `python app.py` with `PREDICT_CONCURRENCY` set to the limit and
-`DENSENET_DEMO_ORT_THREADS` to the threads (a fresh process, loopback only; one weights folder for the whole
-bench, so a graph exported by the first start is loaded from the cache by the next), and for each backend
+`DENSENET_DEMO_ORT_THREADS` to the threads of a lone forward pass (passes that overlap take one each; 1: one
+always), a fresh process, loopback only; one weights folder for the whole bench (removed at the end), so a graph
+exported by the first start is loaded from the cache by the next. For each backend
 (`/predict`'s `backend` argument) warms up until that backend answers (the first start exports the graph in the
 background meanwhile), then measures through the client:
 - sequential: one request at a time, p50/p95 latency;
@@ -193,6 +194,31 @@ def _one_setting(url: str, image: Path, args: argparse.Namespace, backends: list
     return figures
 
 
+def _all_settings(args: argparse.Namespace, weights_dir: str) -> tuple[dict[str, dict], float]:
+    """Every (limit, threads) setting measured on a fresh app; the figures, and the load average before."""
+    if args.run:
+        run = Path(args.run).resolve()
+        shutil.copytree(run, Path(weights_dir) / "runs" / run.name, ignore=shutil.ignore_patterns("onnx"))
+        args.model = f"run:{run.name}"
+    image = Path(weights_dir) / "photo.jpg"
+    Image.radial_gradient("L").convert("RGB").resize((224, 224)).save(image, quality=90)
+    backends = args.backends.split(",")
+    load_before = os.getloadavg()[0]
+    results: dict[str, dict] = {}
+    for limit in [int(x) for x in args.limits.split(",")]:
+        for threads in args.threads.split(","):
+            # "default": the app's own choice (every core for a lone pass, one thread each when passes overlap)
+            env = {} if threads == "default" else {"DENSENET_DEMO_ORT_THREADS": str(int(threads))}
+            proc, url, _ = start_app(["-c", _LAUNCH, str(limit)], weights_dir, env=env)
+            try:
+                key = f"limit {limit}, onnxruntime threads {threads}"
+                results[key] = _one_setting(url, image, args, backends, proc.pid)
+                print(json.dumps({key: results[key]}), file=sys.stderr)  # kept should a later setting fail
+            finally:
+                stop_app(proc)
+    return results, load_before
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="densenet121")
@@ -208,26 +234,10 @@ def main() -> None:
     parser.add_argument("--run", default=None, help="a fine-tuned run's folder, served instead of --model")
     args = parser.parse_args()
     weights_dir = tempfile.mkdtemp(prefix="bench_serve_weights_")
-    if args.run:
-        run = Path(args.run).resolve()
-        shutil.copytree(run, Path(weights_dir) / "runs" / run.name, ignore=shutil.ignore_patterns("onnx"))
-        args.model = f"run:{run.name}"
-    image = Path(weights_dir) / "photo.jpg"
-    Image.radial_gradient("L").convert("RGB").resize((224, 224)).save(image, quality=90)
-    backends = args.backends.split(",")
-    load_before = os.getloadavg()[0]
-    results: dict[str, dict] = {}
-    for limit in [int(x) for x in args.limits.split(",")]:
-        for threads in args.threads.split(","):
-            # "default": the app's own choice (its cores shared among the limit's requests: serving/backends.py)
-            env = {} if threads == "default" else {"DENSENET_DEMO_ORT_THREADS": str(int(threads))}
-            proc, url, _ = start_app(["-c", _LAUNCH, str(limit)], weights_dir, env=env)
-            try:
-                key = f"limit {limit}, onnxruntime threads {threads}"
-                results[key] = _one_setting(url, image, args, backends, proc.pid)
-                print(json.dumps({key: results[key]}), file=sys.stderr)  # kept should a later setting fail
-            finally:
-                stop_app(proc)
+    try:
+        results, load_before = _all_settings(args, weights_dir)
+    finally:  # the graphs exported into it are a few hundred MB
+        shutil.rmtree(weights_dir, ignore_errors=True)
     print(
         json.dumps(
             {

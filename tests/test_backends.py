@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections import Counter
 
 import numpy as np
@@ -296,3 +297,78 @@ def test_onnxruntime_sessions_let_idle_threads_sleep(graph_of_seed0):
     options = session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.intra_op_num_threads == 2
+
+
+class _HeldSession:
+    """An onnxruntime session stand-in whose ``run`` waits until the test lets it go; counts its runs."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.runs, self.started = name, 0, threading.Semaphore(0)
+        self.release = threading.Event()
+
+    def run(self, outputs, feeds):
+        self.runs += 1
+        self.started.release()
+        assert self.release.wait(WAIT_S)
+        return [np.zeros((len(feeds[onnx_graph.INPUT_NAME]), 3), np.float32)]
+
+
+def test_a_forward_pass_that_overlaps_another_runs_on_one_thread_of_the_same_graph(graph_of_seed0, monkeypatch):
+    """A lone pass takes every core; overlapping passes share a one-thread session, made in the background the
+    first time two overlap (the wide session answers meanwhile), of the same graph."""
+    wide, narrow = _HeldSession("wide"), _HeldSession("narrow")
+    made: list[tuple[bytes, int]] = []
+
+    def session(data, threads=None):
+        made.append((data, threads))
+        return narrow
+
+    monkeypatch.setattr(onnx_graph, "onnxruntime_session", session)
+    engine = backends.GraphEngine("onnxruntime", wide, graph_of_seed0, threads=2)
+    batch = torch.zeros(1, 3, 32, 32)
+    wide.release.set()
+    engine.logits(batch)
+    assert (wide.runs, made) == (1, [])  # alone: the wide session, nothing more made
+    wide.release.clear()
+    first = threading.Thread(target=engine.logits, args=(batch,))
+    first.start()
+    assert wide.started.acquire(timeout=WAIT_S)
+    second = threading.Thread(target=engine.logits, args=(batch,))
+    second.start()  # overlaps: the wide session still answers, and the one-thread one is made from the graph
+    assert wide.started.acquire(timeout=WAIT_S)
+    deadline = time.monotonic() + WAIT_S
+    while engine._narrow is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert made == [(graph_of_seed0, 1)] and narrow.runs == 0
+    third = threading.Thread(target=engine.logits, args=(batch,))
+    third.start()  # overlaps again: the one-thread session
+    assert narrow.started.acquire(timeout=WAIT_S)
+    wide.release.set()
+    narrow.release.set()
+    for thread in (first, second, third):
+        thread.join(WAIT_S)
+    assert (wide.runs, narrow.runs, len(made)) == (3, 1, 1)
+    engine.logits(batch)
+    assert wide.runs == 4  # alone again: every core
+
+
+def test_a_one_thread_engine_makes_no_other_session_and_the_one_thread_session_answers_as_the_wide_one(
+    graph_of_seed0, monkeypatch
+):
+    held = _HeldSession("only")
+    with monkeypatch.context() as m:
+        m.setattr(onnx_graph, "onnxruntime_session", lambda data, threads=None: pytest.fail("made a session"))
+        engine = backends.GraphEngine("onnxruntime", held, graph_of_seed0, threads=1)
+        first = threading.Thread(target=engine.logits, args=(torch.zeros(1, 3, 32, 32),))
+        first.start()
+        assert held.started.acquire(timeout=WAIT_S)
+        held.release.set()
+        engine.logits(torch.zeros(1, 3, 32, 32))  # overlapping, but one thread is all there is: no other session
+        first.join(WAIT_S)
+    assert held.runs == 2
+    batch = onnx_graph.check_batch(PREPROCESSING, 2)
+    wide = backends.GraphEngine("onnxruntime", onnx_graph.onnxruntime_session(graph_of_seed0, 2), graph_of_seed0, 2)
+    wide._make_narrow(graph_of_seed0)
+    assert wide._narrow.get_session_options().intra_op_num_threads == 1
+    narrow = wide._narrow.run([onnx_graph.OUTPUT_NAME], {onnx_graph.INPUT_NAME: batch.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(narrow), wide.logits(batch), rtol=1e-5, atol=1e-5)

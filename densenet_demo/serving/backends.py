@@ -66,12 +66,10 @@ def check_backend(backend: str) -> str:
 
 
 def onnxruntime_threads() -> int:
-    """Intra-op threads per onnxruntime session: ``DENSENET_DEMO_ORT_THREADS``, else torch's (every core).
+    """Intra-op threads of a lone forward pass: ``DENSENET_DEMO_ORT_THREADS``, else torch's (every core).
 
-    Not divided among the server's concurrent predictions: with idle threads sleeping (``onnx_graph``), two
-    predictions on two threads each served as many requests per second as on one thread each (14.0 against 14.3
-    at 64 at once, 2 cores), and one prediction alone answered in 78 instead of 105 ms (bench/serve.py --client
-    http: docs/serving.md)."""
+    A pass that starts while another runs gets one thread (``GraphEngine``): two threads per pass lost time to their
+    synchronisation at 64 requests at once on 2 cores (docs/serving.md#threads-and-concurrency)."""
     text = os.environ.get(THREADS_ENV, "").strip()
     if text.isdigit() and int(text) > 0:
         return int(text)
@@ -89,14 +87,43 @@ class Engine(Protocol):
 
 
 class GraphEngine:
-    """An onnxruntime session; ``run`` is thread-safe, so one session serves every request."""
+    """A graph in onnxruntime; ``logits`` is thread-safe, so one engine serves every request.
 
-    def __init__(self, name: str, session) -> None:
+    A forward pass with no other one running uses ``session`` (``onnxruntime_threads()`` threads: every core); one
+    that starts while another runs uses a one-thread session of the same graph, which the concurrent passes share
+    (each runs on its caller's thread). That session is made in the background from ``data`` the first time two
+    passes overlap (about a second for DenseNet-121; the wide session answers meanwhile), so a one-shot command
+    or a server that never sees two requests at once never pays for it. Without ``data``, or on one thread,
+    there is only ``session``.
+    """
+
+    def __init__(self, name: str, session, data: bytes | None = None, threads: int = 1) -> None:
         self.name, self.session = name, session
+        self._data = data if threads > 1 else None  # until the one-thread session is made from it
+        self._narrow, self._running, self._lock = None, 0, threading.Lock()
 
     def logits(self, batch: torch.Tensor) -> torch.Tensor:
         x = batch.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run([onnx_graph.OUTPUT_NAME], {onnx_graph.INPUT_NAME: x})[0])
+        with self._lock:
+            session = self._narrow if self._running and self._narrow is not None else self.session
+            if self._running and self._narrow is None and self._data is not None:
+                data, self._data = self._data, None
+                threading.Thread(target=self._make_narrow, args=(data,), name="ort-one-thread", daemon=True).start()
+            self._running += 1
+        try:
+            return torch.from_numpy(session.run([onnx_graph.OUTPUT_NAME], {onnx_graph.INPUT_NAME: x})[0])
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def _make_narrow(self, data: bytes) -> None:
+        try:
+            narrow = onnx_graph.onnxruntime_session(data, 1)
+        except Exception as e:  # the wide session, already checked, keeps answering every request
+            logger.warning("one-thread %s session not made (%s); concurrent requests share the wide one", self.name, e)
+            return
+        with self._lock:
+            self._narrow = narrow
 
 
 @dataclass(frozen=True)
@@ -274,7 +301,7 @@ class Graphs:
                 "onnxruntime graph for %s ready: max |Δlogit| %.1e, %.1f s", self._name,
                 graph.max_abs_diff, graph.seconds,
             )  # fmt: skip
-        engine = GraphEngine("onnxruntime", session)
+        engine = GraphEngine("onnxruntime", session, data, onnxruntime_threads())
         self._measure(slot, engine)
         self._finish(slot, "ready", "", engine)
 
@@ -291,7 +318,8 @@ class Graphs:
             return
         if data is None:
             data, record = self._quantize(place, fp32.engine)
-        engine = GraphEngine("int8", onnx_graph.onnxruntime_session(data, onnxruntime_threads()))
+        threads = onnxruntime_threads()
+        engine = GraphEngine("int8", onnx_graph.onnxruntime_session(data, threads), data, threads)
         self._measure(slot, engine)
         if record["kept"]:
             self._finish(slot, "ready", record["description"], engine)
