@@ -162,7 +162,9 @@ def test_predict_still_classifies_after_a_failed_training_run(page, photo):
     page.get_by_role("tab", name="Fine-tune").click()
     page.locator("#train-load").click()
     expect(page.locator("#train-report")).to_contain_text("classes", timeout=60_000)
-    # The suggested settings land after the report: choosing before them would be overwritten on a loaded machine.
+    # The suggested settings land after the report, with their line (the model field shows the example's model
+    # before and after them): a person chooses once they are there.
+    expect(page.locator("#train-suggestion")).to_contain_text("Suggested", timeout=60_000)
     expect(page.locator("#train-model input")).to_have_value(re.compile(example_config().model_name))
     pick(page, "train-model", "densenet121", type_it=True)
     expect(page.locator("#train-model input")).to_have_value(re.compile("^densenet121 "))

@@ -198,6 +198,9 @@ def _wire_suggestion(
         [suggestion, touched, named["recipe"]],
         [*(named[name] for name in SUGGESTED), suggestion_line, estimate_line, *recipe_fields],
         api_visibility="private",
+        # At once, not behind the queue: its inputs (the fields a person set) are read when it is sent, so a choice
+        # made while it waited for a place would be overwritten by the suggestion.
+        queue=False,
     )
     for name in ("model", "weights_choice", "mode", "image_size", "batch_size", "time_budget", "augment", "epochs"):
         # A person's own choice is kept by later suggestions; an estimate for other settings is stale.
