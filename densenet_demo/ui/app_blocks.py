@@ -143,14 +143,13 @@ class LightSessionState(SessionState):
 
     @property
     def components(self) -> Iterator[dict]:
-        if self._not_configured:
-            configs, blocks = {}, self.blocks_config.blocks
-            for key in self._not_configured:  # the page's order; a config set since is kept as it was set
-                if key in self.config_values:
-                    configs[key] = self.config_values[key]
-                elif key in blocks:
-                    configs[key] = self.blocks_config.config_for_block(key, [], blocks[key])
-            self.config_values = configs | self.config_values
+        if self._not_configured:  # the page's order; a config or value set since is kept as it was set
+            done, blocks = self.config_values, self.blocks_config.blocks
+            self.config_values = {
+                key: done[key] if key in done else _Later(blocks[key])
+                for key in self._not_configured
+                if key in done or key in blocks
+            } | done
             self._not_configured = []
         for key, config in list(self.config_values.items()):
             if isinstance(config, _Later):
@@ -158,18 +157,21 @@ class LightSessionState(SessionState):
         return SessionState.components.fget(self)
 
 
+_NO_VALUE = object()
+
+
 class _Later:
-    """A session's config of a component, not worked out yet, and the value a call has set in it since."""
+    """A session's config of a component, not worked out yet, and the value a call has set in it since, if any."""
 
     __slots__ = ("block", "value")
 
-    def __init__(self, block: Any, value: Any) -> None:
+    def __init__(self, block: Any, value: Any = _NO_VALUE) -> None:
         self.block, self.value = block, value
 
     def config(self, key: int) -> dict:
-        """What Gradio's ``SessionState._update_value_in_config`` would have made: the config, the value in it."""
+        """What Gradio's session would hold: the block's config, with the value set since in it."""
         config = BlocksConfig.config_for_block(key, [], self.block)
-        if "props" in config:
+        if self.value is not _NO_VALUE and "props" in config:
             config["props"]["value"] = self.value
         return config
 
