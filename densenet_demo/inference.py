@@ -7,6 +7,8 @@
 - Each dense block writes its layers' outputs into one preallocated buffer instead of concatenating all
   earlier features again for every layer: the shared-storage idea of Pleiss et al.
   (https://arxiv.org/abs/1707.06990), here used for speed rather than memory.
+- A transition average-pools before its 1x1 convolution: both are linear and the convolution acts on each pixel
+  alone, so they commute, and the convolution then sees a quarter of the pixels (4x fewer multiply-adds there).
 - Activations are channels_last, the layout oneDNN's CPU convolutions work in without reorders.
 
 ``bench/predict.py`` measures each step against torchvision's plain forward. The weights are copied into
@@ -103,7 +105,7 @@ class TransitionStep:
     conv: _Conv
 
     def __call__(self, x: Tensor) -> Tensor:
-        return F.avg_pool2d(self.conv(self.norm.relu(x)), 2, 2)
+        return self.conv(F.avg_pool2d(self.norm.relu(x), 2, 2))
 
 
 class InferenceDenseNet:

@@ -128,7 +128,8 @@ def test_the_graph_is_cached_in_the_run_and_a_later_process_loads_it_without_exp
     assert engine.name == "onnxruntime" and note == "" and len(calls) == 1
     files = sorted(p.name for p in (checkpoints.runs_dir() / "b" / "onnx").iterdir())
     digest = graph_cache.weights_digest(predictor.model)[:20]
-    assert files == [f"{digest}-opset{graph_cache.OPSET}-ort{__import__('onnxruntime').__version__}.onnx"]
+    ort_version = __import__("onnxruntime").__version__
+    assert files == [f"{digest}-g{graph_cache.GRAPH_REVISION}-opset{graph_cache.OPSET}-ort{ort_version}.onnx"]
     predict.clear_cache()  # as a new process would: nothing in memory, the file on disk
     engine, _ = predict.get_predictor(model).engine("auto", how="cached")
     assert engine.name == "onnxruntime" and len(calls) == 1  # loaded and checked, not exported

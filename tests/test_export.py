@@ -26,7 +26,7 @@ from densenet_demo.config import DenseNetConfig
 from densenet_demo.data.datasets import load_image_folder
 from densenet_demo.data.images import Preprocessing, default_preprocessing
 from densenet_demo.model import DenseNet
-from densenet_demo.serving import export, predict
+from densenet_demo.serving import export, onnx_graph, predict
 from densenet_demo.training.config import TrainConfig
 from densenet_demo.training.events import Finished
 from densenet_demo.training.loop import Trainer
@@ -164,6 +164,26 @@ def test_the_onnx_file_is_self_contained_with_a_dynamic_batch(exported):
     assert [d.dim_value for d in rest] == [exported.predictor.cfg.in_channels, size, size]
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     assert opset == exported.metadata["opset"] >= export.MIN_OPSET
+
+
+def test_each_transition_pools_before_its_convolution_in_the_graph(exported):
+    proto = onnx.load(str(exported.onnx_path), load_external_data=False)
+    consumers = {name: node.op_type for node in proto.graph.node for name in node.input}
+    pools = [node for node in proto.graph.node if node.op_type == "AveragePool"]
+    assert len(pools) == len(exported.predictor.cfg.block_config) - 1  # one per transition (the head averages apart)
+    assert all(consumers[node.output[0]] == "Conv" for node in pools)
+
+
+@pytest.mark.parametrize("size", [32, 27])  # odd: both orders drop the last row and column
+def test_pooling_before_a_transitions_convolution_keeps_the_models_function(size):
+    model = trained_looking(DenseNet(TINY_BC.replace(block_config=(2, 2, 2)))).eval()
+    fast = onnx_graph.pool_first(model)
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        assert torch.allclose(fast(x), model(x), atol=1e-5)
+    order = [[name for name, _ in net.features.transition1.named_children()] for net in (model, fast)]
+    assert order == [["norm", "relu", "conv", "pool"], ["norm", "relu", "pool", "conv"]]  # the model is untouched
+    assert fast.state_dict().keys() == model.state_dict().keys()
 
 
 def test_the_bundle_holds_the_model_its_json_and_a_readme(exported):

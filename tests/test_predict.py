@@ -51,16 +51,18 @@ def make_run(tmp_path, tiny_config):
 # The fast inference path computes the model's function
 
 
-@pytest.mark.parametrize("variant", ["bc-cifar-stem", "plain", "bc-imagenet-stem", "grayscale-fashion"])
+@pytest.mark.parametrize("variant", ["bc-cifar-stem", "plain", "bc-imagenet-stem", "grayscale-fashion", "odd-size"])
 def test_inference_densenet_matches_the_model(variant, tiny_config):
     cfg = {
         "bc-cifar-stem": tiny_config,
         "plain": tiny_config.replace(bn_size=0, compression=1.0),
         "bc-imagenet-stem": tiny_config.replace(stem="imagenet"),
         "grayscale-fashion": PRESETS["densenet_fashion"].config,
+        "odd-size": tiny_config.replace(block_config=(2, 2, 2)),
     }[variant]
     model = trained_looking(DenseNet(cfg))
-    x = torch.randn(3, cfg.in_channels, 64, 64)
+    size = 45 if variant == "odd-size" else 64  # 45 -> 22 -> 11: transitions pool odd sizes (last row dropped)
+    x = torch.randn(3, cfg.in_channels, size, size)
     with torch.no_grad():
         expected = model(x)
     assert torch.allclose(InferenceDenseNet(model)(x), expected, atol=1e-5)

@@ -1,12 +1,14 @@
 """Where the onnxruntime backend keeps its checked graphs on disk, and the caps that bound them.
 
 A graph is named by what it depends on: the weights' content (a SHA-256 over the architecture and every tensor of
-the state dict, so a re-saved run or another weights file gets another graph), the ONNX opset and the onnxruntime
-version (a newer runtime may optimise or quantize differently, so its graphs are made afresh)::
+the state dict, so a re-saved run or another weights file gets another graph), how the project makes graphs
+(``GRAPH_REVISION``: a faster way of writing the same model replaces the older graphs instead of being skipped
+for them), the ONNX opset and the onnxruntime version (a newer runtime may optimise or quantize differently, so
+its graphs are made afresh)::
 
-    <sha256[:20]>-opset20-ort1.32.0.onnx         the fp32 graph, checked against PyTorch
-    <sha256[:20]>-opset20-ort1.32.0-int8.onnx    the static int8 graph, kept only if it agreed with fp32
-    <sha256[:20]>-opset20-ort1.32.0-int8.json    how the int8 graph was calibrated and checked (or why not kept)
+    <sha256[:20]>-g2-opset20-ort1.32.0.onnx         the fp32 graph, checked against PyTorch
+    <sha256[:20]>-g2-opset20-ort1.32.0-int8.onnx    the static int8 graph, kept only if it agreed with fp32
+    <sha256[:20]>-g2-opset20-ort1.32.0-int8.json    how the int8 graph was calibrated and checked (or why not kept)
 
 A fine-tuned run's graphs live in its own folder (``runs/<id>/onnx/``): they go when the run goes, and they count
 toward the runs' disk cap (``DENSENET_DEMO_RUNS_MAX_MB``); a graph that would push the runs folder over that cap is
@@ -38,6 +40,7 @@ __all__ = [
     "CACHE_MAX_MB_ENV",
     "DEFAULT_CACHE_MAX_MB",
     "GRAPHS_FOLDER",
+    "GRAPH_REVISION",
     "OPSET",
     "GraphPlace",
     "cache_max_mb",
@@ -47,6 +50,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# 2: transitions pool before their 1x1 convolution (onnx_graph.pool_first); graphs made before are remade.
+GRAPH_REVISION = 2
 OPSET = 20  # the served graphs' opset: torch 2.14's exporter default, and part of each graph's name
 GRAPHS_FOLDER = "onnx"
 CACHE_MAX_MB_ENV = "DENSENET_DEMO_ONNX_CACHE_MB"
@@ -83,7 +88,7 @@ class GraphPlace:
     """Where one model's graphs are (or would be) on disk."""
 
     folder: Path
-    stem: str  # <sha256[:20]>-opset<N>-ort<version>
+    stem: str  # <sha256[:20]>-g<revision>-opset<N>-ort<version>
     run_id: str | None  # set for a run of the runs folder: its graphs live in the run and count toward its caps
 
     def path(self, kind: str) -> Path:
@@ -170,7 +175,7 @@ def place_for(model: DenseNet, checkpoint: Path | None) -> GraphPlace:
     """Where ``model``'s graphs go: in its run's folder for a run of the runs folder, else the shared cache."""
     import onnxruntime
 
-    stem = f"{weights_digest(model)[:20]}-opset{OPSET}-ort{onnxruntime.__version__}"
+    stem = f"{weights_digest(model)[:20]}-g{GRAPH_REVISION}-opset{OPSET}-ort{onnxruntime.__version__}"
     if checkpoint is not None and checkpoint.parent == checkpoints.runs_dir().resolve():
         return GraphPlace(checkpoint / GRAPHS_FOLDER, stem, checkpoint.name)
     return GraphPlace(checkpoints.weights_dir() / GRAPHS_FOLDER, stem, None)
