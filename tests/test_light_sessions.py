@@ -1,11 +1,12 @@
 """The app's Gradio sessions are light: a new session (every plain-HTTP API call is one) computes no component
 config until something reads them, not even for the values a call sets in them, and what it then reads is what
 Gradio's own session holds. Its queue sums up events for Gradio's monitoring page every so many events, not after
-each one. In-process."""
+each one. Its server runs on uvloop and parses HTTP with httptools. In-process."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 
 import gradio as gr
@@ -127,3 +128,17 @@ def test_the_monitoring_summary_counts_the_served_events_once_enough_have_run(mo
     assert summaries[-2] == {}  # not summed up after each event
     assert summaries[-1]["shout"]["total_requests"] == ANALYTICS_SUMMARY_EVERY
     assert summaries[-1]["shout"]["success_rate"] == 1.0
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(sys.platform == "win32", reason="uvloop has no Windows build (requirements.txt)")
+def test_the_server_runs_uvloop_and_parses_http_with_httptools():
+    with DemoBlocks() as app:
+        gr.Textbox()
+    app.launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        loop, protocol = app.server.servers[0].get_loop(), app.server.config.http_protocol_class
+        assert httpx.get(app.local_url, timeout=60).status_code == 200
+    finally:
+        app.close()
+    assert type(loop).__module__ == "uvloop" and protocol.__name__ == "HttpToolsProtocol"
