@@ -387,8 +387,11 @@ def test_cli_predict_answers_every_file_of_the_corpus_in_one_run(corpus):
         assert f"error: {path}:" in result.stderr
     for case, (path, twin) in odd.items():
         assert len(answers[path.name]["top_k"]) == 10, case
-        if twin is not None:
-            assert answers[path.name]["top_k"] == answers[twin.name]["top_k"], case
+        if twin is not None:  # the same classes, the same probabilities up to float rounding: the command
+            # classifies in batches, and a convolution's sums may round otherwise in a batch of another size
+            got, want = answers[path.name]["top_k"], answers[twin.name]["top_k"]
+            assert [c["label"] for c in got] == [c["label"] for c in want], case
+            assert all(abs(a["probability"] - b["probability"]) <= 2e-6 for a, b in zip(got, want, strict=True)), case
 
 
 @pytest.mark.parametrize(
